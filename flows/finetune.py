@@ -1,0 +1,58 @@
+"""The fine-tuning flow: resolve model, fetch, validate, prepare, train, evaluate, report.
+
+    smoltune run --config configs/default.yaml            # through the CLI
+    python -m flows.finetune                              # the seed job with defaults
+
+Each stage is one Prefect task; this body only wires them together. Big outputs stay on disk in the run
+folder and tasks pass paths and small dicts.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from smoltune.config import PipelineConfig
+from smoltune.runs import build_summary, create_run_dir, write_config
+from tasks.data import fetch_dataset_task, prepare_dataset_task, validate_dataset_task
+from tasks.evaluate import evaluate_task
+from tasks.model import resolve_model_task
+from tasks.report import report_task
+from tasks.train import train_task
+
+
+# log_prints stays off: dill (used by `datasets` to fingerprint functions) captures `dis` output via print,
+# which Prefect would otherwise log line by line.
+@flow(name="finetune")
+def finetune(config: PipelineConfig = PipelineConfig()) -> str:  # noqa: B008 - pydantic default renders in the UI
+    """Fine-tune `config.model.source` on `config.data.source`; returns the run folder's path."""
+    run_dir = create_run_dir(config.output)
+    write_config(run_dir, config)
+    run = str(run_dir)
+
+    # Model first: a missing or unreachable model fails in seconds, before any data work.
+    model = resolve_model_task(config.model)
+
+    # Data: load the source, gate it with Great Expectations (raises on critical failures), then split.
+    fetched = fetch_dataset_task(config.data, run)
+    validation = validate_dataset_task(fetched, config.validation, run)
+    prepared = prepare_dataset_task(fetched, config.data, run)
+
+    # Training, then evaluation of base vs tuned on held-out rows and the eval prompts.
+    trained = train_task(model, config.model, prepared, config.train, run)
+    evaluated = evaluate_task(model, config.model, trained, prepared, config.eval, config.train, run)
+
+    # Report: summary.json, report.md and the Prefect artifact.
+    data = {
+        "source": fetched["source"],
+        "sha256": fetched["sha256"],
+        "source_rows": fetched["rows"],
+        "train_rows": prepared["train_rows"],
+        "eval_rows": prepared["eval_rows"],
+    }
+    summary = build_summary(run_dir, model, data, validation, trained, evaluated)
+    report_task(summary, evaluated["generations"])
+    return run
+
+
+if __name__ == "__main__":
+    print(finetune())

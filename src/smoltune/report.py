@@ -1,0 +1,97 @@
+"""The run report: a pure function from the run's summary to Markdown.
+
+    python -c "import json; from smoltune.report import render_report; \
+print(render_report(json.load(open('runs/<run>/summary.json')), []))"
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _cell(text: Any, limit: int = 300) -> str:
+    """A value safe inside a Markdown table cell: one line, pipes escaped, long text cut."""
+    value = " ".join(str(text).split())
+    if len(value) > limit:
+        value = value[: limit - 1] + "…"
+    return value.replace("|", "\\|") or "—"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _loss_rows(losses: list[float], max_rows: int = 12) -> list[list[Any]]:
+    """Every loss when there are few, otherwise evenly spaced steps including the first and the last."""
+    if len(losses) <= max_rows:
+        picks = list(range(len(losses)))
+    else:
+        picks = sorted({round(i * (len(losses) - 1) / (max_rows - 1)) for i in range(max_rows)})
+    return [[i + 1, f"{losses[i]:.4f}"] for i in picks]
+
+
+def _validation_section(validation: dict[str, Any]) -> str:
+    verdict = "passed" if validation.get("success") else "FAILED"
+    rows = [
+        [c["name"], c["severity"], "pass" if c["success"] else "fail", c.get("unexpected_count", 0)]
+        for c in validation.get("checks", [])
+    ]
+    text = f"Great Expectations suite {verdict} on {validation.get('row_count', '?')} rows."
+    return text + ("\n\n" + _table(["expectation", "severity", "result", "failing rows"], rows) if rows else "")
+
+
+def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) -> str:
+    """Markdown report of one run. Pure: same inputs, same text."""
+    model, data, train, ev = summary["model"], summary["data"], summary["train"], summary["eval"]
+    artifacts = summary.get("artifacts", {})
+    percent = 100.0 * train["trainable_params"] / train["total_params"]
+    delta = ev["eval_loss_tuned"] - ev["eval_loss_base"]
+    losses = train.get("losses", [])
+    sections = [
+        f"# smoltune run `{summary.get('run_name', '?')}`",
+        "## Model\n\n"
+        + _table(
+            ["field", "value"],
+            [["source", model["source"]], ["weights", model.get("description", "")], ["sha256", model["sha256"]]],
+        ),
+        "## Data\n\n"
+        + _table(
+            ["field", "value"],
+            [["source", data["source"]], ["training rows", data["train_rows"]], ["held-out rows", data["eval_rows"]]],
+        )
+        + "\n\n"
+        + _validation_section(summary.get("validation", {})),
+        "## Training\n\n"
+        + _table(
+            ["figure", "value"],
+            [
+                ["backend / mode", f"{train['backend']} / {train['mode']} (r={train['rank']})"],
+                ["device", train.get("device", "?")],
+                ["trainable parameters", f"{train['trainable_params']:,} of {train['total_params']:,} ({percent:.2f}%)"],
+                ["steps", train["steps"]],
+                ["training time", f"{train['train_seconds']:.1f} s"],
+                ["real tokens / s", f"{train['tokens_per_second']:.1f}"],
+                ["peak memory", f"{train['peak_memory_mb']:.0f} MiB"],
+                ["adapter size", f"{artifacts.get('adapter_mb', 0):.2f} MiB"],
+                ["final train loss", f"{losses[-1]:.4f}" if losses else "—"],
+            ],
+        )
+        + ("\n\nLoss by step:\n\n" + _table(["step", "loss"], _loss_rows(losses)) if losses else ""),
+        "## Held-out evaluation\n\n"
+        + _table(
+            ["metric", "base", "tuned"],
+            [
+                ["eval loss", f"{ev['eval_loss_base']:.4f}", f"{ev['eval_loss_tuned']:.4f}"],
+                ["perplexity", f"{ev.get('perplexity_base', float('nan')):.2f}", f"{ev.get('perplexity_tuned', float('nan')):.2f}"],
+            ],
+        )
+        + f"\n\nThe adapter {'lowered' if delta < 0 else 'did not lower'} the held-out loss "
+        f"({delta:+.4f} over {data['eval_rows']} rows never seen in training).",
+    ]
+    if generations:
+        rows = [[g["instruction"] + (f" — {g['input']}" if g.get("input") else ""), g["base"], g["tuned"]] for g in generations]
+        sections.append("## Prompts (greedy)\n\n" + _table(["prompt", "base", "tuned"], rows))
+    sections.append(f"## Artifacts\n\n- adapter: `{artifacts.get('adapter_dir', '?')}`")
+    return "\n\n".join(sections) + "\n"

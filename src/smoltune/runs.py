@@ -1,0 +1,62 @@
+"""Run folders: one per flow run, named by time and a short random id so concurrent runs never clash.
+
+    runs/20261129-101500-3fa2c1/
+        config.yaml  data/  validation.json  train/adapter/  generations.json  summary.json  report.md
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smoltune.config import OutputConfig, PipelineConfig
+from smoltune.files import atomic_write_text
+
+
+def new_run_name() -> str:
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def create_run_dir(output: OutputConfig) -> Path:
+    """Make the run folder; an explicit `output.run_name` that already exists is an error, not an overwrite."""
+    run_dir = Path(output.runs_dir).resolve() / (output.run_name or new_run_name())
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise FileExistsError(f"run folder {run_dir} already exists; pick another output.run_name") from None
+    return run_dir
+
+
+def write_config(run_dir: Path, config: PipelineConfig) -> Path:
+    """The exact configuration of the run, reloadable with `smoltune run --config`."""
+    return atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def build_summary(
+    run_dir: Path,
+    model: dict[str, Any],
+    data: dict[str, Any],
+    validation: dict[str, Any],
+    train: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> dict[str, Any]:
+    """The machine-readable record of a run (`summary.json`); the report is rendered from it."""
+    return {
+        "run_name": run_dir.name,
+        "run_dir": str(run_dir),
+        "model": model,
+        "data": data,
+        "validation": validation,
+        "train": {k: v for k, v in train.items() if k not in ("adapter_dir", "adapter_mb")},
+        "eval": {k: v for k, v in evaluation.items() if k != "generations"},
+        "artifacts": {
+            "adapter_dir": train["adapter_dir"],
+            "adapter_mb": train["adapter_mb"],
+            "report": str(run_dir / "report.md"),
+            "generations": str(run_dir / "generations.json"),
+        },
+    }
