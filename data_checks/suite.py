@@ -65,7 +65,11 @@ class ValidationOutcome:
         return [c for c in self.checks if not c.success and c.severity == "warning"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"success": self.success, "row_count": self.row_count, "checks": [asdict(c) for c in self.checks]}
+        return {
+            "success": self.success,
+            "row_count": self.row_count,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 class DataValidationError(RuntimeError):
@@ -99,7 +103,11 @@ def build_expectations(min_rows: int) -> list[tuple[str, Severity, Any]]:
             )
         )
     expectations.append(
-        (f"at least {min_rows} rows", "critical", gx.expectations.ExpectTableRowCountToBeBetween(min_value=min_rows))
+        (
+            f"at least {min_rows} rows",
+            "critical",
+            gx.expectations.ExpectTableRowCountToBeBetween(min_value=min_rows),
+        )
     )
     return expectations
 
@@ -129,7 +137,9 @@ def run_checks(df: pd.DataFrame, min_rows: int = 1) -> ValidationOutcome:
     by_id = {r.expectation_config.id: r for r in result.results}
     checks = [_to_check(name, severity, by_id[expectation.id]) for name, severity, expectation in named]
     return ValidationOutcome(
-        success=not any(not c.success and c.severity == "critical" for c in checks), row_count=len(df), checks=checks
+        success=not any(not c.success and c.severity == "critical" for c in checks),
+        row_count=len(df),
+        checks=checks,
     )
 
 

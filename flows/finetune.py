@@ -12,7 +12,7 @@ from __future__ import annotations
 from prefect import flow
 
 from smoltune.config import PipelineConfig
-from smoltune.runs import build_summary, create_run_dir, write_config
+from smoltune.runs import StageTimer, build_summary, create_run_dir, write_config
 from tasks.data import fetch_dataset_task, prepare_dataset_task, validate_dataset_task
 from tasks.evaluate import evaluate_task
 from tasks.model import resolve_model_task
@@ -28,18 +28,25 @@ def finetune(config: PipelineConfig = PipelineConfig()) -> str:  # noqa: B008 - 
     run_dir = create_run_dir(config.output)
     write_config(run_dir, config)
     run = str(run_dir)
+    timer = StageTimer()
 
     # Model first: a missing or unreachable model fails in seconds, before any data work.
-    model = resolve_model_task(config.model)
+    with timer("resolve_model"):
+        model = resolve_model_task(config.model)
 
     # Data: load the source, gate it with Great Expectations (raises on critical failures), then split.
-    fetched = fetch_dataset_task(config.data, run)
-    validation = validate_dataset_task(fetched, config.validation, run)
-    prepared = prepare_dataset_task(fetched, config.data, run)
+    with timer("fetch_dataset"):
+        fetched = fetch_dataset_task(config.data, run)
+    with timer("validate_dataset"):
+        validation = validate_dataset_task(fetched, config.validation, run)
+    with timer("prepare_dataset"):
+        prepared = prepare_dataset_task(fetched, config.data, run)
 
     # Training, then evaluation of base vs tuned on held-out rows and the eval prompts.
-    trained = train_task(model, config.model, prepared, config.train, run)
-    evaluated = evaluate_task(model, config.model, trained, prepared, config.eval, config.train, run)
+    with timer("train"):
+        trained = train_task(model, config.model, prepared, config.train, run)
+    with timer("evaluate"):
+        evaluated = evaluate_task(model, config.model, trained, prepared, config.eval, config.train, run)
 
     # Report: summary.json, report.md and the Prefect artifact.
     data = {
@@ -49,7 +56,7 @@ def finetune(config: PipelineConfig = PipelineConfig()) -> str:  # noqa: B008 - 
         "train_rows": prepared["train_rows"],
         "eval_rows": prepared["eval_rows"],
     }
-    summary = build_summary(run_dir, model, data, validation, trained, evaluated)
+    summary = build_summary(run_dir, model, data, validation, trained, evaluated, timer.seconds)
     report_task(summary, evaluated["generations"])
     return run
 

@@ -14,7 +14,13 @@ from smoltune.files import atomic_write_json
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(
-    model: dict, model_config: ModelConfig, trained: dict, prepared: dict, ev: EvalConfig, train: TrainConfig, run_dir: str
+    model: dict,
+    model_config: ModelConfig,
+    trained: dict,
+    prepared: dict,
+    ev: EvalConfig,
+    train: TrainConfig,
+    run_dir: str,
 ) -> dict:
     result = evaluate_adapter(
         model["path"],

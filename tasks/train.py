@@ -23,7 +23,17 @@ def train_task(model: dict, model_config: ModelConfig, prepared: dict, train: Tr
             logger.info("step %d/%d loss %.4f lr %.2e", record["step"], total, record["loss"], record["learning_rate"])
 
     result = train_lora(
-        model["path"], prepared["train_file"], str(Path(run_dir) / "train"), train, model_config.trust_remote_code, on_step
+        model["path"],
+        prepared["train_file"],
+        str(Path(run_dir) / "train"),
+        train,
+        model_config.trust_remote_code,
+        on_step,
     )
-    logger.info("trained %d steps in %.1f s (%.1f tokens/s)", result.steps, result.train_seconds, result.tokens_per_second)
+    logger.info(
+        "trained %d steps in %.1f s (%.1f tokens/s)",
+        result.steps,
+        result.train_seconds,
+        result.tokens_per_second,
+    )
     return result.to_dict()

@@ -14,15 +14,71 @@ from collections.abc import Callable
 Row = dict[str, str]
 
 _NOUNS = [
-    "river", "garden", "window", "teacher", "rocket", "pencil", "market", "forest", "island", "engine",
-    "violin", "bridge", "candle", "planet", "ladder", "blanket", "harbor", "meadow", "kettle", "lantern",
-    "tunnel", "mirror", "basket", "castle", "orchard", "compass", "jacket", "needle", "pillow", "saddle",
+    "river",
+    "garden",
+    "window",
+    "teacher",
+    "rocket",
+    "pencil",
+    "market",
+    "forest",
+    "island",
+    "engine",
+    "violin",
+    "bridge",
+    "candle",
+    "planet",
+    "ladder",
+    "blanket",
+    "harbor",
+    "meadow",
+    "kettle",
+    "lantern",
+    "tunnel",
+    "mirror",
+    "basket",
+    "castle",
+    "orchard",
+    "compass",
+    "jacket",
+    "needle",
+    "pillow",
+    "saddle",
 ]
 _ADJECTIVES = [
-    "quiet", "bright", "heavy", "small", "ancient", "gentle", "narrow", "golden", "cold", "busy",
-    "silver", "tiny", "wooden", "rapid", "calm", "dusty", "soft", "tall", "hollow", "green",
+    "quiet",
+    "bright",
+    "heavy",
+    "small",
+    "ancient",
+    "gentle",
+    "narrow",
+    "golden",
+    "cold",
+    "busy",
+    "silver",
+    "tiny",
+    "wooden",
+    "rapid",
+    "calm",
+    "dusty",
+    "soft",
+    "tall",
+    "hollow",
+    "green",
 ]
-_VERBS = ["watches", "follows", "crosses", "paints", "carries", "finds", "opens", "cleans", "passes", "guards"]
+_VERBS = [
+    "watches",
+    "follows",
+    "crosses",
+    "paints",
+    "carries",
+    "finds",
+    "opens",
+    "cleans",
+    "passes",
+    "guards",
+]
 _ANIMALS = ["fox", "owl", "otter", "heron", "badger", "lizard", "salmon", "beetle", "goat", "sparrow"]
 _PLACES = ["desert", "marsh", "mountains", "city park", "reef", "tundra", "old barn", "pine forest"]
 _PLACE_TRAITS = {
@@ -38,7 +94,12 @@ _PLACE_TRAITS = {
 
 
 def _sentence(rng: random.Random) -> str:
-    adj, noun, verb, noun2 = rng.choice(_ADJECTIVES), rng.choice(_NOUNS), rng.choice(_VERBS), rng.choice(_NOUNS)
+    adj, noun, verb, noun2 = (
+        rng.choice(_ADJECTIVES),
+        rng.choice(_NOUNS),
+        rng.choice(_VERBS),
+        rng.choice(_NOUNS),
+    )
     extra = rng.choice(["", f" near the {rng.choice(_NOUNS)}", f" every {rng.choice(['morning', 'night', 'week'])}"])
     return f"The {adj} {noun} {verb} the {noun2}{extra}."
 
@@ -142,6 +203,12 @@ def generate_rows(count: int = 2400, seed: int = 0) -> list[Row]:
             continue
         seen.add((instruction, input_text))
         rows.append(
-            {"instruction": instruction, "input": input_text, "output": output, "family": family, "check": check}
+            {
+                "instruction": instruction,
+                "input": input_text,
+                "output": output,
+                "family": family,
+                "check": check,
+            }
         )
     return rows

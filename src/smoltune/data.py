@@ -122,4 +122,9 @@ def prepare_dataset(raw_file: str | Path, num_samples: int, eval_samples: int, s
     train, held_out = split_rows(read_jsonl(raw_file), num_samples, eval_samples, seed)
     train_path = write_jsonl(Path(out_dir) / "train.jsonl", [to_prompt_completion(r) for r in train])
     eval_path = write_jsonl(Path(out_dir) / "eval.jsonl", [to_prompt_completion(r) for r in held_out])
-    return {"train_file": str(train_path), "eval_file": str(eval_path), "train_rows": len(train), "eval_rows": len(held_out)}
+    return {
+        "train_file": str(train_path),
+        "eval_file": str(eval_path),
+        "train_rows": len(train),
+        "eval_rows": len(held_out),
+    }

@@ -59,7 +59,11 @@ def mean_answer_loss(model: Any, examples: list[dict], pad_id: int, batch_size: 
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for i, e in enumerate(batch):
                 n = len(e["input_ids"])
-                ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+                ids[i, :n], labels[i, :n], mask[i, :n] = (
+                    torch.tensor(e["input_ids"]),
+                    torch.tensor(e["labels"]),
+                    1,
+                )
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
             loss = torch.nn.functional.cross_entropy(
@@ -84,7 +88,10 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tok
     with torch.inference_mode():
         for start in range(0, len(prompts), batch_size):
             enc = tokenizer(
-                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+                prompts[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
             )
             out = model.generate(
                 **enc.to(device),

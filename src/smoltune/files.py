@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,12 +45,18 @@ def dir_size_mb(path: str | Path) -> float:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` so readers see either the old file or the whole new one."""
+    return atomic_write_bytes_stream(path, [text.encode("utf-8")])
+
+
+def atomic_write_bytes_stream(path: str | Path, chunks: Iterable[bytes]) -> Path:
+    """Write byte chunks to `path` atomically; an error mid-stream leaves no partial file behind."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
         os.chmod(tmp, 0o644)  # mkstemp makes the file private; results are ordinary readable files
         os.replace(tmp, target)
     except BaseException:

@@ -1,8 +1,8 @@
 """Training measurements: peak memory while a block runs, and the per-step log of a Trainer.
 
-    with PeakMemory() as peak:
-        trainer.train()
-    print(peak.megabytes)
+with PeakMemory() as peak:
+    trainer.train()
+print(peak.megabytes)
 """
 
 from __future__ import annotations

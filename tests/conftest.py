@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny random llama for fast training tests, and a Prefect test server.
+
+make test                       # everything
+.venv/bin/pytest -m "not slow"  # skip the tests that load the real SmolLM2 weights
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from smoltune.prefect_defaults import apply_prefect_defaults
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# Tests run from the repository root so that relative paths in configs (configs/eval_prompts.yaml) resolve.
+os.chdir(REPO)
+# Keep tests off the network: a hub lookup fails at once instead of waiting on timeouts.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Two cores: one training at a time, and OpenMP threads that yield instead of spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+apply_prefect_defaults()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer llama (hidden 64) with a small BPE tokenizer trained on built-in rows."""
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A temporary Prefect API with its own database for the whole session (flows, artifacts)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -1,0 +1,82 @@
+"""The finetune flow under a real (temporary) Prefect API, on the tiny model: artifact published,
+bad data stopped before training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from data_checks.suite import DataValidationError
+from smoltune.config import load_config
+
+
+def tiny_config(tiny_model_dir: Path, runs_dir: Path, *extra: str):
+    return load_config(
+        "configs/smoke.yaml",
+        [
+            f"model.source={tiny_model_dir}",
+            f"output.runs_dir={runs_dir}",
+            "data.num_samples=12",
+            "data.eval_samples=6",
+            "train.max_seq_length=256",
+            "eval.max_new_tokens=4",
+            *extra,
+        ],
+    )
+
+
+def read_report_artifact(flow_run_id) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from tasks.report import REPORT_ARTIFACT_KEY
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    [artifact] = [a for a in artifacts if a.key == REPORT_ARTIFACT_KEY]
+    assert artifact.type == "markdown"
+    return artifact.data
+
+
+def test_flow_writes_run_folder_and_publishes_the_report(
+    prefect_server: None, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from flows.finetune import finetune
+
+    state = finetune(config=tiny_config(tiny_model_dir, tmp_path), return_state=True)
+    assert state.is_completed()
+    run_dir = Path(state.result())
+    assert run_dir.parent == tmp_path
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["model"]["source"] == "local" and summary["train"]["steps"] == 2
+    assert set(summary["stage_seconds"]) == {
+        "resolve_model",
+        "fetch_dataset",
+        "validate_dataset",
+        "prepare_dataset",
+        "train",
+        "evaluate",
+    }
+    report = (run_dir / "report.md").read_text()
+    assert read_report_artifact(state.state_details.flow_run_id) == report
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "generations.json").is_file()
+
+
+def test_bad_data_stops_the_flow_before_training(prefect_server: None, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from flows.finetune import finetune
+
+    rows = [{"instruction": f"Question {i}", "input": "", "output": "answer"} for i in range(20)]
+    rows[4]["output"] = "  "
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tiny_config(tiny_model_dir, tmp_path / "runs", f"data.source={data}")
+    with pytest.raises(DataValidationError) as err:
+        finetune(config=config)
+    assert "'output' not empty after strip" in str(err.value) and "rows 4" in str(err.value)
+    [run_dir] = (tmp_path / "runs").iterdir()
+    assert (run_dir / "validation.json").is_file()
+    assert not (run_dir / "train").exists() and not (run_dir / "summary.json").exists()
