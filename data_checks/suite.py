@@ -1,15 +1,18 @@
 """The Great Expectations suite that gates training, and the function that runs it on a DataFrame.
 
-    python -c "import pandas as pd; from data_checks.suite import run_checks; \
-print(run_checks(pd.DataFrame({'instruction': ['hi'], 'input': [''], 'output': ['']}), min_rows=1))"
+    python -c "import pandas as pd; from data_checks.suite import run_checks, SuiteSettings; \
+print(run_checks(pd.DataFrame({'instruction': ['hi'], 'input': [''], 'output': ['']}), SuiteSettings(min_rows=1)))"
 
-Each expectation carries a severity: `critical` failures stop the flow before training, `warning`
-failures only go into the report.
+Checks (ids as used by `validation.severity`): columns, strings, non_empty, clean_text, duplicates,
+token_length, min_rows. Each has a severity: `critical` failures stop the flow before training, `warning`
+failures only go into the report. Two derived columns feed the suite: `is_repeat` (the row repeats an earlier
+instruction + input) and `n_tokens` (the formatted example's length with the real tokenizer).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -17,14 +20,33 @@ import pandas as pd
 REQUIRED_COLUMNS = ("instruction", "input", "output")
 NON_EMPTY_COLUMNS = ("instruction", "output")
 MAX_EXAMPLES = 5
+# C0 controls except tab / newline / carriage return, DEL, and U+FFFD, the mark of text that was not valid
+# unicode (lone surrogates are turned into it first, see `with_derived_columns`). Written with escapes
+# that both Python's `re` and Arrow's RE2 (pandas 3 strings) understand.
+CONTROL_OR_INVALID = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|" + "\ufffd"
 
 Severity = Literal["critical", "warning"]
+DEFAULT_SEVERITY: dict[str, Severity] = {"duplicates": "warning"}
+
+
+@dataclass(frozen=True)
+class SuiteSettings:
+    """The thresholds of the suite; `max_seq_length` None skips the token-length check (no tokenizer)."""
+
+    min_rows: int = 10
+    max_duplicate_rate: float = 0.05
+    max_seq_length: int | None = None
+    severity: dict[str, Severity] = field(default_factory=dict)
+
+    def severity_of(self, check_id: str) -> Severity:
+        return self.severity.get(check_id, DEFAULT_SEVERITY.get(check_id, "critical"))
 
 
 @dataclass
 class CheckResult:
     """One expectation's outcome, in words a user can act on."""
 
+    check_id: str
     name: str
     expectation: str
     severity: Severity
@@ -55,6 +77,7 @@ class ValidationOutcome:
     success: bool
     row_count: int
     checks: list[CheckResult]
+    data_docs: str | None = None
 
     @property
     def failed_critical(self) -> list[CheckResult]:
@@ -68,6 +91,7 @@ class ValidationOutcome:
         return {
             "success": self.success,
             "row_count": self.row_count,
+            "data_docs": self.data_docs,
             "checks": [asdict(c) for c in self.checks],
         }
 
@@ -83,75 +107,152 @@ class DataValidationError(RuntimeError):
         )
 
 
-def build_expectations(min_rows: int) -> list[tuple[str, Severity, Any]]:
-    """(name, severity, expectation) for the training-data suite."""
+def with_derived_columns(df: pd.DataFrame, token_counts: list[int] | None) -> pd.DataFrame:
+    """Add `is_repeat` and, when token counts are given, `n_tokens`; row numbers stay 0-based positions.
+    Lone surrogates (invalid unicode that JSON can carry) become U+FFFD, which the clean-text check reports;
+    left as they are, they would make the check itself fail on conversion to Arrow strings."""
+    frame = df.reset_index(drop=True).map(replace_invalid_unicode)
+    if {"instruction", "input"} <= set(frame.columns):
+        keys = frame[["instruction", "input"]].astype(str).apply(lambda col: col.str.strip())
+        frame["is_repeat"] = keys.duplicated(keep="first")
+    if token_counts is not None:
+        frame["n_tokens"] = token_counts
+    return frame
+
+
+def replace_invalid_unicode(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
+def build_expectations(settings: SuiteSettings) -> list[tuple[str, str, Any]]:
+    """(check id, readable name, expectation) for the training-data suite."""
     import great_expectations as gx
 
-    expectations: list[tuple[str, Severity, Any]] = [
-        (f"column '{c}' present", "critical", gx.expectations.ExpectColumnToExist(column=c)) for c in REQUIRED_COLUMNS
-    ]
-    for column in NON_EMPTY_COLUMNS:
-        expectations.append(
-            (f"'{column}' not null", "critical", gx.expectations.ExpectColumnValuesToNotBeNull(column=column))
-        )
-        # A value made only of whitespace is as empty as "" for training.
-        expectations.append(
+    ex = gx.expectations
+    checks: list[tuple[str, str, Any]] = []
+    for column in REQUIRED_COLUMNS:
+        checks.append(("columns", f"column '{column}' present", ex.ExpectColumnToExist(column=column)))
+        checks.append(("strings", f"'{column}' is text", ex.ExpectColumnValuesToBeOfType(column=column, type_="str")))
+        checks.append(
             (
-                f"'{column}' not empty after strip",
-                "critical",
-                gx.expectations.ExpectColumnValuesToMatchRegex(column=column, regex=r"\S"),
+                "clean_text",
+                f"'{column}' has no control characters or invalid unicode",
+                ex.ExpectColumnValuesToNotMatchRegex(column=column, regex=CONTROL_OR_INVALID),
             )
         )
-    expectations.append(
+    for column in NON_EMPTY_COLUMNS:
+        checks.append(("non_empty", f"'{column}' not null", ex.ExpectColumnValuesToNotBeNull(column=column)))
+        # A value made only of whitespace is as empty as "" for training.
+        checks.append(
+            (
+                "non_empty",
+                f"'{column}' not empty after strip",
+                ex.ExpectColumnValuesToMatchRegex(column=column, regex=r"\S"),
+            )
+        )
+    checks.append(
         (
-            f"at least {min_rows} rows",
-            "critical",
-            gx.expectations.ExpectTableRowCountToBeBetween(min_value=min_rows),
+            "duplicates",
+            f"at most {settings.max_duplicate_rate:.0%} repeated (instruction, input)",
+            ex.ExpectColumnValuesToBeInSet(
+                column="is_repeat", value_set=[False], mostly=max(1e-9, 1 - settings.max_duplicate_rate)
+            ),
         )
     )
-    return expectations
+    if settings.max_seq_length is not None:
+        checks.append(
+            (
+                "token_length",
+                f"formatted example fits max_seq_length ({settings.max_seq_length} tokens)",
+                ex.ExpectColumnValuesToBeBetween(column="n_tokens", max_value=settings.max_seq_length),
+            )
+        )
+    checks.append(
+        (
+            "min_rows",
+            f"at least {settings.min_rows} rows",
+            ex.ExpectTableRowCountToBeBetween(min_value=settings.min_rows),
+        )
+    )
+    return checks
 
 
-def run_checks(df: pd.DataFrame, min_rows: int = 1) -> ValidationOutcome:
-    """Validate `df` with an ephemeral Great Expectations context and summarise every expectation."""
+def data_docs_site(base_directory: Path) -> dict[str, Any]:
+    return {
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(base_directory)},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    }
+
+
+def run_checks(
+    df: pd.DataFrame,
+    settings: SuiteSettings,
+    token_counts: list[int] | None = None,
+    docs_dir: Path | None = None,
+) -> ValidationOutcome:
+    """Validate `df` in an ephemeral Great Expectations context; with `docs_dir`, also build Data Docs there."""
     import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
 
     context = gx.get_context(mode="ephemeral")
+    actions = []
+    if docs_dir is not None:
+        context.add_data_docs_site("smoltune", data_docs_site(docs_dir))
+        actions.append(UpdateDataDocsAction(name="data_docs", site_names=["smoltune"]))
     batch_definition = (
         context.data_sources.add_pandas("smoltune")
         .add_dataframe_asset("training_rows")
         .add_batch_definition_whole_dataframe("all_rows")
     )
-    named = build_expectations(min_rows)
+    named = build_expectations(settings)
     suite = context.suites.add(gx.ExpectationSuite(name="smoltune_training_data"))
     for _, _, expectation in named:
         suite.add_expectation(expectation)
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(data=batch_definition, suite=suite, name="smoltune_training_data")
     )
-    result = definition.run(
-        batch_parameters={"dataframe": df.reset_index(drop=True)},
-        result_format={"result_format": "COMPLETE", "partial_unexpected_count": MAX_EXAMPLES},
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="smoltune_gate",
+            validation_definitions=[definition],
+            actions=actions,
+            result_format={"result_format": "COMPLETE", "partial_unexpected_count": MAX_EXAMPLES},
+        )
     )
+    run = checkpoint.run(batch_parameters={"dataframe": with_derived_columns(df, token_counts)})
+    [result] = run.run_results.values()
     # Great Expectations returns results in its own order; match them back by expectation id.
     by_id = {r.expectation_config.id: r for r in result.results}
-    checks = [_to_check(name, severity, by_id[expectation.id]) for name, severity, expectation in named]
+    checks = [
+        _to_check(check_id, name, settings.severity_of(check_id), by_id[expectation.id])
+        for check_id, name, expectation in named
+    ]
+    index = docs_dir / "index.html" if docs_dir is not None else None
     return ValidationOutcome(
         success=not any(not c.success and c.severity == "critical" for c in checks),
         row_count=len(df),
         checks=checks,
+        data_docs=str(index) if index is not None and index.is_file() else None,
     )
 
 
-def _to_check(name: str, severity: Severity, result: Any) -> CheckResult:
+def _to_check(check_id: str, name: str, severity: Severity, result: Any) -> CheckResult:
     expectation = result.expectation_config.type
     info = result.exception_info or {}
     if info.get("raised_exception"):
         message = str(info.get("exception_message", "")).splitlines()[0][:200]
-        return CheckResult(name, expectation, severity, False, error=message)
+        return CheckResult(check_id, name, expectation, severity, False, error=message)
     details = result.result or {}
     indexes = details.get("unexpected_index_list") or []
     return CheckResult(
+        check_id,
         name,
         expectation,
         severity,

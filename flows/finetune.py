@@ -38,15 +38,17 @@ def finetune(config: PipelineConfig = PipelineConfig()) -> str:  # noqa: B008 - 
     with timer("fetch_dataset"):
         fetched = fetch_dataset_task(config.data, run)
     with timer("validate_dataset"):
-        validation = validate_dataset_task(fetched, config.validation, run)
+        validation = validate_dataset_task(
+            fetched, model, config.model, config.data, config.validation, config.train, run
+        )
     with timer("prepare_dataset"):
-        prepared = prepare_dataset_task(fetched, config.data, run)
+        prepared = prepare_dataset_task(fetched, model, config.model, config.data, run)
 
     # Training, then evaluation of base vs tuned on held-out rows and the eval prompts.
     with timer("train"):
         trained = train_task(model, config.model, prepared, config.train, run)
     with timer("evaluate"):
-        evaluated = evaluate_task(model, config.model, trained, prepared, config.eval, config.train, run)
+        evaluated = evaluate_task(model, trained, prepared, config, run)
 
     # Report: summary.json, report.md and the Prefect artifact.
     data = {

@@ -1,23 +1,16 @@
-"""Data: the built-in dataset, file loaders with one-line errors, and the held-out split."""
+"""Data: the built-in dataset, normalised loading, the held-out split and prompt templates."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from smoltune.builtin_data import FAMILIES, generate_rows
-from smoltune.data import (
-    DataSourceError,
-    fetch_dataset,
-    format_prompt,
-    load_rows,
-    prepare_dataset,
-    row_key,
-    split_rows,
-)
+from smoltune.config import DataConfig
+from smoltune.data import fetch_dataset, format_prompt, load_rows, prepare_dataset, row_key, split_rows
 from smoltune.files import read_jsonl
+from smoltune.sources import DataSourceError
 
 
 def test_builtin_rows_are_deterministic_distinct_and_varied() -> None:
@@ -60,37 +53,31 @@ def test_split_with_few_rows_keeps_half_for_training() -> None:
         split_rows(rows[:1], 1, 1, 0)
 
 
-def test_json_and_jsonl_files_load(tmp_path: Path) -> None:
-    rows = [{"instruction": "Say hi.", "input": "", "output": "hi"}]
-    (tmp_path / "a.json").write_text(json.dumps(rows))
-    (tmp_path / "a.jsonl").write_text(json.dumps(rows[0]) + "\n\n")
-    assert load_rows(str(tmp_path / "a.json")) == rows
-    assert load_rows(str(tmp_path / "a.jsonl")) == rows
+def test_load_rows_normalises_a_mapped_csv(tmp_path: Path) -> None:
+    path = tmp_path / "qa.csv"
+    path.write_text("question,answer\nWhat is 2+2?,4\n")
+    config = DataConfig(source=str(path), columns={"question": "instruction", "answer": "output"})
+    assert load_rows(config) == [{"instruction": "What is 2+2?", "output": "4", "input": ""}]
 
 
-@pytest.mark.parametrize(
-    ("name", "content", "message"),
-    [
-        ("trunc.json", b'[{"instruction": "a", "output": ', "invalid JSON at line 1"),
-        ("latin.json", '[{"instruction": "caf\xe9"}]'.encode("latin-1"), "not UTF-8"),
-        ("empty.jsonl", b"  \n", "the file is empty"),
-        ("obj.json", b'{"instruction": "a"}', "expected a JSON list of objects"),
-        ("bad.jsonl", b'{"instruction": "a"}\n{oops\n', "line 2 is not valid JSON"),
-        ("rows.csv", b"a,b\n1,2\n", "unsupported extension"),
-    ],
-)
-def test_unreadable_files_get_a_one_line_reason(tmp_path: Path, name: str, content: bytes, message: str) -> None:
-    path = tmp_path / name
-    path.write_bytes(content)
-    with pytest.raises(DataSourceError) as err:
-        load_rows(str(path))
-    assert message in str(err.value) and str(path) in str(err.value)
-    assert "\n" not in str(err.value)
+def test_builtin_dataset_has_fixed_disjoint_splits() -> None:
+    rows = load_rows(DataConfig())
+    train = [r for r in rows if r["split"] == "train"]
+    held_out = [r for r in rows if r["split"] == "test"]
+    assert len(train) >= 2000 and len(held_out) >= 200
+    assert not {row_key(r) for r in train} & {row_key(r) for r in held_out}
+    assert {r["family"] for r in held_out} == set(FAMILIES)
+    checkable = [r for r in rows if r["check"] in ("exact", "normalised")]
+    assert len(checkable) / len(rows) > 0.7
 
 
-def test_missing_file_names_the_way_out() -> None:
-    with pytest.raises(DataSourceError, match="'embedded'"):
-        load_rows("does/not/exist.jsonl")
+def test_split_uses_the_builtin_held_out_rows() -> None:
+    rows = load_rows(DataConfig())
+    train, held_out = split_rows(rows, num_samples=100, eval_samples=200, seed=3407)
+    assert len(train) == 100 and len(held_out) == 200
+    assert all(r["split"] == "train" for r in train) and all(r["split"] == "test" for r in held_out)
+    assert split_rows(rows, 100, 200, 3407) == (train, held_out)
+    assert split_rows(rows, 100, 200, 7)[0] != train
 
 
 def test_prompt_template_contains_instruction_and_input() -> None:
@@ -99,10 +86,24 @@ def test_prompt_template_contains_instruction_and_input() -> None:
     assert prompt.endswith("### Response:\n")
 
 
+def test_chat_template_uses_the_tokenizer(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "<|im_start|>assistant:"
+    )
+    prompt = format_prompt({"instruction": "Add.", "input": "1 and 2"}, "chat", tokenizer)
+    assert prompt == "<|im_start|>user\nAdd.\n\n1 and 2<|im_end|>\n<|im_start|>assistant:"
+    with pytest.raises(ValueError, match="chat template"):
+        format_prompt({"instruction": "Add."}, "chat", None)
+
+
 def test_fetch_then_prepare_writes_disjoint_splits(tmp_path: Path) -> None:
-    fetched = fetch_dataset("embedded", tmp_path)
-    assert fetched["rows"] >= 2000 and len(fetched["sha256"]) == 64
-    prepared = prepare_dataset(fetched["path"], 100, 40, 3407, tmp_path)
+    fetched = fetch_dataset(DataConfig(), tmp_path)
+    assert fetched["rows"] >= 2200 and len(fetched["sha256"]) == 64
+    prepared = prepare_dataset(fetched["path"], DataConfig(eval_samples=40), tmp_path)
     train, held_out = read_jsonl(prepared["train_file"]), read_jsonl(prepared["eval_file"])
     assert (len(train), len(held_out)) == (100, 40) == (prepared["train_rows"], prepared["eval_rows"])
     assert all(r["prompt"].endswith("### Response:\n") and r["completion"] == r["output"] for r in train)

@@ -70,7 +70,9 @@ def test_summary_has_every_field(run_dir: Path) -> None:
     assert len(train["losses"]) == 2 and all(math.isfinite(x) for x in train["losses"])
     assert math.isfinite(summary["eval"]["eval_loss_base"]) and math.isfinite(summary["eval"]["eval_loss_tuned"])
     assert (summary["data"]["train_rows"], summary["data"]["eval_rows"]) == (16, 8)
+    assert summary["eval"]["checked_rows"] > 0 and 0 <= summary["eval"]["accuracy_tuned"] <= 1
     assert "dequantised Q4_1" in (run_dir / "report.md").read_text()
+    assert Path(summary["validation"]["data_docs"]).is_file()
 
 
 def test_adapter_loads_and_moved_from_init(run_dir: Path) -> None:

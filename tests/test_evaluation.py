@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from smoltune.builtin_data import generate_rows
-from smoltune.config import TrainConfig
+from smoltune.config import DataConfig, EvalConfig, TrainConfig
 from smoltune.data import prepare_dataset
-from smoltune.evaluation import EvalPromptsError, evaluate_adapter, load_eval_prompts
-from smoltune.files import write_jsonl
+from smoltune.evaluation import EvalPromptsError, evaluate_adapter, load_eval_prompts, score_answers
+from smoltune.files import read_jsonl, write_jsonl
 from smoltune.training import train_lora
 
 
@@ -33,15 +33,31 @@ def test_malformed_prompts_file_is_named(tmp_path: Path) -> None:
 
 def test_evaluate_adapter_base_vs_tuned(tiny_model_dir: Path, tmp_path: Path) -> None:
     raw = write_jsonl(tmp_path / "raw.jsonl", generate_rows(60, seed=4))
-    prepared = prepare_dataset(raw, num_samples=16, eval_samples=6, seed=0, out_dir=tmp_path)
+    prepared = prepare_dataset(raw, DataConfig(num_samples=16, eval_samples=6, seed=0), tmp_path)
     config = TrainConfig(max_steps=2, warmup_steps=0, batch_size=2, grad_accum=1, learning_rate=1e-2)
     trained = train_lora(str(tiny_model_dir), prepared["train_file"], str(tmp_path / "out"), config)
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text("prompts:\n  - instruction: Add the two numbers.\n    input: 1 and 2\n  - Say hi.\n")
-    result = evaluate_adapter(str(tiny_model_dir), trained.adapter_dir, prepared["eval_file"], str(prompts), 5, 4, 256)
+    ev = EvalConfig(prompts_file=str(prompts), max_new_tokens=5, answer_max_new_tokens=3, batch_size=4)
+    result = evaluate_adapter(str(tiny_model_dir), trained.adapter_dir, prepared["eval_file"], ev, "alpaca", 256)
     assert result["eval_rows"] == 6
     assert math.isfinite(result["eval_loss_base"]) and math.isfinite(result["eval_loss_tuned"])
     # A large learning rate on a random model must move the held-out loss: base and tuned really differ.
     assert result["eval_loss_base"] != result["eval_loss_tuned"]
     assert [g["instruction"] for g in result["generations"]] == ["Add the two numbers.", "Say hi."]
     assert all(isinstance(g["base"], str) and isinstance(g["tuned"], str) for g in result["generations"])
+    checkable = [r for r in read_jsonl(prepared["eval_file"]) if r["check"] != "open"]
+    assert result["checked_rows"] == len(checkable) == len(result["answers"]) > 0
+    assert 0 <= result["accuracy_base"] <= 1 and 0 <= result["accuracy_tuned"] <= 1
+
+
+def test_score_answers_by_family() -> None:
+    rows = [
+        {"family": "addition", "output": "5", "check": "exact"},
+        {"family": "addition", "output": "7", "check": "exact"},
+        {"family": "parity", "output": "odd", "check": "normalised"},
+        {"family": "describe", "output": "A fox.", "check": "open"},
+    ]
+    score = score_answers(rows, ["5", "The answer is 7", "Odd.", "anything"])
+    assert score == {"accuracy": round(2 / 3, 4), "checked_rows": 3, "by_family": {"addition": 0.5, "parity": 1.0}}
+    assert score_answers(rows[3:], ["x"]) == {"accuracy": None, "checked_rows": 0, "by_family": {}}

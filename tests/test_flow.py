@@ -64,6 +64,7 @@ def test_flow_writes_run_folder_and_publishes_the_report(
     report = (run_dir / "report.md").read_text()
     assert read_report_artifact(state.state_details.flow_run_id) == report
     assert (run_dir / "config.yaml").is_file() and (run_dir / "generations.json").is_file()
+    assert (run_dir / "data_docs" / "index.html").is_file()
 
 
 def test_bad_data_stops_the_flow_before_training(prefect_server: None, tiny_model_dir: Path, tmp_path: Path) -> None:

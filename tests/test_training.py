@@ -8,17 +8,18 @@ from pathlib import Path
 import pytest
 
 from smoltune.builtin_data import generate_rows
-from smoltune.config import TrainConfig
+from smoltune.config import DataConfig, TrainConfig
 from smoltune.data import prepare_dataset, to_prompt_completion
 from smoltune.files import write_jsonl
-from smoltune.training import IGNORE_INDEX, TrainResult, tokenize_example, train_lora
+from smoltune.tokens import IGNORE_INDEX, tokenize_example
+from smoltune.training import TrainResult, train_lora
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("prepared")
     raw = write_jsonl(folder / "raw.jsonl", generate_rows(80, seed=2))
-    return prepare_dataset(raw, num_samples=32, eval_samples=8, seed=0, out_dir=folder)
+    return prepare_dataset(raw, DataConfig(num_samples=32, eval_samples=8, seed=0), folder)
 
 
 @pytest.fixture(scope="module")

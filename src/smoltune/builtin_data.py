@@ -2,8 +2,9 @@
 
     python -c "from smoltune.builtin_data import generate_rows; print(generate_rows(5))"
 
-Each row is Alpaca-shaped (`instruction`, `input`, `output`) plus `family` and `check`: how an answer can be
-scored (`exact`, `normalised`, or `open` for free text). Generation is deterministic for a given seed.
+Each row is Alpaca-shaped (`instruction`, `input`, `output`) plus `family`, `check` (how an answer is scored:
+`exact`, `normalised`, or `open` for free text) and `split`. `builtin_dataset()` holds about 2,230 `train`
+rows and 220 `test` rows (held out) over 11 families; no question appears in both. Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -79,7 +80,28 @@ _VERBS = [
     "passes",
     "guards",
 ]
-_ANIMALS = ["fox", "owl", "otter", "heron", "badger", "lizard", "salmon", "beetle", "goat", "sparrow"]
+_ANIMALS = [
+    "fox",
+    "owl",
+    "otter",
+    "heron",
+    "badger",
+    "lizard",
+    "salmon",
+    "beetle",
+    "goat",
+    "sparrow",
+    "rabbit",
+    "falcon",
+    "turtle",
+    "moth",
+    "deer",
+    "crab",
+    "wolf",
+    "frog",
+    "hedgehog",
+    "swan",
+]
 _PLACES = ["desert", "marsh", "mountains", "city park", "reef", "tundra", "old barn", "pine forest"]
 _PLACE_TRAITS = {
     "desert": "finds shade under rocks during the hottest hours",
@@ -118,7 +140,9 @@ def _subtraction(rng: random.Random) -> tuple[str, str, str, str]:
 
 def _reverse_word(rng: random.Random) -> tuple[str, str, str, str]:
     word = rng.choice(_NOUNS + _ADJECTIVES + _ANIMALS)
-    instr = rng.choice(["Write the word backwards.", "Reverse the letters of this word."])
+    instr = rng.choice(
+        ["Write the word backwards.", "Reverse the letters of this word.", "Spell this word in reverse order."]
+    )
     return instr, word, word[::-1], "exact"
 
 
@@ -186,7 +210,41 @@ FAMILIES: dict[str, Callable[[random.Random], tuple[str, str, str, str]]] = {
 }
 
 
-def generate_rows(count: int = 2400, seed: int = 0) -> list[Row]:
+ROWS_PER_FAMILY = 230
+HELD_OUT_EVERY = 11  # one row in 11 of each family is held out: about 220 rows over all families
+
+
+def family_rows(family: str, rng: random.Random, limit: int) -> list[Row]:
+    """Up to `limit` distinct rows of one family (fewer when the family has fewer distinct questions)."""
+    rows: list[Row] = []
+    seen: set[tuple[str, str]] = set()
+    for _ in range(limit * 20):
+        if len(rows) == limit:
+            break
+        instruction, input_text, output, check = FAMILIES[family](rng)
+        if (instruction, input_text) not in seen:
+            seen.add((instruction, input_text))
+            rows.append(
+                {"instruction": instruction, "input": input_text, "output": output, "family": family, "check": check}
+            )
+    return rows
+
+
+def builtin_dataset(seed: int = 0) -> list[Row]:
+    """The built-in dataset: every family split into `train` rows and `test` rows (held out), families
+    interleaved. No question appears twice."""
+    rng = random.Random(seed)
+    per_family = [family_rows(name, rng, ROWS_PER_FAMILY) for name in sorted(FAMILIES)]
+    rows: list[Row] = []
+    for position in range(max(len(f) for f in per_family)):
+        for family in per_family:
+            if position < len(family):
+                split = "test" if position % HELD_OUT_EVERY == 0 else "train"
+                rows.append({**family[position], "split": split})
+    return rows
+
+
+def generate_rows(count: int, seed: int = 0) -> list[Row]:
     """`count` distinct rows (by instruction + input), families interleaved, deterministic for `seed`."""
     rng = random.Random(seed)
     names = sorted(FAMILIES)

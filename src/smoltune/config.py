@@ -46,17 +46,39 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     source: str = Field(
         "embedded",
-        description="'embedded' (the built-in generated dataset) or a local .json / .jsonl file in "
-        "Alpaca format (instruction, input, output).",
+        description="'embedded' (the built-in generated dataset), a local .json/.jsonl/.csv/.parquet file, "
+        "an http(s) URL of such a file, or a hub dataset id such as yahma/alpaca-cleaned.",
     )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Your column names mapped to ours, e.g. {question: instruction, answer: output}.",
+    )
+    revision: str | None = Field(None, description="Hub dataset revision (branch, tag or commit).")
+    subset: str | None = Field(None, description="Hub dataset configuration name.")
+    split: str = Field("train", description="Hub dataset split to read.")
+    sha256: str | None = Field(None, description="Expected sha256 of a file or URL source; a mismatch stops the run.")
+    max_download_mb: float = Field(512, gt=0, description="A URL source larger than this is refused.")
     num_samples: int = Field(100, ge=1, description="Training rows, sampled deterministically by `seed`.")
-    eval_samples: int = Field(40, ge=1, description="Held-out rows for evaluation; never used in training.")
+    eval_samples: int = Field(100, ge=1, description="Held-out rows for evaluation; never used in training.")
     seed: int = Field(3407, description="Seed for sampling and for the held-out split.")
-    template: Literal["alpaca"] = Field("alpaca", description="Prompt template used for training and eval.")
+    template: Literal["alpaca", "chat"] = Field(
+        "alpaca", description="'alpaca': the seed's instruction template; 'chat': the model's chat template."
+    )
+
+
+CHECK_IDS = ("columns", "strings", "non_empty", "clean_text", "duplicates", "token_length", "min_rows")
 
 
 class ValidationConfig(_Section):
     min_rows: int = Field(10, ge=1, description="Fewer rows than this fails validation.")
+    max_duplicate_rate: float = Field(
+        0.05, ge=0, le=1, description="Largest share of rows that repeat an earlier (instruction, input)."
+    )
+    severity: dict[str, Literal["critical", "warning"]] = Field(
+        default_factory=dict,
+        description="Per-check severity overrides; checks: " + ", ".join(CHECK_IDS) + ". "
+        "Critical failures stop the run; warnings go into the report. Default: duplicates warn, the rest stop.",
+    )
 
 
 class LoraConfig(_Section):
@@ -87,7 +109,8 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     prompts_file: str = Field("configs/eval_prompts.yaml", description="Prompts answered by base and tuned.")
-    max_new_tokens: int = Field(64, ge=1, description="Greedy generation length per prompt.")
+    max_new_tokens: int = Field(64, ge=1, description="Greedy generation length per eval prompt.")
+    answer_max_new_tokens: int = Field(32, ge=1, description="Generation length when scoring held-out answers.")
     batch_size: int = Field(8, ge=1, description="Rows per forward pass for eval loss and generation.")
 
 
@@ -155,6 +178,9 @@ def semantic_problems(config: PipelineConfig) -> list[str]:
         )
     if not config.train.lora.target_modules:
         problems.append("train.lora.target_modules: at least one module is needed")
+    unknown = sorted(set(config.validation.severity) - set(CHECK_IDS))
+    if unknown:
+        problems.append(f"validation.severity: unknown check(s) {unknown}; known: {list(CHECK_IDS)}")
     if not Path(config.eval.prompts_file).is_file():
         problems.append(f"eval.prompts_file: {config.eval.prompts_file} does not exist")
     return problems

@@ -15,9 +15,12 @@ from typing import Any
 import yaml
 from rich.progress import Progress
 
+from smoltune.checking import is_correct
+from smoltune.config import EvalConfig
 from smoltune.data import format_prompt
 from smoltune.files import read_jsonl
-from smoltune.training import IGNORE_INDEX, load_model_and_tokenizer, pick_device, tokenize_rows
+from smoltune.tokens import IGNORE_INDEX, tokenize_rows
+from smoltune.training import load_model_and_tokenizer, pick_device
 
 
 class EvalPromptsError(ValueError):
@@ -104,42 +107,79 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tok
     return answers
 
 
+def score_answers(rows: list[dict], answers: list[str]) -> dict[str, Any]:
+    """Accuracy over rows whose `check` is exact / normalised, overall and per family; None without any."""
+    scored = [
+        (row.get("family", "all"), verdict)
+        for row, answer in zip(rows, answers, strict=True)
+        if (verdict := is_correct(answer, str(row["output"]), str(row.get("check", "")))) is not None
+    ]
+    if not scored:
+        return {"accuracy": None, "checked_rows": 0, "by_family": {}}
+    by_family: dict[str, list[bool]] = {}
+    for family, verdict in scored:
+        by_family.setdefault(family, []).append(verdict)
+    return {
+        "accuracy": round(sum(v for _, v in scored) / len(scored), 4),
+        "checked_rows": len(scored),
+        "by_family": {f: round(sum(v) / len(v), 4) for f, v in sorted(by_family.items())},
+    }
+
+
 def evaluate_adapter(
     model_path: str,
     adapter_dir: str,
     eval_file: str,
-    prompts_file: str,
-    max_new_tokens: int,
-    batch_size: int,
+    ev: EvalConfig,
+    template: str,
     max_seq_length: int,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Eval loss and greedy generations for the base model and base + adapter; returns a JSON-able dict."""
+    """Eval loss, held-out accuracy and prompt generations for the base model and base + adapter."""
     from peft import PeftModel
 
     model, tokenizer = load_model_and_tokenizer(model_path, pick_device(), trust_remote_code)
     model = PeftModel.from_pretrained(model, adapter_dir)
-    held_out = tokenize_rows(tokenizer, read_jsonl(eval_file), max_seq_length, mask_prompt=True)
-    prompts = load_eval_prompts(prompts_file)
-    texts = [format_prompt(p) for p in prompts]
+    rows = read_jsonl(eval_file)
+    held_out = tokenize_rows(tokenizer, rows, max_seq_length, mask_prompt=True)
+    checkable = [r for r in rows if r.get("check") in ("exact", "normalised")]
+    prompts = load_eval_prompts(ev.prompts_file)
+    texts = [format_prompt(p, template, tokenizer) for p in prompts]
+
+    def measure(progress: Progress, task: Any) -> dict[str, Any]:
+        loss = mean_answer_loss(model, held_out, tokenizer.pad_token_id, ev.batch_size)
+        progress.advance(task)
+        answers = generate_answers(
+            model, tokenizer, [r["prompt"] for r in checkable], ev.answer_max_new_tokens, ev.batch_size
+        )
+        progress.advance(task)
+        generations = generate_answers(model, tokenizer, texts, ev.max_new_tokens, ev.batch_size)
+        progress.advance(task)
+        return {"loss": loss, "score": score_answers(checkable, answers), "answers": answers, "prompts": generations}
+
     with Progress(transient=True) as progress:
-        task = progress.add_task("evaluating base and tuned", total=4)
+        task = progress.add_task("evaluating base and tuned", total=6)
         with model.disable_adapter():
-            loss_base = mean_answer_loss(model, held_out, tokenizer.pad_token_id, batch_size)
-            progress.advance(task)
-            base_answers = generate_answers(model, tokenizer, texts, max_new_tokens, batch_size)
-            progress.advance(task)
-        loss_tuned = mean_answer_loss(model, held_out, tokenizer.pad_token_id, batch_size)
-        progress.advance(task)
-        tuned_answers = generate_answers(model, tokenizer, texts, max_new_tokens, batch_size)
-        progress.advance(task)
+            base = measure(progress, task)
+        tuned = measure(progress, task)
     return {
         "eval_rows": len(held_out),
-        "eval_loss_base": round(loss_base, 5),
-        "eval_loss_tuned": round(loss_tuned, 5),
-        "perplexity_base": round(math.exp(min(loss_base, 50)), 3),
-        "perplexity_tuned": round(math.exp(min(loss_tuned, 50)), 3),
+        "eval_loss_base": round(base["loss"], 5),
+        "eval_loss_tuned": round(tuned["loss"], 5),
+        "perplexity_base": round(math.exp(min(base["loss"], 50)), 3),
+        "perplexity_tuned": round(math.exp(min(tuned["loss"], 50)), 3),
+        "checked_rows": base["score"]["checked_rows"],
+        "accuracy_base": base["score"]["accuracy"],
+        "accuracy_tuned": tuned["score"]["accuracy"],
+        "accuracy_by_family": {
+            family: {"base": base["score"]["by_family"][family], "tuned": tuned["score"]["by_family"][family]}
+            for family in base["score"]["by_family"]
+        },
+        "answers": [
+            {"family": r.get("family"), "reference": r["output"], "base": b, "tuned": t}
+            for r, b, t in zip(checkable, base["answers"], tuned["answers"], strict=True)
+        ],
         "generations": [
-            {**p, "base": b, "tuned": t} for p, b, t in zip(prompts, base_answers, tuned_answers, strict=True)
+            {**p, "base": b, "tuned": t} for p, b, t in zip(prompts, base["prompts"], tuned["prompts"], strict=True)
         ],
     }

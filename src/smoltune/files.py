@@ -69,8 +69,19 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def _json_line(row: dict[str, Any]) -> str:
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (invalid unicode a source may carry) cannot be UTF-8; escape them so the row
+        # survives unchanged and the data checks can report it.
+        line = json.dumps(row)
+    return line + "\n"
+
+
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return atomic_write_text(path, "".join(_json_line(r) for r in rows))
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

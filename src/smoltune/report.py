@@ -34,12 +34,32 @@ def _loss_rows(losses: list[float], max_rows: int = 12) -> list[list[Any]]:
 
 def _validation_section(validation: dict[str, Any]) -> str:
     verdict = "passed" if validation.get("success") else "FAILED"
+    checks = validation.get("checks", [])
     rows = [
-        [c["name"], c["severity"], "pass" if c["success"] else "fail", c.get("unexpected_count", 0)]
-        for c in validation.get("checks", [])
+        [c["name"], c["severity"], "pass" if c["success"] else "fail", c.get("unexpected_count", 0)] for c in checks
     ]
     text = f"Great Expectations suite {verdict} on {validation.get('row_count', '?')} rows."
+    warnings = [c for c in checks if not c["success"] and c["severity"] == "warning"]
+    if warnings:
+        text += "\n\n**Warnings** (training went ahead):\n\n" + "\n".join(
+            f"- {c['name']}: {c.get('unexpected_count', 0)} rows, e.g. {c.get('example_rows', [])}" for c in warnings
+        )
+    if validation.get("data_docs"):
+        text += f"\n\nData Docs: `{validation['data_docs']}`"
     return text + ("\n\n" + _table(["expectation", "severity", "result", "failing rows"], rows) if rows else "")
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _accuracy_section(ev: dict[str, Any]) -> str:
+    if ev.get("accuracy_base") is None:
+        return ""
+    rows = [[f, _percent(v["base"]), _percent(v["tuned"])] for f, v in ev.get("accuracy_by_family", {}).items()]
+    return f"\n\nAccuracy on {ev['checked_rows']} checkable held-out rows, by family:\n\n" + _table(
+        ["family", "base", "tuned"], rows
+    )
 
 
 def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) -> str:
@@ -95,6 +115,7 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
             ["metric", "base", "tuned"],
             [
                 ["eval loss", f"{ev['eval_loss_base']:.4f}", f"{ev['eval_loss_tuned']:.4f}"],
+                ["accuracy (checkable rows)", _percent(ev.get("accuracy_base")), _percent(ev.get("accuracy_tuned"))],
                 [
                     "perplexity",
                     f"{ev.get('perplexity_base', float('nan')):.2f}",
@@ -103,7 +124,7 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
             ],
         )
         + f"\n\nThe adapter {'lowered' if delta < 0 else 'did not lower'} the held-out loss "
-        f"({delta:+.4f} over {data['eval_rows']} rows never seen in training).",
+        f"({delta:+.4f} over {data['eval_rows']} rows never seen in training)." + _accuracy_section(ev),
     ]
     if generations:
         rows = [

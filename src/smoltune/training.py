@@ -3,8 +3,7 @@
     python -c "from smoltune.training import train_lora; help(train_lora)"
 
 `train_lora` takes a model folder and prepared JSONL files, writes a PEFT adapter folder (safetensors) and
-returns the figures the report needs. Tokenisation lives here too (`tokenize_example`) so that training and
-held-out evaluation mask exactly the same prompt tokens.
+returns the figures the report needs.
 """
 
 from __future__ import annotations
@@ -18,10 +17,9 @@ from typing import Any
 
 from smoltune.config import TrainConfig
 from smoltune.files import atomic_dir, dir_size_mb, read_jsonl
+from smoltune.tokens import load_tokenizer, tokenize_rows
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -53,22 +51,6 @@ class TrainResult:
         return 100.0 * self.trainable_params / self.total_params
 
 
-def tokenize_example(tokenizer: Any, prompt: str, completion: str, max_length: int, mask_prompt: bool) -> dict:
-    """input_ids and labels for prompt + completion + EOS; prompt positions get IGNORE_INDEX when `mask_prompt`.
-
-    The prompt and completion are tokenised separately and concatenated, so the boundary is exact and the
-    model sees at inference the same prompt tokens it was trained on. EOS teaches the model to stop."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    input_ids = (prompt_ids + completion_ids)[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) if mask_prompt else list(prompt_ids)) + list(completion_ids)
-    return {"input_ids": input_ids, "labels": labels[:max_length]}
-
-
-def tokenize_rows(tokenizer: Any, rows: list[dict], max_length: int, mask_prompt: bool) -> list[dict]:
-    return [tokenize_example(tokenizer, r["prompt"], r["completion"], max_length, mask_prompt) for r in rows]
-
-
 def count_parameters(model: Any) -> tuple[int, int]:
     """(trainable, total) parameters, counting tied weights once."""
     seen: set[int] = set()
@@ -91,11 +73,9 @@ def pick_device() -> str:
 def load_model_and_tokenizer(model_path: str, device: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Base model in fp32 on the CPU (bf16 is slower than fp32 on CPUs without AMX) or bf16 on CUDA."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_path, trust_remote_code)
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True

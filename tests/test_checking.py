@@ -1,0 +1,29 @@
+"""Answer checking: exact and normalised match as used for held-out accuracy."""
+
+from __future__ import annotations
+
+import pytest
+
+from smoltune.checking import first_line, is_correct, normalise_answer
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "check", "expected"),
+    [
+        ("176", "176", "exact", True),
+        ("176\nThe sum is 176.", "176", "exact", True),
+        ("The answer is 176", "176", "exact", False),
+        ("Odd.", "odd", "normalised", True),
+        ("7 ,19,  42", "7, 19, 42", "normalised", True),
+        ("7, 42, 19", "7, 19, 42", "normalised", False),
+        ("anything", "A fox lives here.", "open", None),
+        ("", "5", "exact", False),
+    ],
+)
+def test_is_correct(prediction: str, reference: str, check: str, expected: bool | None) -> None:
+    assert is_correct(prediction, reference, check) is expected
+
+
+def test_normalise_and_first_line() -> None:
+    assert normalise_answer('  "Even!" ') == "even"
+    assert first_line("\n  42 \nmore") == "42"
