@@ -15,6 +15,7 @@ from smoltune.config import PipelineConfig
 from smoltune.runs import StageTimer, build_summary, create_run_dir, write_config
 from tasks.data import fetch_dataset_task, prepare_dataset_task, validate_dataset_task
 from tasks.evaluate import evaluate_task
+from tasks.export import export_task
 from tasks.model import resolve_model_task
 from tasks.report import report_task
 from tasks.train import train_task
@@ -44,9 +45,15 @@ def finetune(config: PipelineConfig = PipelineConfig()) -> str:  # noqa: B008 - 
     with timer("prepare_dataset"):
         prepared = prepare_dataset_task(fetched, model, config.model, config.data, run)
 
-    # Training, then evaluation of base vs tuned on held-out rows and the eval prompts.
+    # Training (in its own process, resumable), optional exports, then evaluation of base vs tuned on
+    # held-out rows and the eval prompts.
     with timer("train"):
-        trained = train_task(model, config.model, prepared, config.train, run)
+        trained = train_task(model, prepared, config, run)
+    if config.export.merged or config.export.gguf:
+        with timer("export"):
+            exported = export_task(model, trained, config)
+    else:
+        exported = {}
     with timer("evaluate"):
         evaluated = evaluate_task(model, trained, prepared, config, run)
 
@@ -59,6 +66,7 @@ def finetune(config: PipelineConfig = PipelineConfig()) -> str:  # noqa: B008 - 
         "eval_rows": prepared["eval_rows"],
     }
     summary = build_summary(run_dir, model, data, validation, trained, evaluated, timer.seconds)
+    summary["artifacts"].update(exported)
     report_task(summary, evaluated["generations"])
     return run
 

@@ -8,15 +8,16 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from smoltune.config import PipelineConfig
-from smoltune.evaluation import evaluate_adapter
+from smoltune.evaluation import evaluate_tuned
 from smoltune.files import atomic_write_json
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(model: dict, trained: dict, prepared: dict, config: PipelineConfig, run_dir: str) -> dict:
-    result = evaluate_adapter(
+    result = evaluate_tuned(
         model["path"],
-        trained["adapter_dir"],
+        trained["output_dir"],
+        trained["mode"],
         prepared["eval_file"],
         config.eval,
         config.data.template,

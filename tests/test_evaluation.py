@@ -10,9 +10,10 @@ import pytest
 from smoltune.builtin_data import generate_rows
 from smoltune.config import DataConfig, EvalConfig, TrainConfig
 from smoltune.data import prepare_dataset
-from smoltune.evaluation import EvalPromptsError, evaluate_adapter, load_eval_prompts, score_answers
+from smoltune.evaluation import EvalPromptsError, evaluate_tuned, load_eval_prompts, score_answers
 from smoltune.files import read_jsonl, write_jsonl
-from smoltune.training import train_lora
+from smoltune.train_runner import train_in_subprocess
+from smoltune.training import TrainSpec
 
 
 def test_shipped_eval_prompts_are_varied() -> None:
@@ -35,11 +36,12 @@ def test_evaluate_adapter_base_vs_tuned(tiny_model_dir: Path, tmp_path: Path) ->
     raw = write_jsonl(tmp_path / "raw.jsonl", generate_rows(60, seed=4))
     prepared = prepare_dataset(raw, DataConfig(num_samples=16, eval_samples=6, seed=0), tmp_path)
     config = TrainConfig(max_steps=2, warmup_steps=0, batch_size=2, grad_accum=1, learning_rate=1e-2)
-    trained = train_lora(str(tiny_model_dir), prepared["train_file"], str(tmp_path / "out"), config)
+    spec = TrainSpec(str(tiny_model_dir), prepared["train_file"], str(tmp_path / "out"), config.model_dump())
+    trained = train_in_subprocess(spec)
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text("prompts:\n  - instruction: Add the two numbers.\n    input: 1 and 2\n  - Say hi.\n")
     ev = EvalConfig(prompts_file=str(prompts), max_new_tokens=5, answer_max_new_tokens=3, batch_size=4)
-    result = evaluate_adapter(str(tiny_model_dir), trained.adapter_dir, prepared["eval_file"], ev, "alpaca", 256)
+    result = evaluate_tuned(str(tiny_model_dir), trained.output_dir, "lora", prepared["eval_file"], ev, "alpaca", 256)
     assert result["eval_rows"] == 6
     assert math.isfinite(result["eval_loss_base"]) and math.isfinite(result["eval_loss_tuned"])
     # A large learning rate on a random model must move the held-out loss: base and tuned really differ.

@@ -65,6 +65,24 @@ def test_flow_writes_run_folder_and_publishes_the_report(
     assert read_report_artifact(state.state_details.flow_run_id) == report
     assert (run_dir / "config.yaml").is_file() and (run_dir / "generations.json").is_file()
     assert (run_dir / "data_docs" / "index.html").is_file()
+    assert (run_dir / "train" / "adapter" / "adapter_model.safetensors").is_file()
+    assert Path(summary["artifacts"]["adapter_dir"]).resolve() == (run_dir / "train" / "adapter").resolve()
+
+    # The same config again: training is found finished in its content-addressed folder, not redone.
+    again = Path(finetune(config=tiny_config(tiny_model_dir, tmp_path)))
+    summary_again = json.loads((again / "summary.json").read_text())
+    assert summary_again["artifacts"]["adapter_dir"] == summary["artifacts"]["adapter_dir"]
+    assert summary_again["train"]["train_seconds"] == summary["train"]["train_seconds"]
+
+    # `smoltune chat` answers from the run's adapter, once, with --prompt.
+    from typer.testing import CliRunner
+
+    from smoltune.cli import app
+
+    chat = CliRunner().invoke(app, ["chat", str(run_dir), "--prompt", "Say hi.", "--max-new-tokens", "5"])
+    assert chat.exit_code == 0, chat.output
+    missing = CliRunner().invoke(app, ["chat", str(tmp_path)])
+    assert missing.exit_code == 2 and "no summary.json" in missing.output
 
 
 def test_bad_data_stops_the_flow_before_training(prefect_server: None, tiny_model_dir: Path, tmp_path: Path) -> None:

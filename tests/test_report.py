@@ -34,7 +34,7 @@ def make_summary() -> dict:
             "perplexity_base": 18.17,
             "perplexity_tuned": 3.32,
         },
-        "artifacts": {"adapter_dir": "/x/adapter", "adapter_mb": 18.69},
+        "artifacts": {"adapter_dir": "/x/adapter", "adapter_mb": 18.69, "saved_mb": 18.69},
         "stage_seconds": {"train": 125.0},
     }
 
@@ -45,7 +45,8 @@ def test_report_shows_the_measured_figures() -> None:
     assert "| training time | 123.5 s |" in text
     assert "| real tokens / s | 81.3 |" in text
     assert "| peak memory | 2712 MiB |" in text
-    assert "| adapter size | 18.69 MiB |" in text
+    assert "| saved size | 18.69 MiB |" in text
+    assert "- adapter_dir: `/x/adapter`" in text
     assert "| eval loss | 2.9000 | 1.2000 |" in text
     assert "lowered the held-out loss (-1.7000 over 40 rows" in text
     assert "| final train loss | 1.5500 |" in text

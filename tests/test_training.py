@@ -1,18 +1,30 @@
-"""Training on the tiny random llama: metrics recorded, adapter saved as safetensors and loadable."""
+"""Training on the tiny random llama, always in a subprocess (as the flow does): both backends, both modes,
+figures recorded, outputs loadable, and resumption after a real SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from smoltune.builtin_data import generate_rows
+from smoltune.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
 from smoltune.config import DataConfig, TrainConfig
 from smoltune.data import prepare_dataset, to_prompt_completion
 from smoltune.files import write_jsonl
 from smoltune.tokens import IGNORE_INDEX, tokenize_example
-from smoltune.training import TrainResult, train_lora
+from smoltune.train_runner import train_in_subprocess
+from smoltune.train_worker import STEP_PREFIX
+from smoltune.training import TrainResult, TrainSpec
+
+FAST = {"warmup_steps": 1, "batch_size": 2, "grad_accum": 2, "max_seq_length": 256}
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +34,18 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return prepare_dataset(raw, DataConfig(num_samples=32, eval_samples=8, seed=0), folder)
 
 
+def spec_for(model_dir: Path, prepared: dict, work_dir: Path, **train: object) -> TrainSpec:
+    config = TrainConfig(**{**FAST, **train})
+    return TrainSpec(str(model_dir), prepared["train_file"], str(work_dir), config.model_dump(mode="json"))
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir: Path, prepared: dict, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
-    config = TrainConfig(max_steps=3, warmup_steps=1, batch_size=2, grad_accum=2, max_seq_length=256)
-    return train_lora(str(tiny_model_dir), prepared["train_file"], str(tmp_path_factory.mktemp("out")), config)
+    steps: list[dict] = []
+    spec = spec_for(tiny_model_dir, prepared, tmp_path_factory.mktemp("hf"), max_steps=3, backend="hf")
+    result = train_in_subprocess(spec, steps.append)
+    assert [s["step"] for s in steps] == [1, 2, 3]  # progress relayed from the training process
+    return result
 
 
 def test_prompt_tokens_are_masked_and_eos_appended(tiny_model_dir: Path) -> None:
@@ -44,13 +64,16 @@ def test_prompt_tokens_are_masked_and_eos_appended(tiny_model_dir: Path) -> None
 
 
 def test_training_records_the_figures(trained: TrainResult) -> None:
+    assert (trained.backend, trained.mode, trained.rank) == ("hf", "lora", 16)
     assert trained.steps == 3 and len(trained.losses) == 3
     assert all(math.isfinite(loss) for loss in trained.losses)
     assert trained.tokens_seen > 0 and trained.tokens_per_second > 0
     assert trained.train_seconds > 0 and trained.peak_memory_mb > 100
     assert [s["step"] for s in trained.step_log] == [1, 2, 3]
+    assert all(math.isfinite(s["grad_norm"]) and s["learning_rate"] >= 0 for s in trained.step_log)
     assert trained.step_log[-1]["tokens_seen"] == trained.tokens_seen
     assert trained.settings["gradient_checkpointing"] is False and trained.settings["bf16"] is False
+    assert trained.settings["optim"] == "adamw_torch"
 
 
 def test_trainable_parameters_match_the_lora_formula(trained: TrainResult) -> None:
@@ -58,20 +81,104 @@ def test_trainable_parameters_match_the_lora_formula(trained: TrainResult) -> No
     r, h, i, kv = 16, 64, 128, 32
     per_layer = r * ((h + h) + (h + kv) * 2 + (h + h) + (h + i) * 2 + (i + h))
     assert trained.trainable_params == 2 * per_layer
-    assert trained.total_params > trained.trainable_params
     assert 0 < trained.trainable_percent < 100
 
 
-def test_adapter_is_safetensors_and_loads_with_peft(trained: TrainResult, tiny_model_dir: Path) -> None:
+def lora_b_weights(model_dir: Path, adapter_dir: str) -> list:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    files = {p.name for p in Path(trained.adapter_dir).iterdir()}
-    assert "adapter_model.safetensors" in files and "adapter_config.json" in files
-    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), trained.adapter_dir)
-    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter_dir)
+    return [p for name, p in model.named_parameters() if "lora_B" in name]
+
+
+def test_adapter_is_safetensors_and_loads_with_peft(trained: TrainResult, tiny_model_dir: Path) -> None:
+    files = {p.name for p in Path(trained.output_dir).iterdir()}
+    assert files == {"adapter_model.safetensors", "adapter_config.json", "README.md"}
+    lora_b = lora_b_weights(tiny_model_dir, trained.output_dir)
     assert len(lora_b) == 2 * 7
     # LoRA B starts at zero: any non-zero value means training moved the adapter.
     assert any(p.abs().sum().item() > 0 for p in lora_b)
-    assert trained.adapter_mb > 0
+    assert trained.saved_mb > 0
+
+
+def test_a_finished_folder_is_reused(trained: TrainResult, tiny_model_dir: Path, prepared: dict) -> None:
+    spec = spec_for(tiny_model_dir, prepared, Path(trained.output_dir).parent, max_steps=3, backend="hf")
+    assert train_in_subprocess(spec) == trained
+
+
+def test_unsloth_backend_gives_the_same_artifacts_and_metrics(
+    trained: TrainResult, tiny_model_dir: Path, prepared: dict, tmp_path: Path
+) -> None:
+    result = train_in_subprocess(spec_for(tiny_model_dir, prepared, tmp_path, max_steps=2, backend="unsloth"))
+    assert result.backend == "unsloth" and result.steps == 2 and len(result.losses) == 2
+    assert all(math.isfinite(x) for x in result.losses) and result.tokens_per_second > 0
+    assert set(result.to_dict()) == set(trained.to_dict())
+    assert {p.name for p in Path(result.output_dir).iterdir()} >= {"adapter_model.safetensors", "adapter_config.json"}
+    assert result.trainable_params == trained.trainable_params
+    assert any(p.abs().sum().item() > 0 for p in lora_b_weights(tiny_model_dir, result.output_dir))
+
+
+def test_full_fine_tuning_trains_every_weight(tiny_model_dir: Path, prepared: dict, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    result = train_in_subprocess(spec_for(tiny_model_dir, prepared, tmp_path, max_steps=2, mode="full", backend="hf"))
+    assert result.mode == "full" and result.rank is None
+    assert result.trainable_params == result.total_params
+    assert (Path(result.output_dir) / "model.safetensors").is_file()
+    tuned = AutoModelForCausalLM.from_pretrained(result.output_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    moved = [(a - b).abs().max().item() for a, b in zip(tuned.parameters(), base.parameters(), strict=True)]
+    assert max(moved) > 0
+
+
+def test_partial_checkpoints_are_never_chosen(tmp_path: Path) -> None:
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / COMPLETE_MARKER).write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert latest_complete_checkpoint(tmp_path / "absent") is None
+
+
+def kill_after_step(spec: TrainSpec, step: int) -> None:
+    """Start the worker and SIGKILL it as soon as it reports `step`."""
+    Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
+    spec_file = Path(spec.work_dir) / "spec.json"
+    spec_file.write_text(json.dumps(spec.__dict__))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smoltune.train_worker", str(spec_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    for line in proc.stdout:  # type: ignore[union-attr]
+        if line.startswith(STEP_PREFIX) and json.loads(line[len(STEP_PREFIX) :])["step"] >= step:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(
+    tiny_model_dir: Path, prepared: dict, tmp_path: Path
+) -> None:
+    settings = {"max_steps": 6, "save_steps": 2, "save_total_limit": 5, "backend": "hf"}
+    straight = train_in_subprocess(spec_for(tiny_model_dir, prepared, tmp_path / "straight", **settings))
+
+    interrupted = spec_for(tiny_model_dir, prepared, tmp_path / "interrupted", **settings)
+    kill_after_step(interrupted, 3)
+    checkpoints = tmp_path / "interrupted" / "checkpoints"
+    last = latest_complete_checkpoint(checkpoints)
+    assert last is not None and not (tmp_path / "interrupted" / "result.json").exists()
+    # A checkpoint whose writing never finished must be ignored: fake one beyond the last complete one.
+    partial = checkpoints / "checkpoint-5"
+    shutil.copytree(last, partial)
+    (partial / COMPLETE_MARKER).unlink()
+
+    resumed = train_in_subprocess(interrupted)
+    assert resumed.resumed_from_step == int(last.name.split("-")[1]) >= 2
+    assert resumed.steps == 6 and len(resumed.losses) == 6
+    assert resumed.losses == pytest.approx(straight.losses, abs=1e-4)

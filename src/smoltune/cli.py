@@ -43,5 +43,39 @@ def run(
     typer.echo(run_dir)
 
 
+@app.command()
+def chat(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder printed by `smoltune run`.")],
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Answer once and exit.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
+) -> None:
+    """Chat with a run's tuned model; tokens are printed as they are generated."""
+    from smoltune.chat import RunNotFoundError, answer_prompt, load_run
+
+    try:
+        model, tokenizer, template = load_run(run_dir)
+    except RunNotFoundError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+    def respond(text: str) -> None:
+        for piece in answer_prompt(model, tokenizer, template, text, max_new_tokens):
+            typer.echo(piece, nl=False)
+        typer.echo()
+
+    if prompt is not None:
+        respond(prompt)
+        return
+    typer.echo("Type an instruction; an empty line or Ctrl-D ends.", err=True)
+    while True:
+        try:
+            text = input("> ")
+        except EOFError:
+            break
+        if not text.strip():
+            break
+        respond(text)
+
+
 if __name__ == "__main__":
     app()

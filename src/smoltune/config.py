@@ -89,11 +89,17 @@ class LoraConfig(_Section):
         default_factory=lambda: list(LORA_TARGETS_LLAMA),
         description="Linear layers that receive an adapter.",
     )
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r) instead of alpha / r.")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA). Slower; hf backend only.")
 
 
 class TrainConfig(_Section):
-    backend: Literal["hf"] = Field("hf", description="Training backend: transformers + peft + trl.")
-    mode: Literal["lora"] = Field("lora", description="Fine-tuning method.")
+    backend: Literal["auto", "hf", "unsloth"] = Field(
+        "auto",
+        description="'hf' (transformers + peft + trl), 'unsloth' (FastLanguageModel), or 'auto': unsloth on "
+        "CUDA, on the CPU the backend the benchmark measured faster (the choice and reason go in the summary).",
+    )
+    mode: Literal["lora", "full"] = Field("lora", description="'lora' trains an adapter; 'full' every weight.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     max_steps: int = Field(60, ge=1, description="Optimizer steps.")
     batch_size: int = Field(2, ge=1, description="Rows per forward pass.")
@@ -105,6 +111,8 @@ class TrainConfig(_Section):
     seed: int = Field(3407, description="Seed for adapter initialisation and data order.")
     max_seq_length: int = Field(2048, ge=16, description="Longer examples are truncated.")
     train_on_responses_only: bool = Field(True, description="Mask prompt tokens out of the loss.")
+    save_steps: int = Field(20, ge=1, description="Checkpoint every this many steps; a rerun resumes from the last.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
 
 
 class EvalConfig(_Section):
@@ -112,6 +120,12 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(64, ge=1, description="Greedy generation length per eval prompt.")
     answer_max_new_tokens: int = Field(32, ge=1, description="Generation length when scoring held-out answers.")
     batch_size: int = Field(8, ge=1, description="Rows per forward pass for eval loss and generation.")
+
+
+class ExportConfig(_Section):
+    merged: bool = Field(False, description="Also write the base model with the adapter merged in (16-bit).")
+    gguf: bool = Field(False, description="Also write a GGUF file of the merged model.")
+    gguf_type: Literal["f16", "q8_0"] = Field("f16", description="GGUF tensor type.")
 
 
 class OutputConfig(_Section):
@@ -127,6 +141,7 @@ class PipelineConfig(_Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 
@@ -176,6 +191,10 @@ def semantic_problems(config: PipelineConfig) -> list[str]:
         problems.append(
             f"train.warmup_steps ({config.train.warmup_steps}) exceeds train.max_steps ({config.train.max_steps})"
         )
+    if config.train.mode == "full" and config.export.merged:
+        problems.append("export.merged: full fine-tuning already saves a whole model; nothing to merge")
+    if config.train.backend == "unsloth" and config.train.lora.use_dora:
+        problems.append("train.lora.use_dora: not supported by the unsloth backend; use train.backend=hf")
     if not config.train.lora.target_modules:
         problems.append("train.lora.target_modules: at least one module is needed")
     unknown = sorted(set(config.validation.severity) - set(CHECK_IDS))

@@ -9,6 +9,8 @@ in training). Generations are greedy, so base and tuned answers differ only beca
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,20 +128,52 @@ def score_answers(rows: list[dict], answers: list[str]) -> dict[str, Any]:
     }
 
 
-def evaluate_adapter(
+class BaseAndTuned:
+    """The tuned model as `.model`, and a context in which `.model` answers as the base model.
+
+    LoRA: one model whose adapter is switched off for the base figures. Full fine-tuning: the base model is
+    loaded beside the tuned one."""
+
+    def __init__(self, tuned: Any, base: Any = None) -> None:
+        self.tuned, self.base, self.model = tuned, base, tuned
+
+    @contextmanager
+    def as_base(self) -> Iterator[None]:
+        if self.base is None:
+            with self.tuned.disable_adapter():
+                yield
+            return
+        self.model = self.base
+        try:
+            yield
+        finally:
+            self.model = self.tuned
+
+
+def load_tuned(model_path: str, output_dir: str, mode: str, trust_remote_code: bool) -> tuple[BaseAndTuned, Any]:
+    device = pick_device()
+    if mode == "lora":
+        from peft import PeftModel
+
+        base, tokenizer = load_model_and_tokenizer(model_path, device, trust_remote_code)
+        return BaseAndTuned(PeftModel.from_pretrained(base, output_dir)), tokenizer
+    tuned, tokenizer = load_model_and_tokenizer(output_dir, device, trust_remote_code)
+    base, _ = load_model_and_tokenizer(model_path, device, trust_remote_code)
+    return BaseAndTuned(tuned, base), tokenizer
+
+
+def evaluate_tuned(
     model_path: str,
-    adapter_dir: str,
+    output_dir: str,
+    mode: str,
     eval_file: str,
     ev: EvalConfig,
     template: str,
     max_seq_length: int,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Eval loss, held-out accuracy and prompt generations for the base model and base + adapter."""
-    from peft import PeftModel
-
-    model, tokenizer = load_model_and_tokenizer(model_path, pick_device(), trust_remote_code)
-    model = PeftModel.from_pretrained(model, adapter_dir)
+    """Eval loss, held-out accuracy and prompt generations for the base and the tuned model."""
+    models, tokenizer = load_tuned(model_path, output_dir, mode, trust_remote_code)
     rows = read_jsonl(eval_file)
     held_out = tokenize_rows(tokenizer, rows, max_seq_length, mask_prompt=True)
     checkable = [r for r in rows if r.get("check") in ("exact", "normalised")]
@@ -147,19 +181,19 @@ def evaluate_adapter(
     texts = [format_prompt(p, template, tokenizer) for p in prompts]
 
     def measure(progress: Progress, task: Any) -> dict[str, Any]:
-        loss = mean_answer_loss(model, held_out, tokenizer.pad_token_id, ev.batch_size)
+        loss = mean_answer_loss(models.model, held_out, tokenizer.pad_token_id, ev.batch_size)
         progress.advance(task)
         answers = generate_answers(
-            model, tokenizer, [r["prompt"] for r in checkable], ev.answer_max_new_tokens, ev.batch_size
+            models.model, tokenizer, [r["prompt"] for r in checkable], ev.answer_max_new_tokens, ev.batch_size
         )
         progress.advance(task)
-        generations = generate_answers(model, tokenizer, texts, ev.max_new_tokens, ev.batch_size)
+        generations = generate_answers(models.model, tokenizer, texts, ev.max_new_tokens, ev.batch_size)
         progress.advance(task)
         return {"loss": loss, "score": score_answers(checkable, answers), "answers": answers, "prompts": generations}
 
     with Progress(transient=True) as progress:
         task = progress.add_task("evaluating base and tuned", total=6)
-        with model.disable_adapter():
+        with models.as_base():
             base = measure(progress, task)
         tuned = measure(progress, task)
     return {

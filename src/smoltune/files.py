@@ -38,6 +38,11 @@ def sha256_dir(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def fingerprint(data: Any) -> str:
+    """A short stable hash of JSON-able data (keys sorted): used to name content-addressed folders."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
 def dir_size_mb(path: str | Path) -> float:
     """Total size of the files under `path` in MiB."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20

@@ -49,6 +49,13 @@ def _validation_section(validation: dict[str, Any]) -> str:
     return text + ("\n\n" + _table(["expectation", "severity", "result", "failing rows"], rows) if rows else "")
 
 
+def _backend_mode(train: dict[str, Any]) -> str:
+    mode = f"lora (r={train['rank']})" if train["mode"] == "lora" else train["mode"]
+    reason = f" — {train['backend_reason']}" if train.get("backend_reason") else ""
+    resumed = f"; resumed from step {train['resumed_from_step']}" if train.get("resumed_from_step") else ""
+    return f"{train['backend']} / {mode}{reason}{resumed}"
+
+
 def _percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
@@ -95,7 +102,7 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
         + _table(
             ["figure", "value"],
             [
-                ["backend / mode", f"{train['backend']} / {train['mode']} (r={train['rank']})"],
+                ["backend / mode", _backend_mode(train)],
                 ["device", train.get("device", "?")],
                 [
                     "trainable parameters",
@@ -105,7 +112,7 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
                 ["training time", f"{train['train_seconds']:.1f} s"],
                 ["real tokens / s", f"{train['tokens_per_second']:.1f}"],
                 ["peak memory", f"{train['peak_memory_mb']:.0f} MiB"],
-                ["adapter size", f"{artifacts.get('adapter_mb', 0):.2f} MiB"],
+                ["saved size", f"{artifacts.get('saved_mb', 0):.2f} MiB"],
                 ["final train loss", f"{losses[-1]:.4f}" if losses else "—"],
             ],
         )
@@ -137,5 +144,10 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
         sections.append(
             "## Stage wall time\n\n" + _table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()])
         )
-    sections.append(f"## Artifacts\n\n- adapter: `{artifacts.get('adapter_dir', '?')}`")
+    saved = [
+        f"- {name}: `{artifacts[name]}`"
+        for name in ("adapter_dir", "model_dir", "merged_dir", "gguf_file")
+        if name in artifacts
+    ]
+    sections.append("## Artifacts\n\n" + "\n".join(saved))
     return "\n\n".join(sections) + "\n"

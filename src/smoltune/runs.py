@@ -54,6 +54,13 @@ class StageTimer:
             self.seconds[stage] = round(time.perf_counter() - started, 2)
 
 
+def saved_artifacts(train: dict[str, Any]) -> dict[str, Any]:
+    """Where the trained weights are: `adapter_dir` / `adapter_mb` for LoRA, `model_dir` for full."""
+    if train["mode"] == "lora":
+        return {"adapter_dir": train["output_dir"], "adapter_mb": train["saved_mb"], "saved_mb": train["saved_mb"]}
+    return {"model_dir": train["output_dir"], "saved_mb": train["saved_mb"]}
+
+
 def build_summary(
     run_dir: Path,
     model: dict[str, Any],
@@ -70,11 +77,10 @@ def build_summary(
         "model": model,
         "data": data,
         "validation": validation,
-        "train": {k: v for k, v in train.items() if k not in ("adapter_dir", "adapter_mb")},
+        "train": {k: v for k, v in train.items() if k not in ("output_dir", "saved_mb")},
         "eval": {k: v for k, v in evaluation.items() if k != "generations"},
         "artifacts": {
-            "adapter_dir": train["adapter_dir"],
-            "adapter_mb": train["adapter_mb"],
+            **saved_artifacts(train),
             "report": str(run_dir / "report.md"),
             "generations": str(run_dir / "generations.json"),
         },

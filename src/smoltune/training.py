@@ -1,14 +1,15 @@
-"""LoRA training with transformers + peft + trl, measured.
+"""Training, measured and resumable: LoRA or full fine-tuning, with the hf or the unsloth backend.
 
-    python -c "from smoltune.training import train_lora; help(train_lora)"
+    python -m smoltune.train_worker WORK_DIR/spec.json     # what the train task runs, in its own process
 
-`train_lora` takes a model folder and prepared JSONL files, writes a PEFT adapter folder (safetensors) and
-returns the figures the report needs.
+`train(spec)` trains into `spec.work_dir`: checkpoints under `checkpoints/` (each marked complete once
+written), the result under `adapter/` (LoRA) or `model/` (full), and the figures in `result.json`. Run it
+again on the same folder and it resumes from the last complete checkpoint, or returns the finished result.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,10 +17,25 @@ from pathlib import Path
 from typing import Any
 
 from smoltune.config import TrainConfig
-from smoltune.files import atomic_dir, dir_size_mb, read_jsonl
+from smoltune.files import atomic_dir, atomic_write_json, dir_size_mb, read_jsonl
 from smoltune.tokens import load_tokenizer, tokenize_rows
 
-log = logging.getLogger(__name__)
+RESULT_FILE = "result.json"
+# Measured on this 2-core CPU (README, "Performance"): the hf path with gradient checkpointing and bf16 off
+# trains faster than Unsloth's CPU fallback.
+CPU_AUTO_BACKEND = "hf"
+CPU_AUTO_REASON = "auto on CPU: hf trained faster than unsloth on this machine (README, Performance)"
+
+
+@dataclass
+class TrainSpec:
+    """Everything the training process needs; written as JSON for the worker."""
+
+    model_path: str
+    train_file: str
+    work_dir: str
+    config: dict[str, Any]
+    trust_remote_code: bool = False
 
 
 @dataclass
@@ -27,8 +43,9 @@ class TrainResult:
     """What a training run produced and measured; every field is JSON-serialisable."""
 
     backend: str
+    backend_reason: str
     mode: str
-    rank: int
+    rank: int | None
     device: str
     trainable_params: int
     total_params: int
@@ -39,8 +56,9 @@ class TrainResult:
     peak_memory_mb: float
     losses: list[float]
     step_log: list[dict[str, float]]
-    adapter_dir: str
-    adapter_mb: float
+    output_dir: str
+    saved_mb: float
+    resumed_from_step: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,6 +67,23 @@ class TrainResult:
     @property
     def trainable_percent(self) -> float:
         return 100.0 * self.trainable_params / self.total_params
+
+
+def train_work_dir(runs_dir: str | Path, model_sha256: str, train_file: str | Path, config: TrainConfig) -> Path:
+    """Content-addressed training folder: the same model, data, settings and code always map to the same
+    folder, which is what lets a rerun resume from its checkpoints or reuse a finished result."""
+    from smoltune import code_version
+    from smoltune.files import fingerprint, sha256_file
+
+    key = fingerprint(
+        {
+            "model": model_sha256,
+            "data": sha256_file(train_file),
+            "train": config.model_dump(mode="json"),
+            "code": code_version(),
+        }
+    )
+    return Path(runs_dir).resolve() / "_train" / key
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
@@ -70,8 +105,17 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_backend(requested: str, device: str) -> tuple[str, str]:
+    """(backend, reason) for `train.backend`."""
+    if requested != "auto":
+        return requested, "set by train.backend"
+    if device == "cuda":
+        return "unsloth", "auto on CUDA: Unsloth's kernels"
+    return CPU_AUTO_BACKEND, CPU_AUTO_REASON
+
+
 def load_model_and_tokenizer(model_path: str, device: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """Base model in fp32 on the CPU (bf16 is slower than fp32 on CPUs without AMX) or bf16 on CUDA."""
+    """A model in fp32 on the CPU (bf16 is slower than fp32 on CPUs without AMX) or bf16 on CUDA."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -80,6 +124,35 @@ def load_model_and_tokenizer(model_path: str, device: str, trust_remote_code: bo
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
     ).to(device)
+    return model, tokenizer
+
+
+def peft_lora_config(config: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=list(config.lora.target_modules),
+        use_rslora=config.lora.use_rslora,
+        use_dora=config.lora.use_dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_for_training(backend: str, spec: TrainSpec, config: TrainConfig, device: str) -> tuple[Any, Any]:
+    """Model (with LoRA layers in lora mode) and tokenizer for `backend`."""
+    if backend == "unsloth":
+        from smoltune.backend_unsloth import load_unsloth  # imports unsloth, which patches trl process-wide
+
+        return load_unsloth(spec.model_path, config, device)
+    model, tokenizer = load_model_and_tokenizer(spec.model_path, device, spec.trust_remote_code)
+    if config.mode == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_lora_config(config))
     return model, tokenizer
 
 
@@ -105,7 +178,9 @@ def sft_settings(config: TrainConfig, device: str, output_dir: str) -> dict[str,
         "use_cpu": not on_cuda,
         "gradient_checkpointing": False,
         "logging_steps": 1,
-        "save_strategy": "no",
+        "save_strategy": "steps",
+        "save_steps": config.save_steps,
+        "save_total_limit": config.save_total_limit,
         "report_to": "none",
         "include_num_input_tokens_seen": "non_padding",
         "dataloader_num_workers": 0,
@@ -131,69 +206,73 @@ def sft_trainer_class(device: str) -> type:
     return CpuSFTTrainer
 
 
-def train_lora(
-    model_path: str,
-    train_file: str,
-    output_dir: str,
-    config: TrainConfig,
-    trust_remote_code: bool = False,
-    on_step: Callable[[dict[str, float], int], None] | None = None,
-) -> TrainResult:
-    """Train a LoRA adapter on `train_file` (prepared JSONL) and save it to `output_dir/adapter`."""
+def save_trained(trainer: Any, tokenizer: Any, mode: str, work_dir: Path) -> Path:
+    """The adapter (LoRA: only the adapter, the base tokenizer is unchanged) or the whole model (full)."""
+    target = work_dir / ("adapter" if mode == "lora" else "model")
+    with atomic_dir(target) as tmp:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        if mode == "full":
+            tokenizer.save_pretrained(tmp)
+    return target
+
+
+def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | None = None) -> TrainResult:
+    """Train per `spec`, resuming from the last complete checkpoint; a finished folder returns its result."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
     from trl import SFTConfig
 
+    from smoltune.checkpoints import MarkCompleteCheckpoints, latest_complete_checkpoint, logged_steps
     from smoltune.metrics import PeakMemory, StepLog
 
+    work_dir = Path(spec.work_dir)
+    if (work_dir / RESULT_FILE).is_file():
+        return TrainResult(**json.loads((work_dir / RESULT_FILE).read_text()))
+    config = TrainConfig.model_validate(spec.config)
     device = pick_device()
+    backend, reason = resolve_backend(config.backend, device)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_model_and_tokenizer(model_path, device, trust_remote_code)
-    lora = LoraConfig(
-        r=config.lora.r,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=list(config.lora.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+    model, tokenizer = load_for_training(backend, spec, config, device)
     trainable, total = count_parameters(model)
-    rows = tokenize_rows(tokenizer, read_jsonl(train_file), config.max_seq_length, config.train_on_responses_only)
-    settings = sft_settings(config, device, str(Path(output_dir) / "trainer"))
+    rows = tokenize_rows(tokenizer, read_jsonl(spec.train_file), config.max_seq_length, config.train_on_responses_only)
+    settings = sft_settings(config, device, str(work_dir / "checkpoints"))
+    resume = latest_complete_checkpoint(work_dir / "checkpoints")
+    earlier = logged_steps(resume) if resume else []
     step_log = StepLog(on_step)
     trainer = sft_trainer_class(device)(
         model=model,
         args=SFTConfig(**settings),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[step_log],
+        callbacks=[step_log, MarkCompleteCheckpoints()],
     )
     with PeakMemory(cuda=device == "cuda") as peak:
         started = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - started
-    adapter_dir = Path(output_dir) / "adapter"
-    with atomic_dir(adapter_dir) as tmp:
-        # Only the adapter: the base model's tokenizer is unchanged and would inflate the adapter size.
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
+    output_dir = save_trained(trainer, tokenizer, config.mode, work_dir)
+    history = earlier + step_log.steps
     tokens = int(trainer.state.num_input_tokens_seen)
-    return TrainResult(
-        backend="hf",
-        mode="lora",
-        rank=config.lora.r,
+    tokens_this_run = tokens - (earlier[-1]["tokens_seen"] if earlier else 0)
+    result = TrainResult(
+        backend=backend,
+        backend_reason=reason,
+        mode=config.mode,
+        rank=config.lora.r if config.mode == "lora" else None,
         device=device,
         trainable_params=trainable,
         total_params=total,
         steps=int(trainer.state.global_step),
         train_seconds=round(seconds, 3),
         tokens_seen=tokens,
-        tokens_per_second=round(tokens / seconds, 2) if seconds > 0 else 0.0,
+        tokens_per_second=round(tokens_this_run / seconds, 2) if seconds > 0 else 0.0,
         peak_memory_mb=round(peak.megabytes, 1),
-        losses=[s["loss"] for s in step_log.steps],
-        step_log=step_log.steps,
-        adapter_dir=str(adapter_dir),
-        adapter_mb=round(dir_size_mb(adapter_dir), 3),
+        losses=[s["loss"] for s in history],
+        step_log=history,
+        output_dir=str(output_dir),
+        saved_mb=round(dir_size_mb(output_dir), 3),
+        resumed_from_step=int(earlier[-1]["step"]) if earlier else 0,
         settings={k: v for k, v in settings.items() if k != "output_dir"},
     )
+    atomic_write_json(work_dir / RESULT_FILE, result.to_dict())
+    return result

@@ -1,0 +1,66 @@
+"""The parent side of training: run `smoltune.train_worker` in a subprocess and relay its progress.
+
+from smoltune.train_runner import train_in_subprocess
+result = train_in_subprocess(TrainSpec(...), on_step=print)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO
+
+from smoltune.files import atomic_write_json
+from smoltune.train_worker import STEP_PREFIX
+from smoltune.training import RESULT_FILE, TrainResult, TrainSpec
+
+STDERR_TAIL_LINES = 40
+
+
+class TrainingError(RuntimeError):
+    """The training process failed; the message carries the end of its error output."""
+
+
+def _relay_stderr(stream: IO[str], tail: deque[str]) -> None:
+    for line in stream:
+        sys.stderr.write(line)
+        tail.append(line)
+
+
+def train_in_subprocess(
+    spec: TrainSpec, on_step: Callable[[dict], None] | None = None, env: dict[str, str] | None = None
+) -> TrainResult:
+    """Train in a fresh Python process; returns its result, or raises TrainingError with its stderr tail.
+    A rerun after a crash resumes from the last complete checkpoint in `spec.work_dir`."""
+    work_dir = Path(spec.work_dir)
+    if (work_dir / RESULT_FILE).is_file():
+        return load_result(work_dir)  # finished before: same inputs, same code
+    spec_file = atomic_write_json(work_dir / "spec.json", asdict(spec))
+    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    command = [sys.executable, "-m", "smoltune.train_worker", str(spec_file)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        relay = threading.Thread(target=_relay_stderr, args=(proc.stderr, tail), daemon=True)
+        relay.start()
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith(STEP_PREFIX):
+                if on_step is not None:
+                    on_step(json.loads(line[len(STEP_PREFIX) :]))
+            else:
+                sys.stderr.write(line)  # library chatter; stdout stays clean for the CLI's last line
+        relay.join()
+    if proc.returncode != 0:
+        raise TrainingError(
+            f"training process exited with status {proc.returncode}; rerunning resumes from the last complete "
+            f"checkpoint in {work_dir / 'checkpoints'}. Last error output:\n{''.join(tail)}"
+        )
+    return load_result(work_dir)
+
+
+def load_result(work_dir: Path) -> TrainResult:
+    return TrainResult(**json.loads((work_dir / RESULT_FILE).read_text()))
