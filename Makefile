@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 # The stamp records that the venv holds this pyproject's dependencies; editing pyproject.toml reinstalls.
 STAMP := $(VENV)/.installed
 
-.PHONY: run test smoke lint install clean
+# The HTML report test drives Debian's Chromium (never a browser downloaded by a test tool).
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: run test smoke compare lint install clean
 
 install: $(STAMP)
 
@@ -23,7 +26,13 @@ run: $(STAMP)
 smoke: $(STAMP)
 	$(BIN)/smoltune run --config configs/smoke.yaml
 
-test: $(STAMP)
+compare: $(STAMP)
+	$(BIN)/smoltune compare --config configs/compare.yaml
+
+$(CHROMIUM):
+	apt-get update -q && apt-get install -y -q chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

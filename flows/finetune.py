@@ -17,6 +17,7 @@ from tasks.data import fetch_dataset_task, prepare_dataset_task, validate_datase
 from tasks.evaluate import evaluate_task
 from tasks.export import export_task
 from tasks.model import resolve_model_task
+from tasks.promote import promote_task
 from tasks.report import report_task
 from tasks.train import train_task
 
@@ -57,7 +58,11 @@ def finetune(config: PipelineConfig = PipelineConfig()) -> str:  # noqa: B008 - 
     with timer("evaluate"):
         evaluated = evaluate_task(model, trained, prepared, config, run)
 
-    # Report: summary.json, report.md and the Prefect artifact.
+    # Promotion: the registry keeps the best adapter per (model, dataset); this run replaces it only if better.
+    with timer("promote"):
+        promotion = promote_task(config, run_dir.name, trained, evaluated)
+
+    # Report: summary.json, report.md / .html, the loss curve and the Prefect artifacts.
     data = {
         "source": fetched["source"],
         "sha256": fetched["sha256"],
@@ -65,8 +70,9 @@ def finetune(config: PipelineConfig = PipelineConfig()) -> str:  # noqa: B008 - 
         "train_rows": prepared["train_rows"],
         "eval_rows": prepared["eval_rows"],
     }
-    summary = build_summary(run_dir, model, data, validation, trained, evaluated, timer.seconds)
+    summary = build_summary(run_dir, config, model, data, validation, trained, evaluated, timer.seconds)
     summary["artifacts"].update(exported)
+    summary["promotion"] = promotion
     report_task(summary, evaluated["generations"])
     return run
 

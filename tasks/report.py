@@ -1,24 +1,57 @@
-"""Prefect task: write summary.json and report.md, and publish the report as a Markdown artifact."""
+"""Prefect task: write summary.json, report.md, report.html and the loss curve; publish them as artifacts
+under stable keys, so the Prefect UI keeps each one's history across runs."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from smoltune.files import atomic_write_json, atomic_write_text
-from smoltune.report import render_report
+from smoltune.files import atomic_write_bytes_stream, atomic_write_json, atomic_write_text
+from smoltune.plots import loss_curve_png
+from smoltune.report import LOSS_CURVE, render_html, render_report
 
 REPORT_ARTIFACT_KEY = "smoltune-report"
+METRICS_ARTIFACT_KEY = "smoltune-metrics"
+LOSS_ARTIFACT_KEY = "smoltune-loss-curve"
+
+
+def metrics_rows(summary: dict) -> list[dict]:
+    """The headline figures as table rows for the Prefect UI."""
+    train, ev = summary["train"], summary["eval"]
+    figures = {
+        "trainable params": train["trainable_params"],
+        "train seconds": train["train_seconds"],
+        "real tokens/s": train["tokens_per_second"],
+        "peak memory MiB": train["peak_memory_mb"],
+        "saved MiB": summary["artifacts"]["saved_mb"],
+        "final train loss": train["losses"][-1] if train["losses"] else None,
+        "eval loss base": ev["eval_loss_base"],
+        "eval loss tuned": ev["eval_loss_tuned"],
+        "accuracy base": ev.get("accuracy_base"),
+        "accuracy tuned": ev.get("accuracy_tuned"),
+    }
+    return [{"figure": name, "value": value} for name, value in figures.items()]
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(summary: dict, generations: list[dict]) -> str:
     run_dir = Path(summary["run_dir"])
+    curve = loss_curve_png({summary["run_name"]: summary["train"]["losses"]})
     markdown = render_report(summary, generations)
+    atomic_write_bytes_stream(run_dir / LOSS_CURVE, [curve])
     atomic_write_json(run_dir / "summary.json", summary)
     atomic_write_text(run_dir / "report.md", markdown)
-    create_markdown_artifact(key=REPORT_ARTIFACT_KEY, markdown=markdown, description=f"smoltune run {run_dir.name}")
+    atomic_write_text(run_dir / "report.html", render_html(markdown, {LOSS_CURVE: curve}, summary["run_name"]))
+    description = f"smoltune run {run_dir.name}"
+    # The UI cannot see the run folder: artifacts carry the loss curve inline.
+    inline = f"data:image/png;base64,{base64.b64encode(curve).decode('ascii')}"
+    create_markdown_artifact(
+        key=REPORT_ARTIFACT_KEY, markdown=markdown.replace(f"]({LOSS_CURVE})", f"]({inline})"), description=description
+    )
+    create_table_artifact(key=METRICS_ARTIFACT_KEY, table=metrics_rows(summary), description=description)
+    create_markdown_artifact(key=LOSS_ARTIFACT_KEY, markdown=f"![Loss curve]({inline})", description=description)
     return str(run_dir / "report.md")

@@ -34,7 +34,8 @@ def train_task(model: dict, prepared: dict, config: PipelineConfig, run_dir: str
 
     result = train_in_subprocess(spec, on_step)
     link = Path(run_dir) / "train"
-    link.symlink_to(work_dir, target_is_directory=True)  # the run folder shows its training output
+    if not link.exists():
+        link.symlink_to(work_dir, target_is_directory=True)  # the run folder shows its training output
     if result.resumed_from_step:
         logger.info("resumed from the checkpoint at step %d", result.resumed_from_step)
     logger.info(

@@ -27,3 +27,12 @@ def test_is_correct(prediction: str, reference: str, check: str, expected: bool 
 def test_normalise_and_first_line() -> None:
     assert normalise_answer('  "Even!" ') == "even"
     assert first_line("\n  42 \nmore") == "42"
+
+
+def test_rouge_l() -> None:
+    from smoltune.checking import rouge_l
+
+    assert rouge_l("The cat sat.", "the cat sat") == 1.0
+    assert rouge_l("The answer is 7", "7") == pytest.approx(0.4)
+    assert rouge_l("a b c d", "a x c y") == pytest.approx(0.5)  # LCS "a c": P = R = 1/2
+    assert rouge_l("", "x") == 0.0 and rouge_l("x", "y") == 0.0

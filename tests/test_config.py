@@ -36,7 +36,7 @@ def test_every_shipped_pipeline_config_loads(name: str) -> None:
 
 def test_every_yaml_in_configs_is_known() -> None:
     """A new YAML must be added to a test that loads it (pipeline configs above, or eval prompts)."""
-    known = set(PIPELINE_CONFIGS) | {"eval_prompts.yaml"}
+    known = set(PIPELINE_CONFIGS) | {"eval_prompts.yaml", "compare.yaml"}  # compare: tests/test_compare.py
     assert {p.name for p in CONFIGS.glob("*.yaml")} == known
 
 

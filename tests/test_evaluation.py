@@ -49,8 +49,9 @@ def test_evaluate_adapter_base_vs_tuned(tiny_model_dir: Path, tmp_path: Path) ->
     assert [g["instruction"] for g in result["generations"]] == ["Add the two numbers.", "Say hi."]
     assert all(isinstance(g["base"], str) and isinstance(g["tuned"], str) for g in result["generations"])
     checkable = [r for r in read_jsonl(prepared["eval_file"]) if r["check"] != "open"]
-    assert result["checked_rows"] == len(checkable) == len(result["answers"]) > 0
-    assert 0 <= result["accuracy_base"] <= 1 and 0 <= result["accuracy_tuned"] <= 1
+    assert result["checked_rows"] == len(checkable) > 0 and len(result["answers"]) == 6
+    for name in ("accuracy", "exact_match", "normalised_match", "rouge_l"):
+        assert 0 <= result[f"{name}_base"] <= 1 and 0 <= result[f"{name}_tuned"] <= 1
 
 
 def test_score_answers_by_family() -> None:
@@ -60,6 +61,11 @@ def test_score_answers_by_family() -> None:
         {"family": "parity", "output": "odd", "check": "normalised"},
         {"family": "describe", "output": "A fox.", "check": "open"},
     ]
-    score = score_answers(rows, ["5", "The answer is 7", "Odd.", "anything"])
-    assert score == {"accuracy": round(2 / 3, 4), "checked_rows": 3, "by_family": {"addition": 0.5, "parity": 1.0}}
-    assert score_answers(rows[3:], ["x"]) == {"accuracy": None, "checked_rows": 0, "by_family": {}}
+    score = score_answers(rows, ["5", "The answer is 7", "Odd.", "A fox."])
+    assert score["accuracy"] == round(2 / 3, 4) and score["checked_rows"] == 3
+    assert score["by_family"] == {"addition": 0.5, "parity": 1.0}
+    assert score["exact_match"] == 0.5  # "5" and "A fox." match exactly; "Odd." only after normalising
+    assert score["normalised_match"] == 0.75
+    assert score["rouge_l"] == round((1 + 0.4 + 1 + 1) / 4, 4)  # "The answer is 7" vs "7": P=1/4, R=1, F1=0.4
+    open_only = score_answers(rows[3:], ["x"])
+    assert open_only["accuracy"] is None and open_only["checked_rows"] == 0 and open_only["rouge_l"] == 0.0

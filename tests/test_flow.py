@@ -53,16 +53,16 @@ def test_flow_writes_run_folder_and_publishes_the_report(
     assert run_dir.parent == tmp_path
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["model"]["source"] == "local" and summary["train"]["steps"] == 2
-    assert set(summary["stage_seconds"]) == {
-        "resolve_model",
-        "fetch_dataset",
-        "validate_dataset",
-        "prepare_dataset",
-        "train",
-        "evaluate",
-    }
+    stages = ["resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate", "promote"]
+    assert list(summary["stage_seconds"]) == stages
+    assert summary["promotion"]["promoted"] is True and summary["promotion"]["current_value"] is None
+    assert (tmp_path / "registry.json").is_file()
     report = (run_dir / "report.md").read_text()
-    assert read_report_artifact(state.state_details.flow_run_id) == report
+    artifact = read_report_artifact(state.state_details.flow_run_id)
+    # The artifact is the report with the loss curve inlined (the UI cannot read the run folder).
+    head, _, tail = report.partition("![Loss curve](loss_curve.png)")
+    assert artifact.startswith(head + "![Loss curve](data:image/png;base64,")
+    assert artifact.endswith(tail) and (run_dir / "loss_curve.png").is_file() and (run_dir / "report.html").is_file()
     assert (run_dir / "config.yaml").is_file() and (run_dir / "generations.json").is_file()
     assert (run_dir / "data_docs" / "index.html").is_file()
     assert (run_dir / "train" / "adapter" / "adapter_model.safetensors").is_file()
@@ -73,6 +73,9 @@ def test_flow_writes_run_folder_and_publishes_the_report(
     summary_again = json.loads((again / "summary.json").read_text())
     assert summary_again["artifacts"]["adapter_dir"] == summary["artifacts"]["adapter_dir"]
     assert summary_again["train"]["train_seconds"] == summary["train"]["train_seconds"]
+    # Same adapter, same held-out figure: not better than itself, so not promoted again.
+    assert summary_again["promotion"]["promoted"] is False
+    assert summary_again["promotion"]["current_run"] == run_dir.name
 
     # `smoltune chat` answers from the run's adapter, once, with --prompt.
     from typer.testing import CliRunner

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from smoltune.report import render_report
 
 
@@ -52,6 +54,7 @@ def test_report_shows_the_measured_figures() -> None:
     assert "| final train loss | 1.5500 |" in text
     assert "ab" * 32 in text and "dequantised Q4_1" in text
     assert "| train | 125.0 |" in text
+    assert "![Loss curve](loss_curve.png)" in text
 
 
 def test_loss_table_samples_first_and_last_step() -> None:
@@ -75,3 +78,101 @@ def test_report_says_when_the_adapter_did_not_help() -> None:
 
 def test_render_is_deterministic() -> None:
     assert render_report(make_summary(), []) == render_report(make_summary(), [])
+
+
+def compare_rows() -> list[dict]:
+    common = {"total_params": 139_000_000, "losses": [2.0, 1.5]}
+    return [
+        {
+            **common,
+            "variant": "lora-r16",
+            "mode": "lora",
+            "rank": 16,
+            "trainable_params": 4_884_480,
+            "train_seconds": 100.0,
+            "tokens_per_second": 110.0,
+            "peak_memory_mb": 2500.0,
+            "saved_mb": 18.7,
+            "final_train_loss": 1.5,
+            "eval_loss": 1.75,
+            "accuracy": 0.12,
+        },
+        {
+            **common,
+            "variant": "full",
+            "mode": "full",
+            "rank": None,
+            "trainable_params": 134_515_008,
+            "train_seconds": 120.0,
+            "tokens_per_second": 90.0,
+            "peak_memory_mb": 4800.0,
+            "saved_mb": 513.0,
+            "final_train_loss": 1.2,
+            "eval_loss": 1.60,
+            "accuracy": 0.20,
+        },
+    ]
+
+
+def test_claims_verdicts_on_fixed_figures() -> None:
+    from smoltune.compare import check_claims, pick_pair
+
+    lora, full = pick_pair(compare_rows())
+    verdicts = {c["claim"]: c for c in check_claims(lora, full)}
+    assert verdicts["95% fewer parameters"]["holds"] and verdicts["95% fewer parameters"]["measured"] == pytest.approx(
+        1 - 4_884_480 / 134_515_008
+    )
+    assert verdicts["20–30% faster"]["holds"] and verdicts["20–30% faster"]["measured"] == pytest.approx(0.2)
+    assert verdicts["90% smaller"]["holds"]
+    assert verdicts["40% less memory"]["holds"] and verdicts["40% less memory"]["measured"] == pytest.approx(
+        1 - 2500 / 4800
+    )
+    quality = verdicts["95–100% of full quality"]
+    assert not quality["holds"] and quality["measured"] == pytest.approx(0.6) and "accuracy" in quality["what"]
+
+
+def test_quality_falls_back_to_eval_loss_without_accuracy() -> None:
+    from smoltune.compare import check_claims
+
+    lora, full = compare_rows()
+    lora["accuracy"] = full["accuracy"] = None
+    [quality] = [c for c in check_claims(lora, full) if c["claim"].startswith("95–100%")]
+    assert quality["measured"] == pytest.approx(1.60 / 1.75) and not quality["holds"]
+
+
+def test_render_comparison_table_and_claims() -> None:
+    from smoltune.compare import check_claims
+    from smoltune.report import render_comparison
+
+    rows = compare_rows()
+    text = render_comparison(rows, check_claims(rows[0], rows[1]), ("lora-r16", "full"), "cmp")
+    assert "| lora-r16 | 4,884,480 (3.51%) | 100.0 s | 110.0 | 2500 MiB | 18.7 MiB | 1.5000 | 1.7500 | 12.0% |" in text
+    assert "| full | 134,515,008 (96.77%) | 120.0 s |" in text
+    assert "| 20–30% faster | 20.0% faster training | holds |" in text
+    assert "| 95–100% of full quality | 60.0% (held-out accuracy ratio) | does not hold |" in text
+    assert "4 of 5 claims hold" in text
+    assert "Needs a LoRA variant" in render_comparison(rows[:1], [], None, "cmp")
+
+
+def test_promotion_section() -> None:
+    summary = make_summary()
+    summary["promotion"] = {
+        "promoted": False,
+        "key": "embedded | embedded",
+        "metric": "accuracy_tuned",
+        "value": 0.1,
+        "current_value": 0.12,
+        "current_run": "r0",
+        "reason": "accuracy_tuned 0.1000 vs current 0.1200",
+    }
+    text = render_report(summary, [])
+    assert "**Not promoted** for `embedded | embedded` by accuracy_tuned" in text
+    assert "| registered (r0) | 0.1200 |" in text and "| this run | 0.1000 |" in text
+
+
+def test_html_is_self_contained() -> None:
+    from smoltune.report import LOSS_CURVE, render_html
+
+    page = render_html(render_report(make_summary(), []), {LOSS_CURVE: b"\x89PNG-bytes"}, "r1")
+    assert page.startswith("<!doctype html>") and "<table>" in page
+    assert 'src="data:image/png;base64,iVBORy1ieXRlcw=="' in page and f'src="{LOSS_CURVE}"' not in page

@@ -1,4 +1,4 @@
-"""Scoring answers against references: exact match and normalised match.
+"""Scoring answers against references: exact match, normalised match and ROUGE-L.
 
 python -c "from smoltune.checking import is_correct; print(is_correct('Odd.', 'odd', 'normalised'))"
 """
@@ -10,6 +10,7 @@ import string
 
 _SPACE = re.compile(r"\s+")
 _COMMA = re.compile(r"\s*,\s*")
+_WORD = re.compile(r"\w+")
 
 
 def first_line(text: str) -> str:
@@ -31,3 +32,24 @@ def is_correct(prediction: str, reference: str, check: str) -> bool | None:
     if check == "normalised":
         return normalise_answer(answer) == normalise_answer(reference)
     return None
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 over lower-cased alphanumeric words (longest common subsequence).
+
+    Written here because the reference package (rouge-score) has had no release since 2022 and pulls in
+    nltk and absl for what is one dynamic-programming loop."""
+    pred, ref = _WORD.findall(prediction.lower()), _WORD.findall(reference.lower())
+    if not pred or not ref:
+        return 0.0
+    previous = [0] * (len(ref) + 1)
+    for word in pred:
+        current = [0]
+        for j, ref_word in enumerate(ref, start=1):
+            current.append(previous[j - 1] + 1 if word == ref_word else max(previous[j], current[j - 1]))
+        previous = current
+    common = previous[-1]
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)

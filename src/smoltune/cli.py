@@ -1,6 +1,8 @@
-"""Command line: `smoltune run [--config FILE] [--set key=value ...]`.
+"""Command line: `smoltune run`, `smoltune compare`, `smoltune chat`.
 
     smoltune run --config configs/smoke.yaml --set train.max_steps=2
+    smoltune compare --config configs/compare.yaml
+    smoltune chat runs/<run> --prompt "Add the two numbers: 3 and 4"
 
 The last line printed is the run folder, so scripts can do `run_dir=$(smoltune run ... | tail -n1)`.
 """
@@ -41,6 +43,29 @@ def run(
 
     run_dir = finetune(config=pipeline)
     typer.echo(run_dir)
+
+
+@app.command()
+def compare(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Compare YAML (job + variants).")] = Path(
+        "configs/compare.yaml"
+    ),
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a shared field: --set train.max_steps=5")
+    ] = None,
+) -> None:
+    """Train every variant on the same data and print the folder holding the comparison report."""
+    from smoltune.compare import load_compare_config
+
+    try:
+        compare_config = load_compare_config(config, overrides or [])
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    apply_prefect_defaults()
+    from flows.compare import compare as compare_flow  # heavy: imports prefect
+
+    typer.echo(compare_flow(config=compare_config))
 
 
 @app.command()

@@ -131,6 +131,15 @@ class ExportConfig(_Section):
 class OutputConfig(_Section):
     runs_dir: str = Field("runs", description="Each run writes runs_dir/<run name>/.")
     run_name: str | None = Field(None, description="Folder name of the run; default: timestamp + short id.")
+    registry: str | None = Field(
+        None,
+        description="Best adapter per (model, dataset), default runs_dir/registry.json; a run is promoted only "
+        "if it beats the registered one.",
+    )
+
+    @property
+    def registry_file(self) -> str:
+        return self.registry or str(Path(self.runs_dir) / "registry.json")
 
 
 class PipelineConfig(_Section):

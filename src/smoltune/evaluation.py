@@ -1,6 +1,6 @@
 """Held-out evaluation of the base and the tuned model.
 
-    python -c "from smoltune.evaluation import evaluate_adapter; help(evaluate_adapter)"
+    python -c "from smoltune.evaluation import evaluate_tuned; help(evaluate_tuned)"
 
 Eval loss is the mean cross-entropy over the answer tokens of held-out rows (prompt tokens masked exactly as
 in training). Generations are greedy, so base and tuned answers differ only because of the adapter.
@@ -9,20 +9,23 @@ in training). Generations are greedy, so base and tuned answers differ only beca
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
 import yaml
 from rich.progress import Progress
 
-from smoltune.checking import is_correct
+from smoltune.checking import first_line, is_correct, normalise_answer, rouge_l
 from smoltune.config import EvalConfig
 from smoltune.data import format_prompt
 from smoltune.files import read_jsonl
 from smoltune.tokens import IGNORE_INDEX, tokenize_rows
 from smoltune.training import load_model_and_tokenizer, pick_device
+
+MATCH_SCORES = ("accuracy", "exact_match", "normalised_match", "rouge_l")
 
 
 class EvalPromptsError(ValueError):
@@ -48,7 +51,9 @@ def load_eval_prompts(path: str | Path) -> list[dict[str, str]]:
     return prompts
 
 
-def mean_answer_loss(model: Any, examples: list[dict], pad_id: int, batch_size: int) -> float:
+def mean_answer_loss(
+    model: Any, examples: list[dict], pad_id: int, batch_size: int, on_batch: Callable[[], None] = lambda: None
+) -> float:
     """Token-weighted mean cross-entropy over label positions that are not IGNORE_INDEX."""
     import torch
 
@@ -79,10 +84,18 @@ def mean_answer_loss(model: Any, examples: list[dict], pad_id: int, batch_size: 
             )
             total_loss += loss.item()
             total_tokens += int((shift_labels != IGNORE_INDEX).sum())
+            on_batch()
     return total_loss / max(total_tokens, 1)
 
 
-def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    on_batch: Callable[[], None] = lambda: None,
+) -> list[str]:
     """Greedy answers, batched with left padding so every prompt ends at the same position."""
     import torch
 
@@ -106,25 +119,49 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tok
             )
             new_tokens = out[:, enc["input_ids"].shape[1] :]
             answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            on_batch()
     return answers
 
 
 def score_answers(rows: list[dict], answers: list[str]) -> dict[str, Any]:
-    """Accuracy over rows whose `check` is exact / normalised, overall and per family; None without any."""
-    scored = [
+    """Scores of generated answers against the rows' `output`.
+
+    For every row: exact match, normalised match and ROUGE-L (first line of the answer). For rows whose
+    `check` is exact / normalised (the built-in dataset): accuracy, overall and per family."""
+    if not rows:
+        return {
+            "exact_match": None,
+            "normalised_match": None,
+            "rouge_l": None,
+            "accuracy": None,
+            "checked_rows": 0,
+            "by_family": {},
+        }
+    firsts = [first_line(a) for a in answers]
+    references = [str(r["output"]) for r in rows]
+    scores: dict[str, Any] = {
+        "exact_match": round(mean(float(a == ref.strip()) for a, ref in zip(firsts, references, strict=True)), 4),
+        "normalised_match": round(
+            mean(
+                float(normalise_answer(a) == normalise_answer(ref)) for a, ref in zip(firsts, references, strict=True)
+            ),
+            4,
+        ),
+        "rouge_l": round(mean(rouge_l(a, ref) for a, ref in zip(firsts, references, strict=True)), 4),
+    }
+    checked = [
         (row.get("family", "all"), verdict)
         for row, answer in zip(rows, answers, strict=True)
         if (verdict := is_correct(answer, str(row["output"]), str(row.get("check", "")))) is not None
     ]
-    if not scored:
-        return {"accuracy": None, "checked_rows": 0, "by_family": {}}
     by_family: dict[str, list[bool]] = {}
-    for family, verdict in scored:
+    for family, verdict in checked:
         by_family.setdefault(family, []).append(verdict)
     return {
-        "accuracy": round(sum(v for _, v in scored) / len(scored), 4),
-        "checked_rows": len(scored),
-        "by_family": {f: round(sum(v) / len(v), 4) for f, v in sorted(by_family.items())},
+        **scores,
+        "accuracy": round(mean(v for _, v in checked), 4) if checked else None,
+        "checked_rows": len(checked),
+        "by_family": {f: round(mean(v), 4) for f, v in sorted(by_family.items())},
     }
 
 
@@ -176,26 +213,23 @@ def evaluate_tuned(
     models, tokenizer = load_tuned(model_path, output_dir, mode, trust_remote_code)
     rows = read_jsonl(eval_file)
     held_out = tokenize_rows(tokenizer, rows, max_seq_length, mask_prompt=True)
-    checkable = [r for r in rows if r.get("check") in ("exact", "normalised")]
     prompts = load_eval_prompts(ev.prompts_file)
     texts = [format_prompt(p, template, tokenizer) for p in prompts]
 
-    def measure(progress: Progress, task: Any) -> dict[str, Any]:
-        loss = mean_answer_loss(models.model, held_out, tokenizer.pad_token_id, ev.batch_size)
-        progress.advance(task)
+    def measure(step: Callable[[], None]) -> dict[str, Any]:
+        loss = mean_answer_loss(models.model, held_out, tokenizer.pad_token_id, ev.batch_size, step)
         answers = generate_answers(
-            models.model, tokenizer, [r["prompt"] for r in checkable], ev.answer_max_new_tokens, ev.batch_size
+            models.model, tokenizer, [r["prompt"] for r in rows], ev.answer_max_new_tokens, ev.batch_size, step
         )
-        progress.advance(task)
-        generations = generate_answers(models.model, tokenizer, texts, ev.max_new_tokens, ev.batch_size)
-        progress.advance(task)
-        return {"loss": loss, "score": score_answers(checkable, answers), "answers": answers, "prompts": generations}
+        generations = generate_answers(models.model, tokenizer, texts, ev.max_new_tokens, ev.batch_size, step)
+        return {"loss": loss, "score": score_answers(rows, answers), "answers": answers, "prompts": generations}
 
-    with Progress(transient=True) as progress:
-        task = progress.add_task("evaluating base and tuned", total=6)
+    batches = 2 * (2 * math.ceil(len(rows) / ev.batch_size) + math.ceil(len(texts) / ev.batch_size))
+    with Progress() as progress:
+        task = progress.add_task("evaluating base and tuned", total=batches)
         with models.as_base():
-            base = measure(progress, task)
-        tuned = measure(progress, task)
+            base = measure(lambda: progress.advance(task))
+        tuned = measure(lambda: progress.advance(task))
     return {
         "eval_rows": len(held_out),
         "eval_loss_base": round(base["loss"], 5),
@@ -203,15 +237,18 @@ def evaluate_tuned(
         "perplexity_base": round(math.exp(min(base["loss"], 50)), 3),
         "perplexity_tuned": round(math.exp(min(tuned["loss"], 50)), 3),
         "checked_rows": base["score"]["checked_rows"],
-        "accuracy_base": base["score"]["accuracy"],
-        "accuracy_tuned": tuned["score"]["accuracy"],
+        **{
+            f"{name}_{label}": result["score"][name]
+            for name in MATCH_SCORES
+            for label, result in (("base", base), ("tuned", tuned))
+        },
         "accuracy_by_family": {
             family: {"base": base["score"]["by_family"][family], "tuned": tuned["score"]["by_family"][family]}
             for family in base["score"]["by_family"]
         },
         "answers": [
             {"family": r.get("family"), "reference": r["output"], "base": b, "tuned": t}
-            for r, b, t in zip(checkable, base["answers"], tuned["answers"], strict=True)
+            for r, b, t in zip(rows, base["answers"], tuned["answers"], strict=True)
         ],
         "generations": [
             {**p, "base": b, "tuned": t} for p, b, t in zip(prompts, base["prompts"], tuned["prompts"], strict=True)

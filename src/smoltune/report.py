@@ -1,4 +1,5 @@
-"""The run report: a pure function from the run's summary to Markdown.
+"""The run report: pure functions from the run's summary to Markdown, and from Markdown to one
+self-contained HTML page (images embedded).
 
     python -c "import json; from smoltune.report import render_report; \
 print(render_report(json.load(open('runs/<run>/summary.json')), []))"
@@ -6,7 +7,21 @@ print(render_report(json.load(open('runs/<run>/summary.json')), []))"
 
 from __future__ import annotations
 
+import base64
+import html
 from typing import Any
+
+import yaml
+
+LOSS_CURVE = "loss_curve.png"
+HTML_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+img { max-width: 100%; }
+pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; }
+"""
 
 
 def _cell(text: Any, limit: int = 300) -> str:
@@ -54,6 +69,26 @@ def _backend_mode(train: dict[str, Any]) -> str:
     reason = f" — {train['backend_reason']}" if train.get("backend_reason") else ""
     resumed = f"; resumed from step {train['resumed_from_step']}" if train.get("resumed_from_step") else ""
     return f"{train['backend']} / {mode}{reason}{resumed}"
+
+
+def _promotion_section(promotion: dict[str, Any]) -> str:
+    verdict = "**Promoted**" if promotion["promoted"] else "**Not promoted**"
+    current = promotion["current_value"]
+    rows = [
+        ["this run", f"{promotion['value']:.4f}"],
+        [
+            f"registered ({promotion['current_run']})" if current is not None else "registered",
+            "—" if current is None else f"{current:.4f}",
+        ],
+    ]
+    return (
+        f"## Promotion\n\n{verdict} for `{promotion['key']}` by {promotion['metric']}: {promotion['reason']}.\n\n"
+        + _table(["adapter", promotion["metric"]], rows)
+    )
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def _percent(value: float | None) -> str:
@@ -116,13 +151,24 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
                 ["final train loss", f"{losses[-1]:.4f}" if losses else "—"],
             ],
         )
-        + ("\n\nLoss by step:\n\n" + _table(["step", "loss"], _loss_rows(losses)) if losses else ""),
+        + (
+            f"\n\n![Loss curve]({LOSS_CURVE})\n\nLoss by step:\n\n" + _table(["step", "loss"], _loss_rows(losses))
+            if losses
+            else ""
+        ),
         "## Held-out evaluation\n\n"
         + _table(
             ["metric", "base", "tuned"],
             [
                 ["eval loss", f"{ev['eval_loss_base']:.4f}", f"{ev['eval_loss_tuned']:.4f}"],
                 ["accuracy (checkable rows)", _percent(ev.get("accuracy_base")), _percent(ev.get("accuracy_tuned"))],
+                ["exact match", _percent(ev.get("exact_match_base")), _percent(ev.get("exact_match_tuned"))],
+                [
+                    "normalised match",
+                    _percent(ev.get("normalised_match_base")),
+                    _percent(ev.get("normalised_match_tuned")),
+                ],
+                ["ROUGE-L (F1)", _ratio(ev.get("rouge_l_base")), _ratio(ev.get("rouge_l_tuned"))],
                 [
                     "perplexity",
                     f"{ev.get('perplexity_base', float('nan')):.2f}",
@@ -139,6 +185,8 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
             for g in generations
         ]
         sections.append("## Prompts (greedy)\n\n" + _table(["prompt", "base", "tuned"], rows))
+    if summary.get("promotion"):
+        sections.append(_promotion_section(summary["promotion"]))
     timings = summary.get("stage_seconds") or {}
     if timings:
         sections.append(
@@ -150,4 +198,77 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
         if name in artifacts
     ]
     sections.append("## Artifacts\n\n" + "\n".join(saved))
+    if summary.get("config"):
+        config_yaml = yaml.safe_dump(summary["config"], sort_keys=False)
+        sections.append(f"## Run configuration\n\n```yaml\n{config_yaml}```")
+    return "\n\n".join(sections) + "\n"
+
+
+def render_html(markdown_text: str, images: dict[str, bytes], title: str) -> str:
+    """One self-contained page: the Markdown as HTML, images referenced by file name embedded as data URIs."""
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+    for name, data in images.items():
+        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        body = body.replace(f'src="{name}"', f'src="{uri}"')
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{HTML_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+COMPARE_CURVES = "compare_losses.png"
+
+
+def _claim_figure(claim: dict[str, Any]) -> str:
+    """ "96.5% fewer trainable", "-12.0% faster training" (negative: slower), "97.0% (accuracy ratio)"."""
+    figure = f"{claim['measured']:.1%}"
+    return f"{figure} ({claim['what']})" if claim["claim"].startswith("95–100%") else f"{figure} {claim['what']}"
+
+
+def render_comparison(
+    rows: list[dict[str, Any]], claims: list[dict[str, Any]], pair: tuple[str, str] | None, title: str
+) -> str:
+    """Markdown of the variant comparison: the measured table and the seed's claims, each held or not."""
+    table = _table(
+        [
+            "variant",
+            "trainable params (%)",
+            "training time",
+            "tokens/s",
+            "peak memory",
+            "saved size",
+            "final train loss",
+            "eval loss",
+            "held-out accuracy",
+        ],
+        [
+            [
+                r["variant"],
+                f"{r['trainable_params']:,} ({100 * r['trainable_params'] / r['total_params']:.2f}%)",
+                f"{r['train_seconds']:.1f} s",
+                f"{r['tokens_per_second']:.1f}",
+                f"{r['peak_memory_mb']:.0f} MiB",
+                f"{r['saved_mb']:.1f} MiB",
+                "—" if r["final_train_loss"] is None else f"{r['final_train_loss']:.4f}",
+                f"{r['eval_loss']:.4f}",
+                _percent(r["accuracy"]),
+            ]
+            for r in rows
+        ],
+    )
+    sections = [f"# {title}", "## Measured\n\n" + table, f"![Loss curves]({COMPARE_CURVES})"]
+    if pair and claims:
+        verdicts = _table(
+            ["seed claim", "measured on this run", "verdict"],
+            [[c["claim"], _claim_figure(c), "holds" if c["holds"] else "does not hold"] for c in claims],
+        )
+        held = sum(c["holds"] for c in claims)
+        sections.append(
+            f"## Seed claims vs measured\n\n`{pair[0]}` against `{pair[1]}`; {held} of {len(claims)} claims hold "
+            "on this run.\n\n" + verdicts
+        )
+    else:
+        sections.append("## Seed claims vs measured\n\nNeeds a LoRA variant and a full (or larger-rank) variant.")
     return "\n\n".join(sections) + "\n"

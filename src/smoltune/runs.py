@@ -63,6 +63,7 @@ def saved_artifacts(train: dict[str, Any]) -> dict[str, Any]:
 
 def build_summary(
     run_dir: Path,
+    config: PipelineConfig,
     model: dict[str, Any],
     data: dict[str, Any],
     validation: dict[str, Any],
@@ -74,6 +75,7 @@ def build_summary(
     return {
         "run_name": run_dir.name,
         "run_dir": str(run_dir),
+        "config": config.model_dump(mode="json"),
         "model": model,
         "data": data,
         "validation": validation,
@@ -82,6 +84,7 @@ def build_summary(
         "artifacts": {
             **saved_artifacts(train),
             "report": str(run_dir / "report.md"),
+            "report_html": str(run_dir / "report.html"),
             "generations": str(run_dir / "generations.json"),
         },
         "stage_seconds": stage_seconds or {},

@@ -1,0 +1,48 @@
+"""The comparison flow: LoRA r=16 vs LoRA r=256 vs full fine-tuning on the same prepared data.
+
+    smoltune compare --config configs/compare.yaml
+
+Data is fetched, validated and prepared once; each variant trains (in its own process) and is evaluated in
+its own sub-folder of the run; one report puts the figures side by side and checks the seed's claims.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from smoltune.compare import CompareConfig, variant_config
+from smoltune.runs import create_run_dir, write_config
+from tasks.compare import compare_report_task
+from tasks.data import fetch_dataset_task, prepare_dataset_task, validate_dataset_task
+from tasks.evaluate import evaluate_task
+from tasks.model import resolve_model_task
+from tasks.train import train_task
+
+
+@flow(name="compare")
+def compare(config: CompareConfig) -> str:
+    """Train and evaluate every variant of `config`; returns the run folder with the comparison report."""
+    shared = config.pipeline
+    run_dir = create_run_dir(shared.output)
+    write_config(run_dir, shared)
+
+    # Shared stages: one model, one dataset, one gate, one split for every variant.
+    model = resolve_model_task(shared.model)
+    fetched = fetch_dataset_task(shared.data, str(run_dir))
+    validate_dataset_task(fetched, model, shared.model, shared.data, shared.validation, shared.train, str(run_dir))
+    prepared = prepare_dataset_task(fetched, model, shared.model, shared.data, str(run_dir))
+
+    # One variant at a time: two trainings at once would share two CPU cores and distort every figure.
+    results = []
+    for variant in config.variants:
+        variant_dir = Path(run_dir) / variant.name
+        variant_dir.mkdir()
+        job = variant_config(config, variant)
+        trained = train_task(model, prepared, job, str(variant_dir))
+        evaluated = evaluate_task(model, trained, prepared, job, str(variant_dir))
+        results.append({"name": variant.name, "train": trained, "eval": evaluated})
+
+    compare_report_task(str(run_dir), results)
+    return str(run_dir)

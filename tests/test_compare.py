@@ -1,0 +1,70 @@
+"""The comparison: compare YAML validation, and the compare flow on the tiny model with two variants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from smoltune.compare import load_compare_config, variant_config
+from smoltune.config import ConfigError
+
+
+def test_shipped_compare_config_has_the_three_seed_variants() -> None:
+    compare = load_compare_config("configs/compare.yaml")
+    jobs = {v.name: variant_config(compare, v) for v in compare.variants}
+    assert list(jobs) == ["lora-r16", "lora-r256", "full"]
+    assert (jobs["lora-r16"].train.lora.r, jobs["lora-r256"].train.lora.r) == (16, 256)
+    assert jobs["full"].train.mode == "full"
+    assert all(job.train.max_steps == 60 and job.data.num_samples == 100 for job in jobs.values())
+
+
+def test_bad_variants_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("variants:\n  - {name: a, set: {train.lora.r: 0}}\n")
+    with pytest.raises(ConfigError, match="variant a"):
+        load_compare_config(path)
+    path.write_text("variants:\n  - {name: a}\n  - {name: a}\n")
+    with pytest.raises(ConfigError, match="unique"):
+        load_compare_config(path)
+    path.write_text("train: {max_steps: 3}\n")
+    with pytest.raises(ConfigError, match="variants"):
+        load_compare_config(path)
+
+
+def test_compare_flow_on_the_tiny_model(prefect_server: None, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from flows.compare import compare
+
+    path = tmp_path / "compare.yaml"
+    path.write_text(
+        "variants:\n"
+        "  - {name: lora-r4, set: {train.lora.r: 4, train.lora.alpha: 4}}\n"
+        "  - {name: full, set: {train.mode: full}}\n"
+    )
+    config = load_compare_config(
+        path,
+        [
+            f"model.source={tiny_model_dir}",
+            f"output.runs_dir={tmp_path / 'runs'}",
+            "data.num_samples=12",
+            "data.eval_samples=6",
+            "train.max_steps=2",
+            "train.warmup_steps=1",
+            "train.max_seq_length=256",
+            "eval.max_new_tokens=3",
+            "eval.answer_max_new_tokens=3",
+        ],
+    )
+    run_dir = Path(compare(config=config))
+    report = (run_dir / "compare.md").read_text()
+    assert "| lora-r4 |" in report and "| full |" in report
+    assert "`lora-r4` against `full`" in report and "claims hold" in report
+    data = json.loads((run_dir / "compare.json").read_text())
+    assert [r["variant"] for r in data["rows"]] == ["lora-r4", "full"]
+    assert data["rows"][0]["trainable_params"] < data["rows"][1]["trainable_params"]
+    assert len(data["claims"]) == 5
+    # Shared data: one fetch and one split for both variants, each variant with its own outputs.
+    assert (run_dir / "data" / "train.jsonl").is_file()
+    assert (run_dir / "lora-r4" / "train" / "adapter").is_dir() and (run_dir / "full" / "train" / "model").is_dir()
+    assert (run_dir / "compare.html").read_text().count("data:image/png;base64,") == 1
