@@ -99,11 +99,13 @@ class ValidationOutcome:
 class DataValidationError(RuntimeError):
     """Raised by the flow when critical expectations fail; lists each one."""
 
-    def __init__(self, outcome: ValidationOutcome, source: str) -> None:
+    def __init__(self, outcome: ValidationOutcome, source: str, details: str | None = None) -> None:
         self.outcome = outcome
         lines = "\n".join(f"  - {c.describe()}" for c in outcome.failed_critical)
+        where = f"\nAll results and the Data Docs: {details}" if details else ""
         super().__init__(
             f"data validation failed for {source} ({outcome.row_count} rows); training was not started:\n{lines}"
+            + where
         )
 
 

@@ -8,8 +8,6 @@ its own sub-folder of the run; one report puts the figures side by side and chec
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 
 from smoltune.compare import CompareConfig, variant_config
@@ -27,21 +25,23 @@ def compare(config: CompareConfig) -> str:
     shared = config.pipeline
     run_dir = create_run_dir(shared.output)
     write_config(run_dir, shared)
+    cache = shared.output.cache_root
 
-    # Shared stages: one model, one dataset, one gate, one split for every variant.
-    model = resolve_model_task(shared.model)
-    fetched = fetch_dataset_task(shared.data, str(run_dir))
-    validate_dataset_task(fetched, model, shared.model, shared.data, shared.validation, shared.train, str(run_dir))
-    prepared = prepare_dataset_task(fetched, model, shared.model, shared.data, str(run_dir))
+    # Shared stages (cached like the finetune flow's): one model, one dataset, one gate, one split.
+    model = resolve_model_task(shared.model, cache)
+    fetched = fetch_dataset_task(shared.data, cache)
+    validate_dataset_task(fetched, model, shared.data, shared.validation, shared.train, cache)
+    prepared = prepare_dataset_task(fetched, model, shared.data, cache)
 
     # One variant at a time: two trainings at once would share two CPU cores and distort every figure.
     results = []
     for variant in config.variants:
-        variant_dir = Path(run_dir) / variant.name
-        variant_dir.mkdir()
         job = variant_config(config, variant)
-        trained = train_task(model, prepared, job, str(variant_dir))
-        evaluated = evaluate_task(model, trained, prepared, job, str(variant_dir))
+        trained = train_task(model, prepared, job, cache)
+        evaluated = evaluate_task(model, trained, prepared, job, cache)
+        (run_dir / variant.name).mkdir()
+        (run_dir / variant.name / "train").symlink_to(trained["stage_dir"], target_is_directory=True)
+        (run_dir / variant.name / "evaluation").symlink_to(evaluated["stage_dir"], target_is_directory=True)
         results.append({"name": variant.name, "train": trained, "eval": evaluated})
 
     compare_report_task(str(run_dir), results)

@@ -1,5 +1,6 @@
-"""Prefect task: write summary.json, report.md, report.html and the loss curve; publish them as artifacts
-under stable keys, so the Prefect UI keeps each one's history across runs."""
+"""Prefect task: the run's own folder and artifacts. Runs every time (it is cheap and loads no model): links
+the cached stage folders into the run folder, writes summary.json, report.md, report.html and the loss
+curve, and publishes artifacts under stable keys so the Prefect UI keeps each one's history across runs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import base64
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from smoltune.files import atomic_write_bytes_stream, atomic_write_json, atomic_write_text
@@ -17,6 +18,7 @@ from smoltune.report import LOSS_CURVE, render_html, render_report
 REPORT_ARTIFACT_KEY = "smoltune-report"
 METRICS_ARTIFACT_KEY = "smoltune-metrics"
 LOSS_ARTIFACT_KEY = "smoltune-loss-curve"
+DATA_DOCS_ARTIFACT_KEY = "smoltune-data-docs"
 
 
 def metrics_rows(summary: dict) -> list[dict]:
@@ -37,13 +39,23 @@ def metrics_rows(summary: dict) -> list[dict]:
     return [{"figure": name, "value": value} for name, value in figures.items()]
 
 
+def link_stage_folders(run_dir: Path, stage_dirs: dict[str, str]) -> None:
+    """run_dir/<name> -> the cached stage folder, so the run folder shows everything it used."""
+    for name, target in stage_dirs.items():
+        link = run_dir / name
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+
+
 @task(name="report", cache_policy=NO_CACHE)
-def report_task(summary: dict, generations: list[dict]) -> str:
+def report_task(summary: dict, generations: list[dict], stage_dirs: dict[str, str]) -> str:
     run_dir = Path(summary["run_dir"])
+    link_stage_folders(run_dir, stage_dirs)
     curve = loss_curve_png({summary["run_name"]: summary["train"]["losses"]})
     markdown = render_report(summary, generations)
     atomic_write_bytes_stream(run_dir / LOSS_CURVE, [curve])
     atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write_json(run_dir / "generations.json", generations)
     atomic_write_text(run_dir / "report.md", markdown)
     atomic_write_text(run_dir / "report.html", render_html(markdown, {LOSS_CURVE: curve}, summary["run_name"]))
     description = f"smoltune run {run_dir.name}"
@@ -54,4 +66,11 @@ def report_task(summary: dict, generations: list[dict]) -> str:
     )
     create_table_artifact(key=METRICS_ARTIFACT_KEY, table=metrics_rows(summary), description=description)
     create_markdown_artifact(key=LOSS_ARTIFACT_KEY, markdown=f"![Loss curve]({inline})", description=description)
+    if summary["validation"].get("data_docs"):
+        create_link_artifact(
+            key=DATA_DOCS_ARTIFACT_KEY,
+            link=Path(summary["validation"]["data_docs"]).as_uri(),
+            link_text="Great Expectations Data Docs",
+            description=description,
+        )
     return str(run_dir / "report.md")

@@ -64,7 +64,8 @@ def test_compare_flow_on_the_tiny_model(prefect_server: None, tiny_model_dir: Pa
     assert [r["variant"] for r in data["rows"]] == ["lora-r4", "full"]
     assert data["rows"][0]["trainable_params"] < data["rows"][1]["trainable_params"]
     assert len(data["claims"]) == 5
-    # Shared data: one fetch and one split for both variants, each variant with its own outputs.
-    assert (run_dir / "data" / "train.jsonl").is_file()
+    # Shared data: both variants were evaluated on the same held-out rows; each has its own outputs.
     assert (run_dir / "lora-r4" / "train" / "adapter").is_dir() and (run_dir / "full" / "train" / "model").is_dir()
+    answers = [json.loads((run_dir / v / "evaluation" / "answers.json").read_text()) for v in ("lora-r4", "full")]
+    assert [a["reference"] for a in answers[0]] == [a["reference"] for a in answers[1]]
     assert (run_dir / "compare.html").read_text().count("data:image/png;base64,") == 1

@@ -64,7 +64,8 @@ def test_flow_writes_run_folder_and_publishes_the_report(
     assert artifact.startswith(head + "![Loss curve](data:image/png;base64,")
     assert artifact.endswith(tail) and (run_dir / "loss_curve.png").is_file() and (run_dir / "report.html").is_file()
     assert (run_dir / "config.yaml").is_file() and (run_dir / "generations.json").is_file()
-    assert (run_dir / "data_docs" / "index.html").is_file()
+    assert (run_dir / "validation" / "data_docs" / "index.html").is_file()
+    assert (run_dir / "data" / "train.jsonl").is_file() and (run_dir / "evaluation" / "answers.json").is_file()
     assert (run_dir / "train" / "adapter" / "adapter_model.safetensors").is_file()
     assert Path(summary["artifacts"]["adapter_dir"]).resolve() == (run_dir / "train" / "adapter").resolve()
 
@@ -99,6 +100,8 @@ def test_bad_data_stops_the_flow_before_training(prefect_server: None, tiny_mode
     with pytest.raises(DataValidationError) as err:
         finetune(config=config)
     assert "'output' not empty after strip" in str(err.value) and "rows 4" in str(err.value)
-    [run_dir] = (tmp_path / "runs").iterdir()
-    assert (run_dir / "validation.json").is_file()
-    assert not (run_dir / "train").exists() and not (run_dir / "summary.json").exists()
+    kept = Path(str(err.value).rsplit("All results and the Data Docs: ", 1)[1])
+    assert json.loads(kept.read_text())["success"] is False and (kept.parent / "data_docs" / "index.html").is_file()
+    [run_dir] = [p for p in (tmp_path / "runs").iterdir() if p.name != "_cache"]
+    assert not (tmp_path / "runs" / "_cache" / "train").exists()  # nothing was trained
+    assert not (run_dir / "summary.json").exists()

@@ -31,17 +31,25 @@ def run(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Override a field: --set train.max_steps=5")
     ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every stage.")] = False,
+    refresh: Annotated[
+        list[str] | None, typer.Option("--refresh", help="Recompute this stage even if cached (repeatable).")
+    ] = None,
 ) -> None:
-    """Run the finetune flow and print the run folder."""
+    """Run the finetune flow and print the run folder. Stages whose inputs did not change come from the cache."""
     try:
         pipeline = load_config(config, overrides or [])
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     apply_prefect_defaults()
-    from flows.finetune import finetune  # heavy: imports prefect
+    from flows.finetune import STAGES, finetune  # heavy: imports prefect
 
-    run_dir = finetune(config=pipeline)
+    unknown = sorted(set(refresh or []) - set(STAGES))
+    if unknown:
+        typer.echo(f"error: --refresh takes stages {', '.join(STAGES)}; got {', '.join(unknown)}", err=True)
+        raise typer.Exit(2)
+    run_dir = finetune(config=pipeline, refresh=["all"] if no_cache else list(refresh or []))
     typer.echo(run_dir)
 
 

@@ -137,6 +137,14 @@ class OutputConfig(_Section):
         "if it beats the registered one.",
     )
 
+    cache_dir: str | None = Field(
+        None, description="Content-addressed stage outputs (the cache), default runs_dir/_cache."
+    )
+
+    @property
+    def cache_root(self) -> str:
+        return self.cache_dir or str(Path(self.runs_dir) / "_cache")
+
     @property
     def registry_file(self) -> str:
         return self.registry or str(Path(self.runs_dir) / "registry.json")

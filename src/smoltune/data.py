@@ -96,7 +96,7 @@ def fetch_dataset(data: DataConfig, out_dir: str | Path) -> dict[str, Any]:
     """Load `data.source` and store its normalised rows as `out_dir/raw.jsonl`; returns path, hash, count."""
     from smoltune.files import sha256_file, write_jsonl
 
-    rows = load_rows(data, cache_dir=Path(out_dir) / "downloads")
+    rows = load_rows(data)
     path = write_jsonl(Path(out_dir) / "raw.jsonl", rows)
     return {"source": data.source, "path": str(path), "sha256": sha256_file(path), "rows": len(rows)}
 
@@ -105,7 +105,7 @@ def prepare_dataset(
     raw_file: str | Path, data: DataConfig, out_dir: str | Path, tokenizer: Any = None
 ) -> dict[str, Any]:
     """Split raw rows into `train.jsonl` and `eval.jsonl` with prompt / completion fields."""
-    from smoltune.files import read_jsonl, write_jsonl
+    from smoltune.files import read_jsonl, sha256_file, write_jsonl
 
     train, held_out = split_rows(read_jsonl(raw_file), data.num_samples, data.eval_samples, data.seed)
     train_path = write_jsonl(
@@ -117,6 +117,8 @@ def prepare_dataset(
     return {
         "train_file": str(train_path),
         "eval_file": str(eval_path),
+        "train_sha256": sha256_file(train_path),
+        "eval_sha256": sha256_file(eval_path),
         "train_rows": len(train),
         "eval_rows": len(held_out),
     }

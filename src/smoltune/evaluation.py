@@ -16,6 +16,7 @@ from statistics import mean
 from typing import Any
 
 import yaml
+from rich.console import Console
 from rich.progress import Progress
 
 from smoltune.checking import first_line, is_correct, normalise_answer, rouge_l
@@ -225,7 +226,7 @@ def evaluate_tuned(
         return {"loss": loss, "score": score_answers(rows, answers), "answers": answers, "prompts": generations}
 
     batches = 2 * (2 * math.ceil(len(rows) / ev.batch_size) + math.ceil(len(texts) / ev.batch_size))
-    with Progress() as progress:
+    with Progress(console=Console(stderr=True)) as progress:  # stdout stays for the CLI's run folder line
         task = progress.add_task("evaluating base and tuned", total=batches)
         with models.as_base():
             base = measure(lambda: progress.advance(task))

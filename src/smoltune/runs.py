@@ -39,6 +39,10 @@ def write_config(run_dir: Path, config: PipelineConfig) -> Path:
     return atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
+# Keys the cache adds to stage results, of no interest in the summary.
+STAGE_BOOKKEEPING = ("stage_dir", "requires")
+
+
 class StageTimer:
     """Wall seconds per stage, for the summary: `with timer("train"): ...`."""
 
@@ -79,8 +83,8 @@ def build_summary(
         "model": model,
         "data": data,
         "validation": validation,
-        "train": {k: v for k, v in train.items() if k not in ("output_dir", "saved_mb")},
-        "eval": {k: v for k, v in evaluation.items() if k != "generations"},
+        "train": {k: v for k, v in train.items() if k not in ("output_dir", "saved_mb", *STAGE_BOOKKEEPING)},
+        "eval": {k: v for k, v in evaluation.items() if k not in ("generations", *STAGE_BOOKKEEPING)},
         "artifacts": {
             **saved_artifacts(train),
             "report": str(run_dir / "report.md"),

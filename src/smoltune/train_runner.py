@@ -7,14 +7,18 @@ result = train_in_subprocess(TrainSpec(...), on_step=print)
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO
+
+from filelock import FileLock
 
 from smoltune.files import atomic_write_json
 from smoltune.train_worker import STEP_PREFIX
@@ -41,7 +45,25 @@ def train_in_subprocess(
     work_dir = Path(spec.work_dir)
     if (work_dir / RESULT_FILE).is_file():
         return load_result(work_dir)  # finished before: same inputs, same code
+    work_dir.mkdir(parents=True, exist_ok=True)
     spec_file = atomic_write_json(work_dir / "spec.json", asdict(spec))
+    with machine_training_lock():
+        _run_worker(spec_file, work_dir, on_step, env)
+    return load_result(work_dir)
+
+
+def machine_training_lock() -> AbstractContextManager:
+    """One training at a time on this machine (two would share the same cores and distort each other's
+    figures); others wait their turn. SMOLTUNE_PARALLEL_TRAINING=1 lifts it, e.g. on a multi-GPU host."""
+    from smoltune.model import smoltune_home
+
+    if os.environ.get("SMOLTUNE_PARALLEL_TRAINING") == "1":
+        return nullcontext()
+    smoltune_home().mkdir(parents=True, exist_ok=True)
+    return FileLock(str(smoltune_home() / "training.lock"))
+
+
+def _run_worker(spec_file: Path, work_dir: Path, on_step: Callable[[dict], None] | None, env: dict | None) -> None:
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     command = [sys.executable, "-m", "smoltune.train_worker", str(spec_file)]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
@@ -59,7 +81,6 @@ def train_in_subprocess(
             f"training process exited with status {proc.returncode}; rerunning resumes from the last complete "
             f"checkpoint in {work_dir / 'checkpoints'}. Last error output:\n{''.join(tail)}"
         )
-    return load_result(work_dir)
 
 
 def load_result(work_dir: Path) -> TrainResult:

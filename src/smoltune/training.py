@@ -70,23 +70,6 @@ class TrainResult:
         return 100.0 * self.trainable_params / self.total_params
 
 
-def train_work_dir(runs_dir: str | Path, model_sha256: str, train_file: str | Path, config: TrainConfig) -> Path:
-    """Content-addressed training folder: the same model, data, settings and code always map to the same
-    folder, which is what lets a rerun resume from its checkpoints or reuse a finished result."""
-    from smoltune import code_version
-    from smoltune.files import fingerprint, sha256_file
-
-    key = fingerprint(
-        {
-            "model": model_sha256,
-            "data": sha256_file(train_file),
-            "train": config.model_dump(mode="json"),
-            "code": code_version(),
-        }
-    )
-    return Path(runs_dir).resolve() / "_train" / key
-
-
 def count_parameters(model: Any) -> tuple[int, int]:
     """(trainable, total) parameters, counting tied weights once."""
     seen: set[int] = set()

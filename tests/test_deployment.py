@@ -1,0 +1,161 @@
+"""Real components on 127.0.0.1: a Prefect server (SQLite) and a process worker, deployments from
+prefect.yaml, `prefect deployment run`, the report artifact read back through the API, and the finished run
+opened in the Prefect UI in headless Chromium. Every process started here is stopped here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+PREFECT = str(Path(sys.executable).parent / "prefect")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+def healthy(api: str) -> bool:
+    try:
+        return httpx.get(f"{api}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": api,
+    }
+    logs = home / "logs"
+    logs.mkdir()
+    started: list[subprocess.Popen] = []
+
+    def spawn(*args: str, log: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [PREFECT, *args], env=env, stdout=open(logs / log, "w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        started.append(proc)
+        return proc
+
+    try:
+        spawn("server", "start", "--host", "127.0.0.1", "--port", str(port), log="server.log")
+        wait_for(lambda: healthy(api), 180, "Prefect server")
+        subprocess.run([PREFECT, "work-pool", "create", "smoltune", "--type", "process"], env=env, check=True)
+        deploy = subprocess.run(
+            [PREFECT, "--no-prompt", "deploy", "--name", "finetune"], env=env, capture_output=True, text=True
+        )
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        spawn("worker", "start", "--pool", "smoltune", log="worker.log")
+        yield {"env": env, "api": api, "ui": f"http://127.0.0.1:{port}", "logs": logs}
+    finally:
+        for proc in reversed(started):
+            stop(proc)
+
+
+def test_deployment_run_completes_and_publishes_the_report(
+    prefect_stack: dict, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    config = {
+        "model": {"source": str(tiny_model_dir)},
+        "data": {"num_samples": 12, "eval_samples": 6},
+        "train": {"max_steps": 2, "warmup_steps": 1, "max_seq_length": 256},
+        "eval": {"max_new_tokens": 3, "answer_max_new_tokens": 3},
+        "output": {"runs_dir": str(tmp_path / "runs")},
+    }
+    done = subprocess.run(
+        [
+            PREFECT,
+            "deployment",
+            "run",
+            "finetune/finetune",
+            "--params",
+            json.dumps({"config": config}),
+            "--watch",
+            "--watch-timeout",
+            "600",
+        ],
+        env=prefect_stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=660,
+    )
+    worker_log = (prefect_stack["logs"] / "worker.log").read_text()[-3000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + worker_log
+    api = prefect_stack["api"]
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 1}).json()
+    flow_run = runs[0]
+    assert flow_run["state"]["type"] == "COMPLETED"
+    artifacts = httpx.post(
+        f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}
+    ).json()
+    by_key = {a["key"]: a for a in artifacts}
+    assert {"smoltune-report", "smoltune-metrics", "smoltune-loss-curve"} <= set(by_key)
+    assert "## Held-out evaluation" in by_key["smoltune-report"]["data"]
+    prefect_stack["flow_run_id"] = flow_run["id"]
+
+
+def test_the_ui_shows_the_completed_run_and_its_report(prefect_stack: dict, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    flow_run_id = prefect_stack.get("flow_run_id")
+    assert flow_run_id, "runs after test_deployment_run_completes_and_publishes_the_report"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(f"{prefect_stack['ui']}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
+            page.get_by_text("Completed").first.wait_for(timeout=60_000)
+            page.screenshot(path=str(tmp_path / "flow-run.png"), full_page=True)
+            page.get_by_text("Artifacts", exact=True).first.click()
+            page.get_by_text("smoltune-report").first.wait_for(timeout=60_000)
+            page.screenshot(path=str(tmp_path / "artifacts.png"), full_page=True)
+        finally:
+            page.screenshot(path="/tmp/smoltune-ui-last.png", full_page=True)
+            Path("/tmp/smoltune-ui-last.txt").write_text(page.inner_text("body"))
+            browser.close()
+    assert (tmp_path / "flow-run.png").stat().st_size > 10_000 and (tmp_path / "artifacts.png").is_file()
