@@ -13,6 +13,7 @@ import pytest
 from smoltune.builtin_data import generate_rows
 from smoltune.caching import COMPLETE, StageCache, complete_token, folder_for, run_stage
 from smoltune.config import load_config
+from tests.tiny_model import tiny_overrides
 
 STAGES = ["resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate"]
 
@@ -100,17 +101,9 @@ def test_each_change_reruns_exactly_what_it_affects(prefect_server: None, tiny_m
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text("prompts:\n  - Say hi.\n")
     base = [
-        f"model.source={tiny_model_dir}",
+        *tiny_overrides(tiny_model_dir, tmp_path / "runs"),
         f"data.source={data}",
-        f"output.runs_dir={tmp_path / 'runs'}",
         f"eval.prompts_file={prompts}",
-        "data.num_samples=12",
-        "data.eval_samples=6",
-        "train.max_steps=2",
-        "train.warmup_steps=1",
-        "train.max_seq_length=256",
-        "eval.max_new_tokens=3",
-        "eval.answer_max_new_tokens=3",
     ]
     config = load_config("configs/smoke.yaml", base)
     first, _, _ = run(config)
@@ -142,20 +135,7 @@ def test_each_change_reruns_exactly_what_it_affects(prefect_server: None, tiny_m
 
 
 def test_refresh_reruns_the_named_stage(prefect_server: None, tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = load_config(
-        "configs/smoke.yaml",
-        [
-            f"model.source={tiny_model_dir}",
-            f"output.runs_dir={tmp_path / 'runs'}",
-            "data.num_samples=12",
-            "data.eval_samples=6",
-            "train.max_steps=2",
-            "train.warmup_steps=1",
-            "train.max_seq_length=256",
-            "eval.max_new_tokens=3",
-            "eval.answer_max_new_tokens=3",
-        ],
-    )
+    config = load_config("configs/smoke.yaml", tiny_overrides(tiny_model_dir, tmp_path / "runs"))
     run(config)
     assert rerun_stages(run(config, refresh=["prepare_dataset"])[0]) == {"prepare_dataset"}
     assert rerun_stages(run(config)[0]) == set()

@@ -9,6 +9,7 @@ import pytest
 
 from smoltune.compare import load_compare_config, variant_config
 from smoltune.config import ConfigError
+from tests.tiny_model import tiny_overrides
 
 
 def test_shipped_compare_config_has_the_three_seed_variants() -> None:
@@ -42,20 +43,7 @@ def test_compare_flow_on_the_tiny_model(prefect_server: None, tiny_model_dir: Pa
         "  - {name: lora-r4, set: {train.lora.r: 4, train.lora.alpha: 4}}\n"
         "  - {name: full, set: {train.mode: full}}\n"
     )
-    config = load_compare_config(
-        path,
-        [
-            f"model.source={tiny_model_dir}",
-            f"output.runs_dir={tmp_path / 'runs'}",
-            "data.num_samples=12",
-            "data.eval_samples=6",
-            "train.max_steps=2",
-            "train.warmup_steps=1",
-            "train.max_seq_length=256",
-            "eval.max_new_tokens=3",
-            "eval.answer_max_new_tokens=3",
-        ],
-    )
+    config = load_compare_config(path, tiny_overrides(tiny_model_dir, tmp_path / "runs"))
     run_dir = Path(compare(config=config))
     report = (run_dir / "compare.md").read_text()
     assert "| lora-r4 |" in report and "| full |" in report

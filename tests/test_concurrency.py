@@ -9,24 +9,11 @@ from pathlib import Path
 
 from smoltune.config import load_config
 from smoltune.registry import read_registry
+from tests.tiny_model import tiny_overrides
 
 
 def tiny(tiny_model_dir: Path, runs: Path, *extra: str):  # noqa: ANN201
-    return load_config(
-        "configs/smoke.yaml",
-        [
-            f"model.source={tiny_model_dir}",
-            f"output.runs_dir={runs}",
-            "data.num_samples=12",
-            "data.eval_samples=6",
-            "train.max_steps=2",
-            "train.warmup_steps=1",
-            "train.max_seq_length=256",
-            "eval.max_new_tokens=3",
-            "eval.answer_max_new_tokens=3",
-            *extra,
-        ],
-    )
+    return load_config("configs/smoke.yaml", [*tiny_overrides(tiny_model_dir, runs), *extra])
 
 
 def run_together(*configs) -> list[dict]:  # noqa: ANN002

@@ -10,21 +10,11 @@ import pytest
 
 from data_checks.suite import DataValidationError
 from smoltune.config import load_config
+from tests.tiny_model import tiny_overrides
 
 
-def tiny_config(tiny_model_dir: Path, runs_dir: Path, *extra: str):
-    return load_config(
-        "configs/smoke.yaml",
-        [
-            f"model.source={tiny_model_dir}",
-            f"output.runs_dir={runs_dir}",
-            "data.num_samples=12",
-            "data.eval_samples=6",
-            "train.max_seq_length=256",
-            "eval.max_new_tokens=4",
-            *extra,
-        ],
-    )
+def tiny_config(tiny_model_dir: Path, runs_dir: Path, *extra: str):  # noqa: ANN201
+    return load_config("configs/smoke.yaml", [*tiny_overrides(tiny_model_dir, runs_dir), *extra])
 
 
 def read_report_artifact(flow_run_id) -> str:

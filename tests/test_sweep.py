@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from smoltune.config import load_config
+from tests.tiny_model import tiny_overrides
 
 
 def test_two_ranks_on_a_local_dask_cluster(
@@ -18,20 +19,7 @@ def test_two_ranks_on_a_local_dask_cluster(
 
     # Dask worker processes report their task runs to the same API as this test.
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
-    config = load_config(
-        "configs/smoke.yaml",
-        [
-            f"model.source={tiny_model_dir}",
-            f"output.runs_dir={tmp_path / 'runs'}",
-            "data.num_samples=12",
-            "data.eval_samples=6",
-            "train.max_steps=2",
-            "train.warmup_steps=1",
-            "train.max_seq_length=256",
-            "eval.max_new_tokens=3",
-            "eval.answer_max_new_tokens=3",
-        ],
-    )
+    config = load_config("configs/smoke.yaml", tiny_overrides(tiny_model_dir, tmp_path / "runs"))
     rows = sweep(config=config, ranks=[4, 8], learning_rates=[1e-3])
     assert [(r["rank"], r["learning_rate"]) for r in rows] == [(4, 1e-3), (8, 1e-3)]
     assert rows[0]["output_dir"] != rows[1]["output_dir"]

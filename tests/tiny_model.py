@@ -52,3 +52,18 @@ def build_tiny_model(target: Path) -> Path:
     LlamaForCausalLM(config).save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     return target
+
+
+def tiny_overrides(model_dir: Path, runs_dir: Path) -> list[str]:
+    """`--set` overrides (on configs/smoke.yaml) that make a whole job run in seconds on the tiny model."""
+    return [
+        f"model.source={model_dir}",
+        f"output.runs_dir={runs_dir}",
+        "data.num_samples=12",
+        "data.eval_samples=6",
+        "train.max_steps=2",
+        "train.warmup_steps=1",
+        "train.max_seq_length=256",
+        "eval.max_new_tokens=3",
+        "eval.answer_max_new_tokens=3",
+    ]

@@ -1,7 +1,8 @@
 """Run folders: one per flow run, named by time and a short random id so concurrent runs never clash.
 
 runs/20261129-101500-3fa2c1/
-    config.yaml  data/  validation.json  train/adapter/  generations.json  summary.json  report.md
+    config.yaml  summary.json  report.md  report.html  loss_curve.png  generations.json
+    data/ validation/ train/ evaluation/   (links to the cached stage folders under runs/_cache/)
 """
 
 from __future__ import annotations
