@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The HTML report test drives Debian's Chromium (never a browser downloaded by a test tool).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test smoke compare lint install clean
+.PHONY: run test smoke compare bench bench-scaling bench-ablation lint install clean
 
 install: $(STAMP)
 
@@ -28,6 +28,16 @@ smoke: $(STAMP)
 
 compare: $(STAMP)
 	$(BIN)/smoltune compare --config configs/compare.yaml
+
+# Training speed: plain TRL vs Unsloth vs smoltune on the seed job (bench/run.py); BENCH_ARGS="--steps 3" etc.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-scaling: $(STAMP)
+	$(BIN)/python bench/scaling.py $(BENCH_ARGS)
+
+bench-ablation: $(STAMP)
+	$(BIN)/python bench/ablation.py $(BENCH_ARGS)
 
 $(CHROMIUM):
 	apt-get update -q && apt-get install -y -q chromium

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 from prefect import task
@@ -12,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from smoltune.compare import check_claims, comparison_row, pick_pair
 from smoltune.files import atomic_write_bytes_stream, atomic_write_json, atomic_write_text
 from smoltune.plots import loss_curve_png
-from smoltune.report import COMPARE_CURVES, render_comparison, render_html
+from smoltune.report import COMPARE_CURVES, inline_images, render_comparison, render_html
 
 COMPARE_ARTIFACT_KEY = "smoltune-compare"
 COMPARE_TABLE_KEY = "smoltune-compare-table"
@@ -31,11 +30,10 @@ def compare_report_task(run_dir: str, results: list[dict]) -> str:
     atomic_write_text(folder / "compare.md", markdown)
     atomic_write_text(folder / "compare.html", render_html(markdown, {COMPARE_CURVES: curves}, folder.name))
     atomic_write_json(folder / "compare.json", {"rows": rows, "claims": claims, "pair": names})
-    inline = f"data:image/png;base64,{base64.b64encode(curves).decode('ascii')}"
     description = f"smoltune comparison {folder.name}"
     create_markdown_artifact(
         key=COMPARE_ARTIFACT_KEY,
-        markdown=markdown.replace(f"]({COMPARE_CURVES})", f"]({inline})"),
+        markdown=inline_images(markdown, {COMPARE_CURVES: curves}),
         description=description,
     )
     table = [{k: v for k, v in r.items() if k != "losses"} for r in rows]

@@ -64,6 +64,9 @@ def validate_dataset_task(
         if not outcome.success:
             # The stage folder is discarded on failure; keep what the user needs to fix the data.
             kept = shutil.copytree(out, folder.with_name(folder.name + ".failed"), dirs_exist_ok=True)
+            # The copy's report must name the copy's Data Docs, not the temporary folder about to be discarded.
+            report = kept / "validation.json"
+            report.write_text(report.read_text().replace(str(out), str(kept)))
             raise DataValidationError(outcome, fetched["source"], str(kept / "validation.json"))
         return outcome.to_dict()
 

@@ -4,7 +4,6 @@ curve, and publishes artifacts under stable keys so the Prefect UI keeps each on
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 from prefect import task
@@ -13,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from smoltune.files import atomic_write_bytes_stream, atomic_write_json, atomic_write_text
 from smoltune.plots import loss_curve_png
-from smoltune.report import LOSS_CURVE, render_html, render_report
+from smoltune.report import LOSS_CURVE, inline_images, png_data_uri, render_html, render_report
 
 REPORT_ARTIFACT_KEY = "smoltune-report"
 METRICS_ARTIFACT_KEY = "smoltune-metrics"
@@ -60,12 +59,12 @@ def report_task(summary: dict, generations: list[dict], stage_dirs: dict[str, st
     atomic_write_text(run_dir / "report.html", render_html(markdown, {LOSS_CURVE: curve}, summary["run_name"]))
     description = f"smoltune run {run_dir.name}"
     # The UI cannot see the run folder: artifacts carry the loss curve inline.
-    inline = f"data:image/png;base64,{base64.b64encode(curve).decode('ascii')}"
     create_markdown_artifact(
-        key=REPORT_ARTIFACT_KEY, markdown=markdown.replace(f"]({LOSS_CURVE})", f"]({inline})"), description=description
+        key=REPORT_ARTIFACT_KEY, markdown=inline_images(markdown, {LOSS_CURVE: curve}), description=description
     )
     create_table_artifact(key=METRICS_ARTIFACT_KEY, table=metrics_rows(summary), description=description)
-    create_markdown_artifact(key=LOSS_ARTIFACT_KEY, markdown=f"![Loss curve]({inline})", description=description)
+    loss_curve = f"![Loss curve]({png_data_uri(curve)})"
+    create_markdown_artifact(key=LOSS_ARTIFACT_KEY, markdown=loss_curve, description=description)
     if summary["validation"].get("data_docs"):
         create_link_artifact(
             key=DATA_DOCS_ARTIFACT_KEY,

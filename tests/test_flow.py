@@ -91,7 +91,9 @@ def test_bad_data_stops_the_flow_before_training(prefect_server: None, tiny_mode
         finetune(config=config)
     assert "'output' not empty after strip" in str(err.value) and "rows 4" in str(err.value)
     kept = Path(str(err.value).rsplit("All results and the Data Docs: ", 1)[1])
-    assert json.loads(kept.read_text())["success"] is False and (kept.parent / "data_docs" / "index.html").is_file()
+    report = json.loads(kept.read_text())
+    assert report["success"] is False and (kept.parent / "data_docs" / "index.html").is_file()
+    assert Path(report["data_docs"]) == kept.parent / "data_docs" / "index.html"  # the kept copy, not a temp path
     [run_dir] = [p for p in (tmp_path / "runs").iterdir() if p.name != "_cache"]
     assert not (tmp_path / "runs" / "_cache" / "train").exists()  # nothing was trained
     assert not (run_dir / "summary.json").exists()

@@ -73,7 +73,7 @@ def test_training_records_the_figures(trained: TrainResult) -> None:
     assert all(math.isfinite(s["grad_norm"]) and s["learning_rate"] >= 0 for s in trained.step_log)
     assert trained.step_log[-1]["tokens_seen"] == trained.tokens_seen
     assert trained.settings["gradient_checkpointing"] is False and trained.settings["bf16"] is False
-    assert trained.settings["optim"] == "adamw_torch"
+    assert trained.settings["optim"] == "adamw_torch_fused"  # train.speed.fused_optimizer, the default
 
 
 def test_trainable_parameters_match_the_lora_formula(trained: TrainResult) -> None:
@@ -105,6 +105,20 @@ def test_adapter_is_safetensors_and_loads_with_peft(trained: TrainResult, tiny_m
 def test_a_finished_folder_is_reused(trained: TrainResult, tiny_model_dir: Path, prepared: dict) -> None:
     spec = spec_for(tiny_model_dir, prepared, Path(trained.output_dir).parent, max_steps=3, backend="hf")
     assert train_in_subprocess(spec) == trained
+
+
+def test_the_fast_path_trains_the_same_losses_on_the_same_tokens(
+    trained: TrainResult, tiny_model_dir: Path, prepared: dict, tmp_path: Path
+) -> None:
+    off = {key: False for key in TrainConfig().speed.model_dump()}
+    assert trained.settings["fast_path"] == {key: True for key in off}  # the default
+    assert trained.settings["per_device_train_batch_size"] == 4  # batch 2 x accumulation 2 in one packed forward
+    plain = train_in_subprocess(spec_for(tiny_model_dir, prepared, tmp_path, max_steps=3, backend="hf", speed=off))
+    assert plain.settings["fast_path"] == {key: False for key in off}
+    assert plain.tokens_seen == trained.tokens_seen  # the same rows, every token counted once
+    assert plain.losses == pytest.approx(trained.losses, abs=1e-4)
+    # Checkpoints every save_steps only: the Trainer's extra one after the last step is skipped.
+    assert not list((tmp_path / "checkpoints").glob("checkpoint-*"))
 
 
 def test_unsloth_backend_gives_the_same_artifacts_and_metrics(

@@ -31,6 +31,15 @@ class MarkCompleteCheckpoints(TrainerCallback):
             atomic_write_json(folder / COMPLETE_MARKER, {"step": state.global_step})
 
 
+class NoFinalCheckpoint(TrainerCallback):
+    """Skip the checkpoint the Trainer adds after the last step when that step is not a multiple of save_steps:
+    the finished adapter (or model) is saved right after training, so that checkpoint is never read."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step >= state.max_steps and state.global_step % state.save_steps != 0:
+            control.should_save = False
+
+
 def latest_complete_checkpoint(checkpoints_dir: str | Path) -> Path | None:
     """The highest-step checkpoint folder that carries the completeness marker, or None."""
     folder = Path(checkpoints_dir)

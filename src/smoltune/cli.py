@@ -19,6 +19,14 @@ from smoltune.prefect_defaults import apply_prefect_defaults
 
 app = typer.Typer(help="Fine-tune small language models with LoRA, orchestrated by Prefect.", no_args_is_help=True)
 
+USAGE_ERROR = 2  # the exit status of a job that cannot start (bad config, unknown stage, missing run)
+
+
+def fail(message: object) -> typer.Exit:
+    """Print `error: message` on stderr; the caller raises the returned exit (status 2) from None."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(USAGE_ERROR)
+
 
 @app.callback()
 def main() -> None:
@@ -40,15 +48,13 @@ def run(
     try:
         pipeline = load_config(config, overrides or [])
     except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(err) from None
     apply_prefect_defaults()
     from flows.finetune import STAGES, finetune  # heavy: imports prefect
 
     unknown = sorted(set(refresh or []) - set(STAGES))
     if unknown:
-        typer.echo(f"error: --refresh takes stages {', '.join(STAGES)}; got {', '.join(unknown)}", err=True)
-        raise typer.Exit(2)
+        raise fail(f"--refresh takes stages {', '.join(STAGES)}; got {', '.join(unknown)}")
     run_dir = finetune(config=pipeline, refresh=["all"] if no_cache else list(refresh or []))
     typer.echo(run_dir)
 
@@ -68,8 +74,7 @@ def compare(
     try:
         compare_config = load_compare_config(config, overrides or [])
     except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(err) from None
     apply_prefect_defaults()
     from flows.compare import compare as compare_flow  # heavy: imports prefect
 
@@ -88,8 +93,7 @@ def chat(
     try:
         model, tokenizer, template = load_run(run_dir)
     except RunNotFoundError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(err) from None
 
     def respond(text: str) -> None:
         for piece in answer_prompt(model, tokenizer, template, text, max_new_tokens):

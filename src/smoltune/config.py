@@ -93,6 +93,30 @@ class LoraConfig(_Section):
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA). Slower; hf backend only.")
 
 
+class SpeedConfig(_Section):
+    """The CPU fast path of the hf backend (smoltune.packing); each switch measured by `make bench`."""
+
+    padding_free: bool = Field(
+        True,
+        description="Concatenate a batch's rows into one sequence (no padding) with attention kept inside each "
+        "row. hf backend only.",
+    )
+    pack_accumulation: bool = Field(
+        True,
+        description="With padding_free: run the batch_size x grad_accum rows of an optimizer step as one packed "
+        "forward instead of grad_accum small ones; the same rows and the same loss per optimizer step.",
+    )
+    labelled_logits_only: bool = Field(
+        True, description="Apply the LM head and cross-entropy only at positions whose next token has a label."
+    )
+    fused_lora: bool = Field(
+        True, description="Compute each LoRA projection as one fused multiply-add (addmm) instead of PEFT's three ops."
+    )
+    fused_optimizer: bool = Field(
+        True, description="On the CPU, torch's fused AdamW kernel (adamw_torch_fused) instead of the per-tensor loop."
+    )
+
+
 class TrainConfig(_Section):
     backend: Literal["auto", "hf", "unsloth"] = Field(
         "auto",
@@ -113,6 +137,7 @@ class TrainConfig(_Section):
     train_on_responses_only: bool = Field(True, description="Mask prompt tokens out of the loss.")
     save_steps: int = Field(20, ge=1, description="Checkpoint every this many steps; a rerun resumes from the last.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
 
 
 class EvalConfig(_Section):

@@ -204,14 +204,25 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
     return "\n\n".join(sections) + "\n"
 
 
+def png_data_uri(data: bytes) -> str:
+    """A PNG as a data URI, so a page or a Prefect artifact shows it without access to the run folder."""
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def inline_images(markdown_text: str, images: dict[str, bytes]) -> str:
+    """`markdown_text` with its `](name.png)` image links replaced by data URIs."""
+    for name, data in images.items():
+        markdown_text = markdown_text.replace(f"]({name})", f"]({png_data_uri(data)})")
+    return markdown_text
+
+
 def render_html(markdown_text: str, images: dict[str, bytes], title: str) -> str:
     """One self-contained page: the Markdown as HTML, images referenced by file name embedded as data URIs."""
     import markdown
 
     body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
     for name, data in images.items():
-        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        body = body.replace(f'src="{name}"', f'src="{uri}"')
+        body = body.replace(f'src="{name}"', f'src="{png_data_uri(data)}"')
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{HTML_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"

@@ -21,11 +21,11 @@ from smoltune.files import atomic_dir, atomic_write_json, dir_size_mb, read_json
 from smoltune.tokens import load_tokenizer, tokenize_rows
 
 RESULT_FILE = "result.json"
-# Measured on this 2-core CPU (README, "Performance"): with gradient checkpointing and bf16 off, Unsloth's
-# CPU fallback trains no faster than the hf path (107 vs 106 real tokens/s, same losses), and importing it
+# `make bench` on this 2-core CPU (README, "Performance"): the hf backend with its fast path (smoltune.packing)
+# trains the seed job about twice as fast as Unsloth's CPU fallback with the same losses, and Unsloth's import
 # patches trl process-wide; so auto picks hf on the CPU.
 CPU_AUTO_BACKEND = "hf"
-CPU_AUTO_REASON = "auto on CPU: hf; Unsloth's CPU fallback measured no faster on this machine (README, Performance)"
+CPU_AUTO_REASON = "auto on CPU: hf with its fast path, faster than Unsloth's CPU fallback in `make bench` (README)"
 
 
 @dataclass
@@ -98,7 +98,9 @@ def resolve_backend(requested: str, device: str) -> tuple[str, str]:
     return CPU_AUTO_BACKEND, CPU_AUTO_REASON
 
 
-def load_model_and_tokenizer(model_path: str, device: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+def load_model_and_tokenizer(
+    model_path: str, device: str, trust_remote_code: bool = False, attn_implementation: str | None = None
+) -> tuple[Any, Any]:
     """A model in fp32 on the CPU (bf16 is slower than fp32 on CPUs without AMX) or bf16 on CUDA."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -106,9 +108,38 @@ def load_model_and_tokenizer(model_path: str, device: str, trust_remote_code: bo
     tokenizer = load_tokenizer(model_path, trust_remote_code)
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        model_path,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+        attn_implementation=attn_implementation,
     ).to(device)
     return model, tokenizer
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Which switches of `train.speed` are in effect: they apply to the hf backend only (Unsloth brings its
+    own kernels and collator)."""
+
+    padding_free: bool = False
+    pack_accumulation: bool = False
+    labelled_logits_only: bool = False
+    fused_lora: bool = False
+    fused_optimizer: bool = False
+
+    @classmethod
+    def for_run(cls, config: TrainConfig, backend: str) -> FastPath:
+        if backend != "hf":
+            return cls()
+        speed = config.speed
+        return cls(
+            padding_free=speed.padding_free,
+            pack_accumulation=speed.padding_free and speed.pack_accumulation,
+            labelled_logits_only=speed.labelled_logits_only,
+            fused_lora=speed.fused_lora and config.mode == "lora",
+            fused_optimizer=speed.fused_optimizer,
+        )
 
 
 def peft_lora_config(config: TrainConfig) -> Any:
@@ -126,29 +157,47 @@ def peft_lora_config(config: TrainConfig) -> Any:
     )
 
 
-def load_for_training(backend: str, spec: TrainSpec, config: TrainConfig, device: str) -> tuple[Any, Any]:
+def load_for_training(
+    backend: str, spec: TrainSpec, config: TrainConfig, device: str, fast: FastPath
+) -> tuple[Any, Any]:
     """Model (with LoRA layers in lora mode) and tokenizer for `backend`."""
     if backend == "unsloth":
         from smoltune.backend_unsloth import load_unsloth  # imports unsloth, which patches trl process-wide
 
         return load_unsloth(spec.model_path, config, device)
-    model, tokenizer = load_model_and_tokenizer(spec.model_path, device, spec.trust_remote_code)
+    attention = None
+    if fast.padding_free:
+        from smoltune.packing import register_segment_attention
+
+        attention = register_segment_attention()
+    model, tokenizer = load_model_and_tokenizer(spec.model_path, device, spec.trust_remote_code, attention)
     if config.mode == "lora":
         from peft import get_peft_model
 
         model = get_peft_model(model, peft_lora_config(config))
+        if fast.fused_lora:
+            from smoltune.fused_lora import fuse_lora_linears
+
+            fuse_lora_linears(model)
     return model, tokenizer
 
 
-def sft_settings(config: TrainConfig, device: str, output_dir: str) -> dict[str, Any]:
+def sft_settings(config: TrainConfig, device: str, output_dir: str, fast: FastPath | None = None) -> dict[str, Any]:
     """SFTConfig arguments for the seed job. TRL's CPU defaults (gradient checkpointing, bf16) cost time on
-    this hardware and are turned off; the optimizer is adamw_8bit on CUDA, adamw_torch on the CPU."""
+    this hardware and are turned off; the optimizer is adamw_8bit on CUDA, adamw_torch on the CPU.
+
+    With `pack_accumulation` the batch_size x grad_accum rows of an optimizer step go through one packed forward:
+    the sampler hands out the same rows per step and the loss is the mean over the same labelled tokens."""
     on_cuda = device == "cuda"
+    fast = fast or FastPath()
+    batch, accum = config.batch_size, config.grad_accum
+    if fast.pack_accumulation:
+        batch, accum = batch * accum, 1
     return {
         "output_dir": output_dir,
         "max_steps": config.max_steps,
-        "per_device_train_batch_size": config.batch_size,
-        "gradient_accumulation_steps": config.grad_accum,
+        "per_device_train_batch_size": batch,
+        "gradient_accumulation_steps": accum,
         "learning_rate": config.learning_rate,
         "warmup_steps": config.warmup_steps,
         "lr_scheduler_type": config.lr_scheduler,
@@ -156,7 +205,7 @@ def sft_settings(config: TrainConfig, device: str, output_dir: str) -> dict[str,
         "seed": config.seed,
         "data_seed": config.seed,
         "max_length": config.max_seq_length,
-        "optim": "adamw_8bit" if on_cuda else "adamw_torch",
+        "optim": "adamw_8bit" if on_cuda else ("adamw_torch_fused" if fast.fused_optimizer else "adamw_torch"),
         "bf16": on_cuda,
         "fp16": False,
         "use_cpu": not on_cuda,
@@ -166,28 +215,48 @@ def sft_settings(config: TrainConfig, device: str, output_dir: str) -> dict[str,
         "save_steps": config.save_steps,
         "save_total_limit": config.save_total_limit,
         "report_to": "none",
-        "include_num_input_tokens_seen": "non_padding",
+        # A packed batch has no padding (and no attention mask to count by): every token is real.
+        "include_num_input_tokens_seen": "all" if fast.padding_free else "non_padding",
         "dataloader_num_workers": 0,
         "disable_tqdm": False,  # a progress bar in the terminal; the Prefect task logs every few steps
     }
 
 
-def sft_trainer_class(device: str) -> type:
-    """TRL's SFTTrainer, or on the CPU a subclass that computes the model's own cross-entropy.
+def sft_trainer_class(device: str, fast: FastPath | None = None) -> type:
+    """TRL's SFTTrainer, or on the CPU a subclass that computes the loss itself.
 
     TRL 1.15 computes the SFT loss with a Triton kernel whenever Triton is importable (Unsloth installs it);
-    without a GPU that kernel fails with "0 active drivers". The model's loss is the same quantity."""
+    without a GPU that kernel fails with "0 active drivers". The model's own loss, or `labelled_token_loss`
+    (the same quantity, logits only where a label exists), replaces it; packed batches get their row
+    boundaries for segment attention."""
     from transformers import Trainer
     from trl import SFTTrainer
 
-    if device == "cuda":
+    fast = fast or FastPath()
+    if device == "cuda" and fast == FastPath():
         return SFTTrainer
 
-    class CpuSFTTrainer(SFTTrainer):
+    class FastSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            from smoltune.packing import labelled_token_loss, with_segment_boundaries
+
+            if fast.padding_free:
+                inputs = with_segment_boundaries(inputs)
+            if fast.labelled_logits_only and not return_outputs:
+                return labelled_token_loss(model, inputs, num_items_in_batch)
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
-    return CpuSFTTrainer
+    return FastSFTTrainer
+
+
+def data_collator(tokenizer: Any, fast: FastPath) -> Any:
+    """TRL's padding-free collator for packed batches (given explicitly, so TRL does not warn that only
+    FlashAttention handles them: segment attention does); None keeps TRL's padding collator."""
+    if not fast.padding_free:
+        return None
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
 
 
 def save_trained(trainer: Any, tokenizer: Any, mode: str, work_dir: Path) -> Path:
@@ -206,7 +275,12 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
     from datasets import Dataset
     from trl import SFTConfig
 
-    from smoltune.checkpoints import MarkCompleteCheckpoints, latest_complete_checkpoint, logged_steps
+    from smoltune.checkpoints import (
+        MarkCompleteCheckpoints,
+        NoFinalCheckpoint,
+        latest_complete_checkpoint,
+        logged_steps,
+    )
     from smoltune.metrics import PeakMemory, StepLog
 
     work_dir = Path(spec.work_dir)
@@ -215,20 +289,22 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
     config = TrainConfig.model_validate(spec.config)
     device = pick_device()
     backend, reason = resolve_backend(config.backend, device)
+    fast = FastPath.for_run(config, backend)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_for_training(backend, spec, config, device)
+    model, tokenizer = load_for_training(backend, spec, config, device, fast)
     trainable, total = count_parameters(model)
     rows = tokenize_rows(tokenizer, read_jsonl(spec.train_file), config.max_seq_length, config.train_on_responses_only)
-    settings = sft_settings(config, device, str(work_dir / "checkpoints"))
+    settings = sft_settings(config, device, str(work_dir / "checkpoints"), fast)
     resume = latest_complete_checkpoint(work_dir / "checkpoints")
     earlier = logged_steps(resume) if resume else []
     step_log = StepLog(on_step)
-    trainer = sft_trainer_class(device)(
+    trainer = sft_trainer_class(device, fast)(
         model=model,
         args=SFTConfig(**settings),
+        data_collator=data_collator(tokenizer, fast),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[step_log, MarkCompleteCheckpoints()],
+        callbacks=[step_log, MarkCompleteCheckpoints(), NoFinalCheckpoint()],
     )
     with PeakMemory(cuda=device == "cuda") as peak:
         started = time.perf_counter()
@@ -256,7 +332,7 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
         output_dir=str(output_dir),
         saved_mb=round(dir_size_mb(output_dir), 3),
         resumed_from_step=int(earlier[-1]["step"]) if earlier else 0,
-        settings={k: v for k, v in settings.items() if k != "output_dir"},
+        settings={**{k: v for k, v in settings.items() if k != "output_dir"}, "fast_path": asdict(fast)},
     )
     atomic_write_json(work_dir / RESULT_FILE, result.to_dict())
     return result

@@ -1,0 +1,82 @@
+"""What the bench contenders share: their command line, the rows (tokenised once, identically for all), the
+measurement of a Trainer run and the result file. Imported by the contender scripts in this folder.
+
+    python bench/contender_trl.py --model DIR --train-file train.jsonl --steps 10 --result out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+# The seed job (README): LoRA r=16 on the 7 projections, batch 2 x grad-accum 4, lr 2e-4, seed 3407.
+SEED = 3407
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+BATCH_SIZE, GRAD_ACCUM, LEARNING_RATE, WARMUP_STEPS, WEIGHT_DECAY = 2, 4, 2e-4, 5, 0.01
+
+
+def warmup_steps(steps: int) -> int:
+    """The seed job's 5 warm-up steps, fewer in a run shorter than that (same schedule for every contender)."""
+    return min(WARMUP_STEPS, steps)
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", required=True, help="local model folder")
+    parser.add_argument("--train-file", required=True, help="JSONL rows with prompt and completion")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--result", required=True, help="where to write the figures (JSON)")
+    parser.add_argument("--work-dir", required=True, help="scratch folder for the trainer")
+    parser.add_argument("--set", action="append", default=[], help="smoltune only: train.KEY=VALUE overrides")
+    return parser.parse_args()
+
+
+def tokenized_rows(tokenizer: Any, train_file: str) -> list[dict]:
+    """input_ids and labels (prompt masked, EOS appended) made by smoltune's tokeniser for every contender, so
+    that all three train on exactly the same tokens and the same labelled positions."""
+    from smoltune.files import read_jsonl
+    from smoltune.tokens import tokenize_rows
+
+    return tokenize_rows(tokenizer, read_jsonl(train_file), max_length=2048, mask_prompt=True)
+
+
+def cpu_loss_trainer(base: type) -> type:
+    """`base` (an SFTTrainer class) computing the model's own loss: TRL 1.15 computes it with a Triton kernel
+    whenever Triton is importable (it ships with the CUDA build of torch), which fails without a GPU. This is
+    the one change the baselines need to run on a CPU at all; it computes the same cross-entropy."""
+    from transformers import Trainer
+
+    class CpuLossTrainer(base):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return CpuLossTrainer
+
+
+def measure_training(trainer: Any) -> dict[str, Any]:
+    """Run `trainer.train()`; wall time, real (non-padding) tokens, peak RSS and per-step losses."""
+    from smoltune.metrics import PeakMemory
+
+    with PeakMemory() as peak:
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+    losses = [float(log["loss"]) for log in trainer.state.log_history if "loss" in log]
+    tokens = int(trainer.state.num_input_tokens_seen)
+    steps = int(trainer.state.global_step)
+    return {
+        "steps": steps,
+        "seconds": round(seconds, 3),
+        "tokens": tokens,
+        "tokens_per_second": round(tokens / seconds, 2),
+        "seconds_per_step": round(seconds / steps, 3),
+        "peak_rss_mb": round(peak.megabytes, 1),
+        "losses": [round(x, 5) for x in losses],
+    }
+
+
+def write_result(path: str, name: str, figures: dict[str, Any], settings: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps({"name": name, **figures, "settings": settings}, indent=2))

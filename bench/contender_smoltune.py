@@ -1,0 +1,47 @@
+"""Contender (c): smoltune's training stage (`smoltune.training.train`), with the seed job's settings from
+configs/default.yaml and its default backend and fast path.
+
+    python bench/contender_smoltune.py --model DIR --train-file train.jsonl --steps 10 --result c.json --work-dir /tmp/c
+    python bench/contender_smoltune.py ... --set speed.pack_accumulation=false     # one switch off
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import common
+
+from smoltune.config import load_config
+from smoltune.training import TrainSpec, train
+
+DEFAULT_JOB = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def main() -> None:
+    args = common.parse_args(__doc__)
+    overrides = [
+        f"train.max_steps={args.steps}",
+        f"train.warmup_steps={common.warmup_steps(args.steps)}",
+        f"train.save_steps={args.steps + 1}",  # no checkpoint inside the measured run, like the baselines
+        *(f"train.{override}" for override in args.set),
+    ]
+    config = load_config(DEFAULT_JOB, overrides).train
+    shutil.rmtree(args.work_dir, ignore_errors=True)  # a finished folder would return its old result
+    result = train(TrainSpec(args.model, args.train_file, args.work_dir, config.model_dump(mode="json")))
+    figures = {
+        "steps": result.steps,
+        "seconds": result.train_seconds,
+        "tokens": result.tokens_seen,
+        "tokens_per_second": result.tokens_per_second,
+        "seconds_per_step": round(result.train_seconds / result.steps, 3),
+        "peak_rss_mb": result.peak_memory_mb,
+        "losses": [round(x, 5) for x in result.losses],
+        "trainable_params": result.trainable_params,
+    }
+    settings = {"backend": result.backend, "backend_reason": result.backend_reason, **result.settings["fast_path"]}
+    common.write_result(args.result, "smoltune", figures, settings)
+
+
+if __name__ == "__main__":
+    main()
