@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The HTML report test drives Debian's Chromium (never a browser downloaded by a test tool).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test smoke compare bench bench-scaling bench-ablation lint install clean
+.PHONY: run test smoke compare bench bench-scaling bench-ablation bench-profile lint install clean
 
 install: $(STAMP)
 
@@ -38,6 +38,9 @@ bench-scaling: $(STAMP)
 
 bench-ablation: $(STAMP)
 	$(BIN)/python bench/ablation.py $(BENCH_ARGS)
+
+bench-profile: $(STAMP)
+	$(BIN)/python bench/profile_step.py $(BENCH_ARGS)
 
 $(CHROMIUM):
 	apt-get update -q && apt-get install -y -q chromium

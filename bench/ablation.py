@@ -18,7 +18,7 @@ import run
 
 from smoltune.config import SpeedConfig
 
-SWITCHES = tuple(SpeedConfig().model_dump())
+SWITCHES = tuple(SpeedConfig.switches())
 
 
 def parse_args() -> argparse.Namespace:

@@ -16,7 +16,7 @@ from smoltune.packing import (
     with_segment_boundaries,
 )
 from smoltune.tokens import IGNORE_INDEX
-from smoltune.training import FastPath, sft_settings
+from smoltune.training import FastPath, fit_packing, sft_settings
 
 ROWS = [
     {"input_ids": [5, 9, 14, 3, 8, 2], "labels": [IGNORE_INDEX] * 3 + [3, 8, 2]},
@@ -169,6 +169,14 @@ def test_fused_lora_follows_disabled_adapters(tiny_model_dir: Path) -> None:
         with peft_model.disable_adapter():
             expected = base(**inputs).logits
     assert torch.allclose(without, expected, atol=1e-6)
+
+
+def test_a_step_too_long_to_pack_whole_packs_its_micro_batches() -> None:
+    fast = FastPath(True, True, True, True, True)
+    lengths = [100, 900, 50, 800, 70]
+    assert fit_packing(fast, lengths, rows_per_step=2, max_tokens=1700) == fast  # 900 + 800 fit
+    smaller = fit_packing(fast, lengths, rows_per_step=2, max_tokens=1699)
+    assert smaller == FastPath(True, False, True, True, True)  # still padding-free, per micro-batch
 
 
 def test_pack_accumulation_keeps_the_rows_per_optimizer_step() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from smoltune.builtin_data import generate_rows
 from smoltune.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
-from smoltune.config import DataConfig, TrainConfig
+from smoltune.config import DataConfig, SpeedConfig, TrainConfig
 from smoltune.data import prepare_dataset, to_prompt_completion
 from smoltune.files import write_jsonl
 from smoltune.tokens import IGNORE_INDEX, tokenize_example
@@ -110,7 +110,7 @@ def test_a_finished_folder_is_reused(trained: TrainResult, tiny_model_dir: Path,
 def test_the_fast_path_trains_the_same_losses_on_the_same_tokens(
     trained: TrainResult, tiny_model_dir: Path, prepared: dict, tmp_path: Path
 ) -> None:
-    off = {key: False for key in TrainConfig().speed.model_dump()}
+    off = {key: False for key in SpeedConfig.switches()}
     assert trained.settings["fast_path"] == {key: True for key in off}  # the default
     assert trained.settings["per_device_train_batch_size"] == 4  # batch 2 x accumulation 2 in one packed forward
     plain = train_in_subprocess(spec_for(tiny_model_dir, prepared, tmp_path, max_steps=3, backend="hf", speed=off))

@@ -106,6 +106,12 @@ class SpeedConfig(_Section):
         description="With padding_free: run the batch_size x grad_accum rows of an optimizer step as one packed "
         "forward instead of grad_accum small ones; the same rows and the same loss per optimizer step.",
     )
+    max_packed_tokens: int = Field(
+        2048,
+        ge=1,
+        description="pack_accumulation applies only when the batch_size x grad_accum longest rows fit in this many "
+        "tokens: activation memory grows with the tokens of one forward (about 2 MiB per token for SmolLM2-135M).",
+    )
     labelled_logits_only: bool = Field(
         True, description="Apply the LM head and cross-entropy only at positions whose next token has a label."
     )
@@ -115,6 +121,11 @@ class SpeedConfig(_Section):
     fused_optimizer: bool = Field(
         True, description="On the CPU, torch's fused AdamW kernel (adamw_torch_fused) instead of the per-tensor loop."
     )
+
+    @classmethod
+    def switches(cls) -> list[str]:
+        """The on/off switches (every boolean field)."""
+        return [name for name, field in cls.model_fields.items() if field.annotation is bool]
 
 
 class TrainConfig(_Section):

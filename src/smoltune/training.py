@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,13 @@ class FastPath:
         )
 
 
+def fit_packing(fast: FastPath, lengths: list[int], rows_per_step: int, max_tokens: int) -> FastPath:
+    """`fast` without pack_accumulation when the `rows_per_step` longest rows exceed `max_tokens`: one packed
+    forward of a whole step would then hold too many activations; the step's micro-batches are packed instead."""
+    longest_step = sum(sorted(lengths, reverse=True)[:rows_per_step])
+    return replace(fast, pack_accumulation=False) if longest_step > max_tokens else fast
+
+
 def peft_lora_config(config: TrainConfig) -> Any:
     from peft import LoraConfig
 
@@ -184,7 +191,8 @@ def load_for_training(
 
 def sft_settings(config: TrainConfig, device: str, output_dir: str, fast: FastPath | None = None) -> dict[str, Any]:
     """SFTConfig arguments for the seed job. TRL's CPU defaults (gradient checkpointing, bf16) cost time on
-    this hardware and are turned off; the optimizer is adamw_8bit on CUDA, adamw_torch on the CPU.
+    this hardware and are turned off; the optimizer is adamw_8bit on CUDA and on the CPU torch's AdamW, fused
+    when `train.speed.fused_optimizer` is on.
 
     With `pack_accumulation` the batch_size x grad_accum rows of an optimizer step go through one packed forward:
     the sampler hands out the same rows per step and the loss is the mean over the same labelled tokens."""
@@ -294,6 +302,8 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
     model, tokenizer = load_for_training(backend, spec, config, device, fast)
     trainable, total = count_parameters(model)
     rows = tokenize_rows(tokenizer, read_jsonl(spec.train_file), config.max_seq_length, config.train_on_responses_only)
+    rows_per_step = config.batch_size * config.grad_accum
+    fast = fit_packing(fast, [len(r["input_ids"]) for r in rows], rows_per_step, config.speed.max_packed_tokens)
     settings = sft_settings(config, device, str(work_dir / "checkpoints"), fast)
     resume = latest_complete_checkpoint(work_dir / "checkpoints")
     earlier = logged_steps(resume) if resume else []
