@@ -37,8 +37,8 @@ def parse_args(description: str) -> argparse.Namespace:
 def tokenized_rows(tokenizer: Any, train_file: str) -> list[dict]:
     """input_ids and labels (prompt masked, EOS appended) made by smoltune's tokeniser for every contender, so
     that all three train on exactly the same tokens and the same labelled positions."""
+    from smoltune.data.tokens import tokenize_rows
     from smoltune.files import read_jsonl
-    from smoltune.tokens import tokenize_rows
 
     return tokenize_rows(tokenizer, read_jsonl(train_file), max_length=2048, mask_prompt=True)
 
@@ -58,7 +58,7 @@ def cpu_loss_trainer(base: type) -> type:
 
 def measure_training(trainer: Any) -> dict[str, Any]:
     """Run `trainer.train()`; wall time, real (non-padding) tokens, peak RSS and per-step losses."""
-    from smoltune.metrics import PeakMemory
+    from smoltune.train.instrumentation import PeakMemory
 
     with PeakMemory() as peak:
         started = time.perf_counter()

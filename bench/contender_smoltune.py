@@ -1,4 +1,4 @@
-"""Contender (c): smoltune's training stage (`smoltune.training.train`), with the seed job's settings from
+"""Contender (c): smoltune's training stage (`smoltune.train.trainer.train`), with the seed job's settings from
 configs/default.yaml and its default backend and fast path.
 
     python bench/contender_smoltune.py --model DIR --train-file train.jsonl --steps 10 --result c.json --work-dir /tmp/c
@@ -13,7 +13,8 @@ from pathlib import Path
 import common
 
 from smoltune.config import load_config
-from smoltune.training import TrainSpec, train
+from smoltune.train.spec import TrainSpec
+from smoltune.train.trainer import train
 
 DEFAULT_JOB = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 

@@ -18,10 +18,11 @@ from torch.profiler import ProfilerActivity, profile
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from smoltune.config import load_config
+from smoltune.data.tokens import tokenize_rows
 from smoltune.files import read_jsonl
-from smoltune.packing import labelled_token_loss, with_segment_boundaries
-from smoltune.tokens import tokenize_rows
-from smoltune.training import FastPath, TrainSpec, data_collator, load_for_training
+from smoltune.train.packing import labelled_token_loss, with_segment_boundaries
+from smoltune.train.spec import TrainSpec
+from smoltune.train.trainer import FastPath, data_collator, load_for_training
 
 DEFAULT_JOB = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 GROUPS = {

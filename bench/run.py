@@ -46,7 +46,9 @@ def parse_args() -> argparse.Namespace:
 def prepare_rows(rows: int, work: Path) -> Path:
     """The seed job's training rows (same sampling as its prepare stage) as prompt/completion JSONL."""
     from smoltune.config import DataConfig
-    from smoltune.data import load_rows, split_rows, to_prompt_completion
+    from smoltune.data.prompts import to_prompt_completion
+    from smoltune.data.split import split_rows
+    from smoltune.data.stage import load_rows
     from smoltune.files import write_jsonl
 
     data = DataConfig(num_samples=rows)

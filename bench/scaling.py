@@ -46,8 +46,8 @@ def stretched_rows(tokenizer: object, rows: list[dict], length: int, count: int)
 
 
 def write_stretched(model: str, source: Path, length: int, work: Path) -> Path:
+    from smoltune.data.tokens import load_tokenizer
     from smoltune.files import read_jsonl, write_jsonl
-    from smoltune.tokens import load_tokenizer
 
     rows = stretched_rows(load_tokenizer(model), read_jsonl(source), length, count=16)
     return write_jsonl(work / f"train-{length}.jsonl", rows)

@@ -12,9 +12,9 @@ import pandas as pd
 
 from data_checks.suite import SuiteSettings, ValidationOutcome, replace_invalid_unicode, run_checks
 from smoltune.config import ValidationConfig
-from smoltune.data import to_prompt_completion
+from smoltune.data.prompts import to_prompt_completion
+from smoltune.data.tokens import example_lengths
 from smoltune.files import read_jsonl
-from smoltune.tokens import example_lengths
 
 
 def formatted_lengths(rows: list[dict], tokenizer: Any, template: str) -> list[int]:

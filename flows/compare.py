@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from prefect import flow
 
-from smoltune.compare import CompareConfig, variant_config
-from smoltune.runs import create_run_dir, write_config
-from tasks.compare import compare_report_task
-from tasks.data import fetch_dataset_task, prepare_dataset_task, validate_dataset_task
+from smoltune.config import CompareConfig, variant_config
+from smoltune.pipeline.runs import create_run_dir, write_config
+from tasks.compare import VariantResult, compare_report_task
 from tasks.evaluate import evaluate_task
+from tasks.fetch import fetch_dataset_task
 from tasks.model import resolve_model_task
+from tasks.prepare import prepare_dataset_task
 from tasks.train import train_task
+from tasks.validate import validate_dataset_task
 
 
 @flow(name="compare")
@@ -30,8 +32,8 @@ def compare(config: CompareConfig) -> str:
     # Shared stages (cached like the finetune flow's): one model, one dataset, one gate, one split.
     model = resolve_model_task(shared.model, cache)
     fetched = fetch_dataset_task(shared.data, cache)
-    validate_dataset_task(fetched, model, shared.data, shared.validation, shared.train, cache)
-    prepared = prepare_dataset_task(fetched, model, shared.data, cache)
+    validated = validate_dataset_task(fetched, model, shared.data, shared.validation, shared.train, cache)
+    prepared = prepare_dataset_task(fetched, validated, model, shared.data, cache)
 
     # One variant at a time: two trainings at once would share two CPU cores and distort every figure.
     results = []
@@ -40,9 +42,9 @@ def compare(config: CompareConfig) -> str:
         trained = train_task(model, prepared, job, cache)
         evaluated = evaluate_task(model, trained, prepared, job, cache)
         (run_dir / variant.name).mkdir()
-        (run_dir / variant.name / "train").symlink_to(trained["stage_dir"], target_is_directory=True)
-        (run_dir / variant.name / "evaluation").symlink_to(evaluated["stage_dir"], target_is_directory=True)
-        results.append({"name": variant.name, "train": trained, "eval": evaluated})
+        (run_dir / variant.name / "train").symlink_to(trained.folder, target_is_directory=True)
+        (run_dir / variant.name / "evaluation").symlink_to(evaluated.folder, target_is_directory=True)
+        results.append(VariantResult(name=variant.name, trained=trained, evaluated=evaluated))
 
     compare_report_task(str(run_dir), results)
     return str(run_dir)

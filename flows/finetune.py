@@ -13,14 +13,16 @@ from __future__ import annotations
 from prefect import flow
 
 from smoltune.config import PipelineConfig
-from smoltune.runs import StageTimer, build_summary, create_run_dir, write_config
-from tasks.data import fetch_dataset_task, prepare_dataset_task, validate_dataset_task
+from smoltune.pipeline.runs import RunRecords, StageTimer, build_summary, create_run_dir, write_config
 from tasks.evaluate import evaluate_task
 from tasks.export import export_task
+from tasks.fetch import fetch_dataset_task
 from tasks.model import resolve_model_task
+from tasks.prepare import prepare_dataset_task
 from tasks.promote import promote_task
 from tasks.report import report_task
 from tasks.train import train_task
+from tasks.validate import validate_dataset_task
 
 STAGES = ("resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "export", "evaluate")
 
@@ -40,45 +42,37 @@ def finetune(config: PipelineConfig = PipelineConfig(), refresh: list[str] | Non
     with timer("resolve_model"):
         model = resolve_model_task(config.model, cache, redo["resolve_model"])
 
-    # Data: load the source, gate it with Great Expectations (raises on critical failures), then split.
+    # Data: load the source (keyed by its content: new rows at a URL are new data), gate it with Great
+    # Expectations (raises on critical failures, before any training), then split.
     with timer("fetch_dataset"):
         fetched = fetch_dataset_task(config.data, cache, redo["fetch_dataset"])
     with timer("validate_dataset"):
-        validation = validate_dataset_task(
+        validated = validate_dataset_task(
             fetched, model, config.data, config.validation, config.train, cache, redo["validate_dataset"]
         )
     with timer("prepare_dataset"):
-        prepared = prepare_dataset_task(fetched, model, config.data, cache, redo["prepare_dataset"])
+        prepared = prepare_dataset_task(fetched, validated, model, config.data, cache, redo["prepare_dataset"])
 
     # Training (in its own process, resumable), optional exports, then evaluation of base vs tuned on
     # held-out rows and the eval prompts.
     with timer("train"):
         trained = train_task(model, prepared, config, cache, redo["train"])
-    exported: dict = {}
+    exported = None
     if config.export.merged or config.export.gguf:
         with timer("export"):
             exported = export_task(model, trained, config, cache, redo["export"])
     with timer("evaluate"):
         evaluated = evaluate_task(model, trained, prepared, config, cache, redo["evaluate"])
 
-    # Promotion: the registry keeps the best adapter per (model, dataset); this run replaces it only if better.
+    # Promotion: the registry keeps the best adapter per (model, data, held-out set); this run replaces it
+    # only if better on the same held-out rows.
     with timer("promote"):
         promotion = promote_task(config, run_dir.name, trained, evaluated)
 
     # Report: the run folder (links to the stage folders, summary, report.md / .html) and the artifacts.
-    data = {
-        "source": fetched["source"],
-        "sha256": fetched["sha256"],
-        "source_rows": fetched["rows"],
-        "train_rows": prepared["train_rows"],
-        "eval_rows": prepared["eval_rows"],
-    }
-    summary = build_summary(run_dir, config, model, data, validation, trained, evaluated, timer.seconds)
-    summary["artifacts"].update({k: v for k, v in exported.items() if k != "stage_dir"})
-    summary["promotion"] = promotion
-    stage_dirs = {"data": prepared["stage_dir"], "validation": validation["stage_dir"], "train": trained["stage_dir"]}
-    stage_dirs["evaluation"] = evaluated["stage_dir"]
-    report_task(summary, evaluated["generations"], stage_dirs)
+    records = RunRecords(model, fetched, validated, prepared, trained, evaluated, exported)
+    summary = build_summary(run_dir, config, records, promotion, timer.seconds)
+    report_task(summary, evaluated.generations_file, records.stage_folders())
     return str(run_dir)
 
 

@@ -16,10 +16,12 @@ from prefect import flow
 from prefect_dask import DaskTaskRunner
 
 from smoltune.config import PipelineConfig, build_config
-from tasks.data import fetch_dataset_task, prepare_dataset_task, validate_dataset_task
 from tasks.evaluate import evaluate_task
+from tasks.fetch import fetch_dataset_task
 from tasks.model import resolve_model_task
+from tasks.prepare import prepare_dataset_task
 from tasks.train import train_task
+from tasks.validate import validate_dataset_task
 
 
 def dask_runner(address: str | None = None) -> DaskTaskRunner:
@@ -52,24 +54,24 @@ def sweep(
     cache = config.output.cache_root
     model = resolve_model_task(config.model, cache)
     fetched = fetch_dataset_task(config.data, cache)
-    validate_dataset_task(fetched, model, config.data, config.validation, config.train, cache)
-    prepared = prepare_dataset_task(fetched, model, config.data, cache)
+    validated = validate_dataset_task(fetched, model, config.data, config.validation, config.train, cache)
+    prepared = prepare_dataset_task(fetched, validated, model, config.data, cache)
 
     jobs = grid_configs(config, ranks, learning_rates)
     trained = [train_task.submit(model, prepared, job, cache) for job in jobs]
     evaluated = [evaluate_task.submit(model, t, prepared, job, cache) for t, job in zip(trained, jobs, strict=True)]
     rows = []
     for job, t, e in zip(jobs, trained, evaluated, strict=True):
-        result, evaluation = t.result(), e.result()
+        result, figures = t.result().result, e.result().figures
         rows.append(
             {
                 "rank": job.train.lora.r,
                 "learning_rate": job.train.learning_rate,
-                "train_seconds": result["train_seconds"],
-                "final_train_loss": result["losses"][-1],
-                "eval_loss": evaluation["eval_loss_tuned"],
-                "accuracy": evaluation.get("accuracy_tuned"),
-                "output_dir": result["output_dir"],
+                "train_seconds": result.train_seconds,
+                "final_train_loss": result.losses[-1],
+                "eval_loss": figures.eval_loss_tuned,
+                "accuracy": figures.accuracy_tuned,
+                "output_dir": result.output_dir,
             }
         )
     return rows

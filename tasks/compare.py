@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from smoltune.compare import check_claims, comparison_row, pick_pair
 from smoltune.files import atomic_write_bytes_stream, atomic_write_json, atomic_write_text
-from smoltune.plots import loss_curve_png
-from smoltune.report import COMPARE_CURVES, inline_images, render_comparison, render_html
+from smoltune.pipeline.records import Evaluated, Trained
+from smoltune.report.compare import COMPARE_CURVES, check_claims, comparison_row, pick_pair, render_comparison
+from smoltune.report.html import inline_images, render_html
+from smoltune.report.plots import loss_curve_png
 
 COMPARE_ARTIFACT_KEY = "smoltune-compare"
 COMPARE_TABLE_KEY = "smoltune-compare-table"
 
 
+@dataclass(frozen=True)
+class VariantResult:
+    name: str
+    trained: Trained
+    evaluated: Evaluated
+
+
 @task(name="compare_report", cache_policy=NO_CACHE)
-def compare_report_task(run_dir: str, results: list[dict]) -> str:
+def compare_report_task(run_dir: str, results: list[VariantResult]) -> str:
     folder = Path(run_dir)
-    rows = [comparison_row(r["name"], r["train"], r["eval"], r["train"]["saved_mb"]) for r in results]
+    rows = [
+        comparison_row(r.name, asdict(r.trained.result), r.evaluated.figures.model_dump(), r.trained.result.saved_mb)
+        for r in results
+    ]
     pair = pick_pair(rows)
     claims = check_claims(*pair) if pair else []
     names = (pair[0]["variant"], pair[1]["variant"]) if pair else None

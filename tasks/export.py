@@ -6,34 +6,32 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from smoltune.caching import StageCache, folder_for, run_stage
 from smoltune.config import PipelineConfig
-from smoltune.exports import export_gguf, export_merged
-from smoltune.stage_keys import export_parts
+from smoltune.export.weights import export_gguf, export_merged
+from smoltune.pipeline.cache import Stage
+from smoltune.pipeline.keys import export_parts
+from smoltune.pipeline.records import Exported, ResolvedModel, Trained
 
-STAGE = "export"
+STAGE = Stage("export", Exported, export_parts, __name__)
 
 
-@task(name=STAGE, cache_policy=StageCache(stage=STAGE, parts=export_parts), persist_result=True)
-def export_task(model: dict, trained: dict, config: PipelineConfig, cache_dir: str, refresh: bool = False) -> dict:
-    logger = get_run_logger()
-
-    def compute(out: Path) -> dict:
-        exported: dict = {}
-        whole_model = Path(trained["output_dir"])  # full fine-tuning already saved a whole model
-        if trained["mode"] == "lora":
-            whole_model = export_merged(
-                model["path"], trained["output_dir"], out / "merged", model["trust_remote_code"]
-            )
-            exported["merged_dir"] = str(whole_model)
+@task(name=STAGE.name, cache_policy=STAGE.cache_policy(), persist_result=True, result_serializer="json")
+def export_task(
+    model: ResolvedModel, trained: Trained, config: PipelineConfig, cache_dir: str, refresh: bool = False
+) -> Exported:
+    def compute(out: Path) -> Exported:
+        merged_dir = gguf_file = None
+        whole_model = Path(trained.result.output_dir)  # full fine-tuning already saved a whole model
+        if trained.result.mode == "lora":
+            whole_model = export_merged(model.path, trained.result.output_dir, out / "merged", model.trust_remote_code)
+            merged_dir = str(whole_model)
         if config.export.gguf:
-            gguf_file = export_gguf(whole_model, out / f"model-{config.export.gguf_type}.gguf", config.export.gguf_type)
-            exported["gguf_file"] = str(gguf_file)
-        return exported
+            gguf_type = config.export.gguf_type
+            gguf_file = str(export_gguf(whole_model, out / f"model-{gguf_type}.gguf", gguf_type))
+        return Exported(merged_dir=merged_dir, gguf_file=gguf_file)
 
-    folder = folder_for(STAGE, export_parts, trained=trained, config=config, cache_dir=cache_dir)
-    exported = run_stage(folder, compute, refresh)
-    for name in ("merged_dir", "gguf_file"):
-        if name in exported:
-            logger.info("%s: %s", name, exported[name])
+    exported = STAGE.run(STAGE.folder(trained=trained, config=config, cache_dir=cache_dir), compute, refresh)
+    for name, path in (("merged model", exported.merged_dir), ("GGUF", exported.gguf_file)):
+        if path:
+            get_run_logger().info("%s: %s", name, path)
     return exported

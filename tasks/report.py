@@ -4,6 +4,7 @@ curve, and publishes artifacts under stable keys so the Prefect UI keeps each on
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import task
@@ -11,8 +12,9 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from smoltune.files import atomic_write_bytes_stream, atomic_write_json, atomic_write_text
-from smoltune.plots import loss_curve_png
-from smoltune.report import LOSS_CURVE, inline_images, png_data_uri, render_html, render_report
+from smoltune.report.html import inline_images, png_data_uri, render_html
+from smoltune.report.markdown import LOSS_CURVE, render_report
+from smoltune.report.plots import loss_curve_png
 
 REPORT_ARTIFACT_KEY = "smoltune-report"
 METRICS_ARTIFACT_KEY = "smoltune-metrics"
@@ -47,9 +49,10 @@ def link_stage_folders(run_dir: Path, stage_dirs: dict[str, str]) -> None:
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report_task(summary: dict, generations: list[dict], stage_dirs: dict[str, str]) -> str:
+def report_task(summary: dict, generations_file: str, stage_dirs: dict[str, str]) -> str:
     run_dir = Path(summary["run_dir"])
     link_stage_folders(run_dir, stage_dirs)
+    generations = json.loads(Path(generations_file).read_text())
     curve = loss_curve_png({summary["run_name"]: summary["train"]["losses"]})
     markdown = render_report(summary, generations)
     atomic_write_bytes_stream(run_dir / LOSS_CURVE, [curve])

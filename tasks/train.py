@@ -1,39 +1,35 @@
 """Prefect task: train in a separate process; logs progress every few steps and keeps a progress
-artifact up to date so the UI shows it. Cached by model, training rows, settings and code."""
+artifact up to date so the UI shows it. Cached by model, training rows, the gate, settings and code."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from smoltune.caching import RESULT, StageCache, complete_token, folder_for, mark_complete, stage_lock
 from smoltune.config import PipelineConfig
-from smoltune.stage_keys import train_parts
-from smoltune.train_runner import train_in_subprocess
-from smoltune.training import TrainSpec
+from smoltune.pipeline.cache import Stage
+from smoltune.pipeline.keys import train_parts
+from smoltune.pipeline.records import Prepared, ResolvedModel, Trained
+from smoltune.train.runner import train_in_subprocess
+from smoltune.train.spec import TrainSpec
 
-STAGE = "train"
+# Resumable: the checkpoints of an interrupted training live in the stage folder itself.
+STAGE = Stage("train", Trained, train_parts, __name__, resumable=True)
 LOG_EVERY = 5
 
 
-@task(name=STAGE, cache_policy=StageCache(stage=STAGE, parts=train_parts), persist_result=True)
-def train_task(model: dict, prepared: dict, config: PipelineConfig, cache_dir: str, refresh: bool = False) -> dict:
-    """No retries: a failed training is a bug or bad config to fix. Rerunning resumes from its checkpoints,
-    which live in the stage folder itself (so it is built in place, not swapped in at the end)."""
-    folder = folder_for(STAGE, train_parts, model=model, prepared=prepared, config=config, cache_dir=cache_dir)
-    with stage_lock(folder):  # the same job started twice at once trains once
-        if refresh and folder.exists():
-            shutil.rmtree(folder)
-        if complete_token(folder) is not None:
-            return json.loads((folder / RESULT).read_text())
-        return _train(model, prepared, config, folder)
+@task(name=STAGE.name, cache_policy=STAGE.cache_policy(), persist_result=True, result_serializer="json")
+def train_task(
+    model: ResolvedModel, prepared: Prepared, config: PipelineConfig, cache_dir: str, refresh: bool = False
+) -> Trained:
+    """No retries: a failed training is a bug or bad config to fix. Rerunning resumes from its checkpoints."""
+    folder = STAGE.folder(model=model, prepared=prepared, config=config, cache_dir=cache_dir)
+    return STAGE.run(folder, lambda out: _train(model, prepared, config, out), refresh)
 
 
-def _train(model: dict, prepared: dict, config: PipelineConfig, folder: Path) -> dict:
+def _train(model: ResolvedModel, prepared: Prepared, config: PipelineConfig, folder: Path) -> Trained:
     logger = get_run_logger()
     progress = create_progress_artifact(progress=0.0, description="training steps done (%)")
 
@@ -44,11 +40,7 @@ def _train(model: dict, prepared: dict, config: PipelineConfig, folder: Path) ->
             update_progress_artifact(progress, progress=100.0 * step / total)
 
     spec = TrainSpec(
-        model["path"],
-        prepared["train_file"],
-        str(folder),
-        config.train.model_dump(mode="json"),
-        model["trust_remote_code"],
+        model.path, prepared.train_file, str(folder), config.train.model_dump(mode="json"), model.trust_remote_code
     )
     result = train_in_subprocess(spec, on_step)
     if result.resumed_from_step:
@@ -62,4 +54,4 @@ def _train(model: dict, prepared: dict, config: PipelineConfig, folder: Path) ->
         result.tokens_per_second,
         result.backend_reason,
     )
-    return mark_complete(folder, {**result.to_dict(), "requires": [result.output_dir]})
+    return Trained(result=result)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from smoltune.prefect_defaults import apply_prefect_defaults
+from smoltune.pipeline.settings import apply_prefect_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -74,9 +74,9 @@ def test_ablation_turns_each_speed_switch_off_alone_then_all() -> None:
 
 
 def test_stretched_rows_reach_the_requested_length(tiny_model_dir: Path) -> None:
-    from smoltune.builtin_data import generate_rows
-    from smoltune.data import to_prompt_completion
-    from smoltune.tokens import load_tokenizer, tokenize_rows
+    from smoltune.data.builtin import generate_rows
+    from smoltune.data.prompts import to_prompt_completion
+    from smoltune.data.tokens import load_tokenizer, tokenize_rows
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     rows = [to_prompt_completion(r) for r in generate_rows(40, seed=1)]

@@ -1,5 +1,6 @@
-"""Per-stage caching: unchanged reruns are Cached, a change reruns exactly the stages it affects, and a
-deleted stage folder is recomputed instead of failing."""
+"""Per-stage caching: unchanged reruns are Cached; each kind of change (data content, a URL's content, eval
+prompts, a setting, a module of one stage, `data_checks/`, a library version, a deleted output) reruns exactly
+the stages it affects; a stage folder with a missing output is rebuilt, never reported."""
 
 from __future__ import annotations
 
@@ -10,67 +11,96 @@ from pathlib import Path
 
 import pytest
 
-from smoltune.builtin_data import generate_rows
-from smoltune.caching import COMPLETE, StageCache, complete_token, folder_for, run_stage
 from smoltune.config import load_config
+from smoltune.data.builtin import generate_rows
+from smoltune.pipeline import versions
+from smoltune.pipeline.cache import COMPLETE, Stage, complete_token, run_stage
+from smoltune.pipeline.records import Prepared, StageRecord
+from tests.http_files import FileServer
 from tests.tiny_model import tiny_overrides
 
 STAGES = ["resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate"]
+AFTER_DATA = {"fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate"}
+
+
+class Note(StageRecord):
+    file: str
+
+    def outputs(self) -> list[str]:
+        return [self.file]
 
 
 def parts(inputs: dict) -> tuple[str, dict]:
     return inputs["cache_dir"], {"x": inputs["x"]}
 
 
+NOTE = Stage("note", Note, parts, "tests.test_caching")
+
+
+def write_note(out: Path, calls: list[Path]) -> Note:
+    calls.append(out)
+    (out / "data.txt").write_text("hi")
+    return Note(file=str(out / "data.txt"))
+
+
 def test_run_stage_writes_once_and_marks_complete(tmp_path: Path) -> None:
     calls: list[Path] = []
-
-    def compute(out: Path) -> dict:
-        calls.append(out)
-        (out / "data.txt").write_text("hi")
-        return {"file": str(out / "data.txt")}
-
-    folder = folder_for("s", parts, cache_dir=str(tmp_path), x=1)
-    first = run_stage(folder, compute)
-    assert first["file"] == str(folder / "data.txt") and Path(first["file"]).read_text() == "hi"
-    assert run_stage(folder, compute) == first and len(calls) == 1
-    assert run_stage(folder, compute, refresh=True) == first and len(calls) == 2
-    assert folder_for("s", parts, cache_dir=str(tmp_path), x=2) != folder
+    folder = NOTE.folder(cache_dir=str(tmp_path), x=1)
+    first = NOTE.run(folder, lambda out: write_note(out, calls))
+    assert first.file == str(folder / "data.txt") and first.key == folder.name and first.folder == str(folder)
+    assert NOTE.run(folder, lambda out: write_note(out, calls)) == first and len(calls) == 1
+    assert NOTE.run(folder, lambda out: write_note(out, calls), refresh=True) == first and len(calls) == 2
+    assert NOTE.folder(cache_dir=str(tmp_path), x=2) != folder
+    # The stored record is the typed record, read back as such: no bookkeeping keys, no path rewriting.
+    assert Note.model_validate_json((folder / "record.json").read_text()) == first
 
 
 def test_a_failed_stage_leaves_no_complete_folder(tmp_path: Path) -> None:
-    folder = folder_for("s", parts, cache_dir=str(tmp_path), x=1)
+    folder = NOTE.folder(cache_dir=str(tmp_path), x=1)
 
-    def broken(out: Path) -> dict:
+    def broken(out: Path) -> Note:
         (out / "half.txt").write_text("...")
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        run_stage(folder, broken)
-    assert not folder.exists() and complete_token(folder) is None
+        NOTE.run(folder, broken)
+    assert complete_token(folder, Note) is None
+    calls: list[Path] = []
+    NOTE.run(folder, lambda out: write_note(out, calls))  # the half-written folder is cleared, not trusted
+    assert not (folder / "half.txt").exists() and complete_token(folder, Note) is not None
 
 
-def test_cache_key_is_stable_while_the_folder_lives(tmp_path: Path) -> None:
-    policy = StageCache(stage="s", parts=parts)
+def test_cache_key_is_stable_while_the_folder_is_complete(tmp_path: Path) -> None:
+    policy = NOTE.cache_policy()
     inputs = {"cache_dir": str(tmp_path), "x": 1}
-    folder = folder_for("s", parts, **inputs)
+    folder = NOTE.folder(**inputs)
     before = policy.compute_key(None, inputs, {})  # folder missing: a reserved token
-    run_stage(folder, lambda out: {"ok": True})
+    NOTE.run(folder, lambda out: write_note(out, []))
     assert policy.compute_key(None, inputs, {}) == before  # the run that filled it used that token
-    assert policy.compute_key(None, inputs, {}) == before
     assert policy.compute_key(None, {**inputs, "refresh": True}, {}) != before
-    shutil.rmtree(folder)
-    assert policy.compute_key(None, inputs, {}) != before  # vanished output: a key Prefect has never seen
+    (folder / "data.txt").unlink()  # an output the record names is gone: a key Prefect has never seen
+    assert policy.compute_key(None, inputs, {}) != before
+    assert (folder / COMPLETE).is_file()
 
 
-def test_missing_required_path_invalidates(tmp_path: Path) -> None:
-    model = tmp_path / "model"
-    model.mkdir()
-    folder = folder_for("s", parts, cache_dir=str(tmp_path), x=1)
-    run_stage(folder, lambda out: {"requires": [str(model)]})
-    assert complete_token(folder) is not None
-    model.rmdir()
-    assert complete_token(folder) is None and (folder / COMPLETE).is_file()
+def test_a_record_of_another_shape_is_recomputed(tmp_path: Path) -> None:
+    folder = tmp_path / "s" / "k"
+    run_stage(folder, Note, lambda out: write_note(out, []))
+    assert complete_token(folder, Prepared) is None  # written by other code: never trusted as a Prepared
+
+
+def test_each_stage_versions_exactly_the_code_it_runs() -> None:
+    files = {module: versions.stage_code(module)[0] for module in ("tasks.fetch", "tasks.validate", "tasks.train")}
+    files |= {m: versions.stage_code(m)[0] for m in ("tasks.prepare", "tasks.evaluate", "tasks.model")}
+    cached = list(files.values())
+    assert not any("src/smoltune/report/markdown.py" in f for f in cached)  # report edits retrain nothing
+    assert [m for m, f in files.items() if "data_checks/suite.py" in f] == ["tasks.validate"]
+    assert [m for m, f in files.items() if "src/smoltune/train/trainer.py" in f] == ["tasks.train"]
+    assert "src/smoltune/data/sources.py" in files["tasks.fetch"]
+    libraries = {m: dict(versions.stage_code(m)[1]) for m in files}
+    assert {"torch", "transformers", "peft", "trl", "unsloth", "tokenizers"} <= set(libraries["tasks.train"])
+    assert {"great_expectations", "pandas", "tokenizers"} <= set(libraries["tasks.validate"])
+    assert "peft" not in libraries["tasks.fetch"] and "torch" not in libraries["tasks.fetch"]
 
 
 def task_states(flow_run_id) -> dict[str, str]:  # noqa: ANN001
@@ -88,23 +118,49 @@ def run(config, refresh=None) -> tuple[dict[str, str], Path, float]:  # noqa: AN
     started = time.perf_counter()
     state = finetune(config=config, refresh=refresh, return_state=True)
     assert state.is_completed()
-    return task_states(state.state_details.flow_run_id), Path(state.result()), time.perf_counter() - started
+    run_dir = Path(state.result())
+    assert_summary_paths_exist(run_dir)
+    return task_states(state.state_details.flow_run_id), run_dir, time.perf_counter() - started
 
 
-def rerun_stages(states: dict[str, str]) -> set[str]:
-    return {stage for stage in STAGES if states[stage] != "Cached"}
+def assert_summary_paths_exist(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for name, path in summary["artifacts"].items():
+        if isinstance(path, str) and path.startswith("/"):
+            assert Path(path).exists(), f"summary names {name}={path}, which does not exist"
 
 
-def test_each_change_reruns_exactly_what_it_affects(prefect_server: None, tiny_model_dir: Path, tmp_path: Path) -> None:
+def rerun_stages(states: dict[str, str], stages: list[str] = STAGES) -> set[str]:
+    return {stage for stage in stages if states[stage] != "Cached"}
+
+
+@pytest.fixture
+def edit(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """Simulate an edit of one project file (its bytes as versions see them), as a developer would make."""
+    edited: set[str] = set()
+    real = versions._source_bytes
+
+    def source_bytes(path: Path) -> bytes:
+        return real(path) + (b"\n# edited\n" if any(str(path).endswith(e) for e in edited) else b"")
+
+    monkeypatch.setattr(versions, "_source_bytes", source_bytes)
+
+    def apply(relative: str) -> None:
+        edited.add(relative)
+        versions.stage_code.cache_clear()
+
+    yield apply
+    versions.stage_code.cache_clear()
+
+
+def test_each_change_reruns_exactly_what_it_affects(
+    prefect_server: None, tiny_model_dir: Path, tmp_path: Path, edit, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in generate_rows(60, seed=1)))
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text("prompts:\n  - Say hi.\n")
-    base = [
-        *tiny_overrides(tiny_model_dir, tmp_path / "runs"),
-        f"data.source={data}",
-        f"eval.prompts_file={prompts}",
-    ]
+    base = [*tiny_overrides(tiny_model_dir, tmp_path / "runs"), f"data.source={data}", f"eval.prompts_file={prompts}"]
     config = load_config("configs/smoke.yaml", base)
     first, _, _ = run(config)
     assert rerun_stages(first) == set(STAGES)
@@ -117,25 +173,82 @@ def test_each_change_reruns_exactly_what_it_affects(prefect_server: None, tiny_m
     prompts.write_text("prompts:\n  - Say hello.\n")  # same path, new content
     assert rerun_stages(run(config)[0]) == {"evaluate"}
 
-    assert rerun_stages(run(load_config("configs/smoke.yaml", [*base, "train.learning_rate=1e-3"]))[0]) == {
-        "train",
-        "evaluate",
-    }
+    lr = load_config("configs/smoke.yaml", [*base, "train.learning_rate=1e-3"])
+    assert rerun_stages(run(lr)[0]) == {"train", "evaluate"}
 
     data.write_text("".join(json.dumps(r) + "\n" for r in generate_rows(60, seed=2)))
-    states, latest, _ = run(config)
-    assert rerun_stages(states) == {"fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate"}
+    assert rerun_stages(run(config)[0]) == AFTER_DATA
 
-    # A cached stage folder that vanished is recomputed, not trusted; stages after it stay cached because
-    # the recomputed output has the same key.
-    shutil.rmtree((latest / "train").resolve())
+    edit("src/smoltune/report/markdown.py")  # the report is rendered anew every run; nothing is retrained
+    assert rerun_stages(run(config)[0]) == set()
+    edit("data_checks/suite.py")  # a stricter gate re-gates the data and reruns everything after it
+    assert rerun_stages(run(config)[0]) == {"validate_dataset", "prepare_dataset", "train", "evaluate"}
+    edit("src/smoltune/train/trainer.py")
+    assert rerun_stages(run(config)[0]) == {"train", "evaluate"}
+
+    real_installed = versions._installed
+    monkeypatch.setattr(versions, "_installed", lambda d: "99.0" if d == "peft" else real_installed(d))
+    versions.stage_code.cache_clear()  # a peft upgrade: train (and evaluate, which loads the adapter) rerun
+    assert rerun_stages(run(config)[0]) == {"train", "evaluate"}
+
+
+def test_a_missing_output_is_rebuilt(prefect_server: None, tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = load_config(
+        "configs/smoke.yaml", [*tiny_overrides(tiny_model_dir, tmp_path / "runs"), "export.merged=true"]
+    )
+    stages = [*STAGES, "export"]
+    _, run_dir, _ = run(config)
+
+    # A deleted adapter (not the whole folder) retrains; the stages after it keep their keys and stay cached.
+    shutil.rmtree((run_dir / "train" / "adapter").resolve())
     states, run_dir, _ = run(config)
-    assert rerun_stages(states) == {"train"}
+    assert rerun_stages(states, stages) == {"train"}
     assert (run_dir / "train" / "adapter" / "adapter_model.safetensors").is_file()
 
+    shutil.rmtree((run_dir / "train").resolve())  # the whole stage folder
+    states, run_dir, _ = run(config)
+    assert rerun_stages(states, stages) == {"train"}
 
-def test_refresh_reruns_the_named_stage(prefect_server: None, tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = load_config("configs/smoke.yaml", tiny_overrides(tiny_model_dir, tmp_path / "runs"))
-    run(config)
-    assert rerun_stages(run(config, refresh=["prepare_dataset"])[0]) == {"prepare_dataset"}
-    assert rerun_stages(run(config)[0]) == set()
+    shutil.rmtree((run_dir / "export" / "merged").resolve())
+    states, run_dir, _ = run(config)
+    assert rerun_stages(states, stages) == {"export"} and (run_dir / "export" / "merged" / "config.json").is_file()
+
+    (run_dir / "evaluation" / "answers.json").resolve().unlink()
+    states, run_dir, _ = run(config)
+    assert rerun_stages(states, stages) == {"evaluate"} and (run_dir / "evaluation" / "answers.json").is_file()
+
+    (run_dir / "data" / "eval.jsonl").resolve().unlink()
+    states, _, _ = run(config)
+    assert rerun_stages(states, stages) == {"prepare_dataset"}  # same rows again: the same keys downstream
+
+
+def test_a_url_source_reruns_exactly_when_its_content_changes(
+    prefect_server: None, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SMOLTUNE_HOME", str(tmp_path / "home"))  # its own download cache
+    served = tmp_path / "served"
+    served.mkdir()
+    rows = served / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in generate_rows(60, seed=1)))
+    with FileServer(served) as server:
+        url = server.url("rows.jsonl")
+        config = load_config(
+            "configs/smoke.yaml", [*tiny_overrides(tiny_model_dir, tmp_path / "runs"), f"data.source={url}"]
+        )
+        first, run_dir, _ = run(config)
+        assert rerun_stages(first) == set(STAGES) and server.bodies_sent == 1
+
+        states, run_dir, _ = run(config)
+        assert rerun_stages(states) == set()
+        assert server.bodies_sent == 1 and server.not_modified >= 1  # asked, but no body downloaded
+
+        server.replace(rows, "".join(json.dumps(r) + "\n" for r in generate_rows(60, seed=2)))
+        states, run_dir, _ = run(config)
+        assert rerun_stages(states) == AFTER_DATA and server.bodies_sent == 2
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["promotion"]["reason"] and "content sha256" in summary["data"]["identity"]
+
+    # Offline: the server is gone; the copy already here is used, and the report says so.
+    states, run_dir, _ = run(config)
+    assert rerun_stages(states) == {"fetch_dataset"}  # same content, new record (with the offline note)
+    assert "offline" in (run_dir / "report.md").read_text()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smoltune.chat import stream_answer
-from smoltune.data import format_prompt
+from smoltune.data.prompts import format_prompt
+from smoltune.serve.chat import stream_answer
 
 
 def test_streamed_pieces_equal_the_greedy_answer(tiny_model_dir: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smoltune.checking import first_line, is_correct, normalise_answer
+from smoltune.evaluate.scoring import first_line, is_correct, normalise_answer
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,7 @@ def test_normalise_and_first_line() -> None:
 
 
 def test_rouge_l() -> None:
-    from smoltune.checking import rouge_l
+    from smoltune.evaluate.scoring import rouge_l
 
     assert rouge_l("The cat sat.", "the cat sat") == 1.0
     assert rouge_l("The answer is 7", "7") == pytest.approx(0.4)

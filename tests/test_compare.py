@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smoltune.compare import load_compare_config, variant_config
-from smoltune.config import ConfigError
+from smoltune.config import ConfigError, load_compare_config, variant_config
 from tests.tiny_model import tiny_overrides
 
 

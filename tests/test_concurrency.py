@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from smoltune.config import load_config
-from smoltune.registry import read_registry
+from smoltune.pipeline.registry import read_registry
 from tests.tiny_model import tiny_overrides
 
 

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from smoltune.builtin_data import FAMILIES, generate_rows
 from smoltune.config import DataConfig
-from smoltune.data import fetch_dataset, format_prompt, load_rows, prepare_dataset, row_key, split_rows
+from smoltune.data.builtin import FAMILIES, generate_rows
+from smoltune.data.prompts import format_prompt
+from smoltune.data.sources import DataSourceError
+from smoltune.data.split import row_key, split_rows
+from smoltune.data.stage import fetch_dataset, load_rows, prepare_dataset
 from smoltune.files import read_jsonl
-from smoltune.sources import DataSourceError
 
 
 def test_builtin_rows_are_deterministic_distinct_and_varied() -> None:
@@ -102,9 +104,9 @@ def test_chat_template_uses_the_tokenizer(tiny_model_dir: Path) -> None:
 
 def test_fetch_then_prepare_writes_disjoint_splits(tmp_path: Path) -> None:
     fetched = fetch_dataset(DataConfig(), tmp_path)
-    assert fetched["rows"] >= 2200 and len(fetched["sha256"]) == 64
-    prepared = prepare_dataset(fetched["path"], DataConfig(eval_samples=40), tmp_path)
-    train, held_out = read_jsonl(prepared["train_file"]), read_jsonl(prepared["eval_file"])
-    assert (len(train), len(held_out)) == (100, 40) == (prepared["train_rows"], prepared["eval_rows"])
+    assert fetched.rows >= 2200 and len(fetched.sha256) == 64
+    prepared = prepare_dataset(fetched.rows_file, DataConfig(eval_samples=40), tmp_path)
+    train, held_out = read_jsonl(prepared.train_file), read_jsonl(prepared.eval_file)
+    assert (len(train), len(held_out)) == (100, 40) == (prepared.train_rows, prepared.eval_rows)
     assert all(r["prompt"].endswith("### Response:\n") and r["completion"] == r["output"] for r in train)
     assert not {row_key(r) for r in train} & {row_key(r) for r in held_out}

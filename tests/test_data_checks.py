@@ -9,8 +9,8 @@ import pytest
 
 from data_checks.gate import check_dataset
 from data_checks.suite import DataValidationError, SuiteSettings, run_checks
-from smoltune.builtin_data import generate_rows
 from smoltune.config import ValidationConfig
+from smoltune.data.builtin import generate_rows
 from smoltune.files import write_jsonl
 
 CHECKS_WITHOUT_TOKENS = 3 * 3 + 2 * 2 + 2  # per column: present, text, clean; non-empty x2 x2; duplicates, rows

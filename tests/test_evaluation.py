@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from smoltune.builtin_data import generate_rows
 from smoltune.config import DataConfig, EvalConfig, TrainConfig
-from smoltune.data import prepare_dataset
-from smoltune.evaluation import EvalPromptsError, evaluate_tuned, load_eval_prompts, score_answers
+from smoltune.data.builtin import generate_rows
+from smoltune.data.stage import prepare_dataset
+from smoltune.evaluate.prompts import EvalPromptsError, load_eval_prompts
+from smoltune.evaluate.scoring import score_answers
+from smoltune.evaluate.stage import evaluate_tuned
 from smoltune.files import read_jsonl, write_jsonl
-from smoltune.train_runner import train_in_subprocess
-from smoltune.training import TrainSpec
+from smoltune.train.runner import train_in_subprocess
+from smoltune.train.spec import TrainSpec
 
 
 def test_shipped_eval_prompts_are_varied() -> None:
@@ -36,22 +38,24 @@ def test_evaluate_adapter_base_vs_tuned(tiny_model_dir: Path, tmp_path: Path) ->
     raw = write_jsonl(tmp_path / "raw.jsonl", generate_rows(60, seed=4))
     prepared = prepare_dataset(raw, DataConfig(num_samples=16, eval_samples=6, seed=0), tmp_path)
     config = TrainConfig(max_steps=2, warmup_steps=0, batch_size=2, grad_accum=1, learning_rate=1e-2)
-    spec = TrainSpec(str(tiny_model_dir), prepared["train_file"], str(tmp_path / "out"), config.model_dump())
+    spec = TrainSpec(str(tiny_model_dir), prepared.train_file, str(tmp_path / "out"), config.model_dump())
     trained = train_in_subprocess(spec)
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text("prompts:\n  - instruction: Add the two numbers.\n    input: 1 and 2\n  - Say hi.\n")
     ev = EvalConfig(prompts_file=str(prompts), max_new_tokens=5, answer_max_new_tokens=3, batch_size=4)
-    result = evaluate_tuned(str(tiny_model_dir), trained.output_dir, "lora", prepared["eval_file"], ev, "alpaca", 256)
-    assert result["eval_rows"] == 6
-    assert math.isfinite(result["eval_loss_base"]) and math.isfinite(result["eval_loss_tuned"])
+    figures, answers, generations = evaluate_tuned(
+        str(tiny_model_dir), trained.output_dir, "lora", prepared.eval_file, ev, "alpaca", 256
+    )
+    assert figures.eval_rows == 6
+    assert math.isfinite(figures.eval_loss_base) and math.isfinite(figures.eval_loss_tuned)
     # A large learning rate on a random model must move the held-out loss: base and tuned really differ.
-    assert result["eval_loss_base"] != result["eval_loss_tuned"]
-    assert [g["instruction"] for g in result["generations"]] == ["Add the two numbers.", "Say hi."]
-    assert all(isinstance(g["base"], str) and isinstance(g["tuned"], str) for g in result["generations"])
-    checkable = [r for r in read_jsonl(prepared["eval_file"]) if r["check"] != "open"]
-    assert result["checked_rows"] == len(checkable) > 0 and len(result["answers"]) == 6
+    assert figures.eval_loss_base != figures.eval_loss_tuned
+    assert [g["instruction"] for g in generations] == ["Add the two numbers.", "Say hi."]
+    assert all(isinstance(g["base"], str) and isinstance(g["tuned"], str) for g in generations)
+    checkable = [r for r in read_jsonl(prepared.eval_file) if r["check"] != "open"]
+    assert figures.checked_rows == len(checkable) > 0 and len(answers) == 6
     for name in ("accuracy", "exact_match", "normalised_match", "rouge_l"):
-        assert 0 <= result[f"{name}_base"] <= 1 and 0 <= result[f"{name}_tuned"] <= 1
+        assert 0 <= getattr(figures, f"{name}_base") <= 1 and 0 <= getattr(figures, f"{name}_tuned") <= 1
 
 
 def test_score_answers_by_family() -> None:

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from smoltune.builtin_data import generate_rows
 from smoltune.config import DataConfig, TrainConfig
-from smoltune.data import prepare_dataset
-from smoltune.exports import export_merged
+from smoltune.data.builtin import generate_rows
+from smoltune.data.stage import prepare_dataset
+from smoltune.export.weights import export_merged
 from smoltune.files import write_jsonl
-from smoltune.train_runner import train_in_subprocess
-from smoltune.training import TrainSpec
+from smoltune.train.runner import train_in_subprocess
+from smoltune.train.spec import TrainSpec
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     raw = write_jsonl(folder / "raw.jsonl", generate_rows(40, seed=9))
     prepared = prepare_dataset(raw, DataConfig(num_samples=16, eval_samples=4), folder)
     config = TrainConfig(max_steps=2, warmup_steps=0, batch_size=2, grad_accum=1, learning_rate=5e-3)
-    spec = TrainSpec(str(tiny_model_dir), prepared["train_file"], str(folder / "work"), config.model_dump())
+    spec = TrainSpec(str(tiny_model_dir), prepared.train_file, str(folder / "work"), config.model_dump())
     return train_in_subprocess(spec).output_dir
 
 
@@ -51,7 +51,7 @@ def test_gguf_round_trips_through_transformers(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from smoltune.exports import export_gguf
+    from smoltune.export.weights import export_gguf
 
     merged_dir = export_merged(str(tiny_model_dir), adapter_dir, tmp_path / "merged")
     gguf_file = export_gguf(merged_dir, tmp_path / f"model-{qtype}.gguf", qtype)

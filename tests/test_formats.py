@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from smoltune.formats import normalise
-from smoltune.sources import DataSourceError
+from smoltune.data.formats import normalise
+from smoltune.data.sources import DataSourceError
 
 
 def test_alpaca_rows_get_an_input() -> None:

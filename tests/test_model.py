@@ -17,7 +17,7 @@ def test_embedded_gguf_is_installed() -> None:
 
 def test_local_folder_resolves_with_content_hash(tiny_model_dir: Path) -> None:
     resolved = resolve_model(str(tiny_model_dir))
-    assert resolved.source == "local" and resolved.path == str(tiny_model_dir.resolve())
+    assert resolved.kind == "local" and resolved.path == str(tiny_model_dir.resolve())
     assert resolved == resolve_model(str(tiny_model_dir))
     assert len(resolved.sha256) == 64
 

@@ -1,4 +1,4 @@
-"""The fast CPU path (smoltune.packing): packed rows attend only inside themselves, the labelled-only loss is the
+"""The fast CPU path (smoltune.train.packing): packed rows attend only inside themselves, the labelled-only loss is the
 model's own loss, and training with the fast path on or off gives the same losses over the same tokens."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from smoltune.config import TrainConfig
-from smoltune.packing import (
+from smoltune.data.tokens import IGNORE_INDEX
+from smoltune.train.packing import (
     labelled_token_loss,
     register_segment_attention,
     segment_boundaries,
     with_segment_boundaries,
 )
-from smoltune.tokens import IGNORE_INDEX
-from smoltune.training import FastPath, fit_packing, sft_settings
+from smoltune.train.trainer import FastPath, fit_packing, sft_settings
 
 ROWS = [
     {"input_ids": [5, 9, 14, 3, 8, 2], "labels": [IGNORE_INDEX] * 3 + [3, 8, 2]},
@@ -122,7 +122,7 @@ def lora_pair(tiny_model_dir: Path, **lora: object) -> tuple:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from smoltune.fused_lora import fuse_lora_linears
+    from smoltune.train.fused_lora import fuse_lora_linears
 
     models = []
     for fuse in (False, True):

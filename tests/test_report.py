@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smoltune.report import render_report
+from smoltune.report.markdown import render_report
 
 
 def make_summary() -> dict:
@@ -115,7 +115,7 @@ def compare_rows() -> list[dict]:
 
 
 def test_claims_verdicts_on_fixed_figures() -> None:
-    from smoltune.compare import check_claims, pick_pair
+    from smoltune.report.compare import check_claims, pick_pair
 
     lora, full = pick_pair(compare_rows())
     verdicts = {c["claim"]: c for c in check_claims(lora, full)}
@@ -132,7 +132,7 @@ def test_claims_verdicts_on_fixed_figures() -> None:
 
 
 def test_quality_falls_back_to_eval_loss_without_accuracy() -> None:
-    from smoltune.compare import check_claims
+    from smoltune.report.compare import check_claims
 
     lora, full = compare_rows()
     lora["accuracy"] = full["accuracy"] = None
@@ -141,8 +141,7 @@ def test_quality_falls_back_to_eval_loss_without_accuracy() -> None:
 
 
 def test_render_comparison_table_and_claims() -> None:
-    from smoltune.compare import check_claims
-    from smoltune.report import render_comparison
+    from smoltune.report.compare import check_claims, render_comparison
 
     rows = compare_rows()
     text = render_comparison(rows, check_claims(rows[0], rows[1]), ("lora-r16", "full"), "cmp")
@@ -171,7 +170,8 @@ def test_promotion_section() -> None:
 
 
 def test_html_is_self_contained() -> None:
-    from smoltune.report import LOSS_CURVE, render_html
+    from smoltune.report.html import render_html
+    from smoltune.report.markdown import LOSS_CURVE
 
     page = render_html(render_report(make_summary(), []), {LOSS_CURVE: b"\x89PNG-bytes"}, "r1")
     assert page.startswith("<!doctype html>") and "<table>" in page

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from smoltune.plots import loss_curve_png
-from smoltune.report import LOSS_CURVE, render_html, render_report
+from smoltune.report.html import render_html
+from smoltune.report.markdown import LOSS_CURVE, render_report
+from smoltune.report.plots import loss_curve_png
 from tests.test_report import make_summary
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -11,7 +11,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from smoltune.sources import DataSourceError, download, load_records
+from smoltune.data.sources import DataSourceError, download, load_records
 
 ROWS = [
     {"instruction": "Add the two numbers.", "input": "1 and 2", "output": "3"},

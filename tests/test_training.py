@@ -14,15 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from smoltune.builtin_data import generate_rows
-from smoltune.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
 from smoltune.config import DataConfig, SpeedConfig, TrainConfig
-from smoltune.data import prepare_dataset, to_prompt_completion
+from smoltune.data.builtin import generate_rows
+from smoltune.data.prompts import to_prompt_completion
+from smoltune.data.stage import prepare_dataset
+from smoltune.data.tokens import IGNORE_INDEX, tokenize_example
 from smoltune.files import write_jsonl
-from smoltune.tokens import IGNORE_INDEX, tokenize_example
-from smoltune.train_runner import train_in_subprocess
-from smoltune.train_worker import STEP_PREFIX
-from smoltune.training import TrainResult, TrainSpec
+from smoltune.train.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
+from smoltune.train.runner import train_in_subprocess
+from smoltune.train.spec import TrainResult, TrainSpec
+from smoltune.train.worker import STEP_PREFIX
 
 FAST = {"warmup_steps": 1, "batch_size": 2, "grad_accum": 2, "max_seq_length": 256}
 
@@ -36,7 +37,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def spec_for(model_dir: Path, prepared: dict, work_dir: Path, **train: object) -> TrainSpec:
     config = TrainConfig(**{**FAST, **train})
-    return TrainSpec(str(model_dir), prepared["train_file"], str(work_dir), config.model_dump(mode="json"))
+    return TrainSpec(str(model_dir), prepared.train_file, str(work_dir), config.model_dump(mode="json"))
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +164,7 @@ def kill_after_step(spec: TrainSpec, step: int) -> None:
     spec_file = Path(spec.work_dir) / "spec.json"
     spec_file.write_text(json.dumps(spec.__dict__))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "smoltune.train_worker", str(spec_file)],
+        [sys.executable, "-m", "smoltune.train.worker", str(spec_file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smoltune.builtin_data import generate_rows
-from smoltune.data import format_prompt
+from smoltune.data.builtin import generate_rows
+from smoltune.data.prompts import format_prompt
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from smoltune.config import ConfigError, load_config
-from smoltune.prefect_defaults import apply_prefect_defaults
+from smoltune.pipeline.settings import apply_prefect_defaults
 
 app = typer.Typer(help="Fine-tune small language models with LoRA, orchestrated by Prefect.", no_args_is_help=True)
 
@@ -69,7 +69,7 @@ def compare(
     ] = None,
 ) -> None:
     """Train every variant on the same data and print the folder holding the comparison report."""
-    from smoltune.compare import load_compare_config
+    from smoltune.config import load_compare_config
 
     try:
         compare_config = load_compare_config(config, overrides or [])
@@ -88,7 +88,7 @@ def chat(
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
 ) -> None:
     """Chat with a run's tuned model; tokens are printed as they are generated."""
-    from smoltune.chat import RunNotFoundError, answer_prompt, load_run
+    from smoltune.serve.chat import RunNotFoundError, answer_prompt, load_run
 
     try:
         model, tokenizer, template = load_run(run_dir)

@@ -94,7 +94,7 @@ class LoraConfig(_Section):
 
 
 class SpeedConfig(_Section):
-    """The CPU fast path of the hf backend (smoltune.packing); each switch measured by `make bench`."""
+    """The CPU fast path of the hf backend (smoltune.train.packing); each switch measured by `make bench`."""
 
     padding_free: bool = Field(
         True,
@@ -274,3 +274,49 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(["the top level must be a mapping of sections"], source)
         data = loaded or {}
     return build_config(apply_overrides(data, overrides or []), source)
+
+
+# The comparison job (`smoltune compare --config configs/compare.yaml`): a whole pipeline job plus
+# `variants`, each a name and `--set`-style overrides; all variants share the fetched and prepared data.
+class Variant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$", description="Folder-safe name, e.g. lora-r16.")
+    set: dict[str, Any] = Field(default_factory=dict, description="Overrides, e.g. {train.lora.r: 256}.")
+
+
+class CompareConfig(BaseModel):
+    """The shared job and the variants trained on it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    variants: list[Variant] = Field(min_length=1)
+
+
+def variant_config(compare: CompareConfig, variant: Variant) -> PipelineConfig:
+    """The shared job with the variant's overrides applied (validated like a job of its own)."""
+    overrides = [
+        f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}" for key, value in variant.set.items()
+    ]
+    data = apply_overrides(compare.pipeline.model_dump(mode="json"), overrides)
+    return build_config(data, source=f"variant {variant.name}")
+
+
+def load_compare_config(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
+    """Read a compare YAML: pipeline sections at the top level, plus `variants`."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError([f"cannot read: {err}"], str(path)) from None
+    variants = data.pop("variants", None)
+    if not isinstance(variants, list) or not variants:
+        raise ConfigError(["'variants' must list at least one {name, set} entry"], str(path))
+    pipeline = build_config(apply_overrides(data, overrides or []), str(path))
+    compare = CompareConfig(pipeline=pipeline, variants=[Variant.model_validate(v) for v in variants])
+    names = [v.name for v in compare.variants]
+    if len(set(names)) != len(names):
+        raise ConfigError([f"variant names must be unique, got {names}"], str(path))
+    for variant in compare.variants:
+        variant_config(compare, variant)  # every variant must be a valid job before anything runs
+    return compare

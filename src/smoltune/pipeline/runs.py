@@ -1,0 +1,144 @@
+"""Run folders: one per flow run, named by time and a short random id so concurrent runs never clash.
+
+runs/20261129-101500-3fa2c1/
+    config.yaml  summary.json  report.md  report.html  loss_curve.png  generations.json
+    data/ validation/ train/ evaluation/   (links to the cached stage folders under runs/_cache/)
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smoltune.config import OutputConfig, PipelineConfig
+from smoltune.files import atomic_write_text
+from smoltune.pipeline.records import (
+    Evaluated,
+    Exported,
+    Fetched,
+    Prepared,
+    PromotionDecision,
+    ResolvedModel,
+    Trained,
+    Validated,
+)
+
+
+def new_run_name() -> str:
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def create_run_dir(output: OutputConfig) -> Path:
+    """Make the run folder; an explicit `output.run_name` that already exists is an error, not an overwrite."""
+    run_dir = Path(output.runs_dir).resolve() / (output.run_name or new_run_name())
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise FileExistsError(f"run folder {run_dir} already exists; pick another output.run_name") from None
+    return run_dir
+
+
+def write_config(run_dir: Path, config: PipelineConfig) -> Path:
+    """The exact configuration of the run, reloadable with `smoltune run --config`."""
+    return atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+class StageTimer:
+    """Wall seconds per stage, for the summary: `with timer("train"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(time.perf_counter() - started, 2)
+
+
+def saved_artifacts(trained: Trained, exported: Exported | None) -> dict[str, Any]:
+    """Where the trained weights are: `adapter_dir` / `adapter_mb` for LoRA, `model_dir` for full, and exports.
+    Every path comes from a record whose outputs the cache checked, so none of them is missing."""
+    result = trained.result
+    saved: dict[str, Any] = {"saved_mb": result.saved_mb}
+    if result.mode == "lora":
+        saved.update(adapter_dir=result.output_dir, adapter_mb=result.saved_mb)
+    else:
+        saved["model_dir"] = result.output_dir
+    if exported is not None:
+        saved.update({k: v for k, v in (("merged_dir", exported.merged_dir), ("gguf_file", exported.gguf_file)) if v})
+    return saved
+
+
+@dataclass(frozen=True)
+class RunRecords:
+    """The records of one finetune run, in pipeline order."""
+
+    model: ResolvedModel
+    fetched: Fetched
+    validated: Validated
+    prepared: Prepared
+    trained: Trained
+    evaluated: Evaluated
+    exported: Exported | None = None
+
+    def stage_folders(self) -> dict[str, str]:
+        """Link name in the run folder -> stage folder."""
+        folders = {
+            "data": self.prepared.folder,
+            "validation": self.validated.folder,
+            "train": self.trained.folder,
+            "evaluation": self.evaluated.folder,
+        }
+        return folders | ({"export": self.exported.folder} if self.exported else {})
+
+
+_BOOKKEEPING = {"key", "folder"}
+
+
+def build_summary(
+    run_dir: Path,
+    config: PipelineConfig,
+    records: RunRecords,
+    promotion: PromotionDecision | None = None,
+    stage_seconds: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The machine-readable record of a run (`summary.json`); the report is rendered from it."""
+    fetched, prepared, result = records.fetched, records.prepared, records.trained.result
+    return {
+        "run_name": run_dir.name,
+        "run_dir": str(run_dir),
+        "config": config.model_dump(mode="json"),
+        "model": records.model.model_dump(mode="json", exclude=_BOOKKEEPING),
+        "data": {
+            "source": fetched.source,
+            "sha256": fetched.sha256,
+            "identity": fetched.identity,
+            "note": fetched.note,
+            "source_rows": fetched.rows,
+            "train_rows": prepared.train_rows,
+            "eval_rows": prepared.eval_rows,
+            "heldout_sha256": prepared.eval_sha256,
+        },
+        "validation": records.validated.model_dump(mode="json", exclude=_BOOKKEEPING),
+        "train": {k: v for k, v in asdict(result).items() if k not in ("output_dir", "saved_mb")},
+        "eval": records.evaluated.figures.model_dump(mode="json"),
+        "artifacts": {
+            **saved_artifacts(records.trained, records.exported),
+            "report": str(run_dir / "report.md"),
+            "report_html": str(run_dir / "report.html"),
+            "generations": str(run_dir / "generations.json"),
+        },
+        "promotion": promotion.model_dump(mode="json") if promotion else None,
+        "stage_seconds": stage_seconds or {},
+    }

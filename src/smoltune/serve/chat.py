@@ -1,0 +1,60 @@
+"""Talk to a trained run: the base model with the run's adapter (or its fully fine-tuned model).
+
+smoltune chat runs/<run>                       # interactive; an empty line or Ctrl-D ends
+smoltune chat runs/<run> --prompt "Add the two numbers: 3 and 4"
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from threading import Thread
+from typing import Any
+
+from smoltune.config import load_config
+from smoltune.data.prompts import format_prompt
+
+
+class RunNotFoundError(FileNotFoundError):
+    """The folder is not a finished run (no summary.json)."""
+
+
+def load_run(run_dir: str | Path) -> tuple[Any, Any, str]:
+    """(model, tokenizer, template) of a finished run."""
+    from smoltune.evaluate.generation import load_tuned
+
+    folder = Path(run_dir)
+    summary_file = folder / "summary.json"
+    if not summary_file.is_file():
+        raise RunNotFoundError(f"{folder}: no summary.json; pass the folder a finished `smoltune run` printed")
+    summary = json.loads(summary_file.read_text())
+    config = load_config(folder / "config.yaml")
+    artifacts = summary["artifacts"]
+    output_dir = artifacts.get("adapter_dir") or artifacts["model_dir"]
+    models, tokenizer = load_tuned(summary["model"]["path"], output_dir, summary["train"]["mode"], False)
+    return models.model, tokenizer, config.data.template
+
+
+def stream_answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> Iterator[str]:
+    """Greedy answer to an already formatted prompt, yielded piece by piece as it is generated."""
+    from transformers import TextIteratorStreamer
+
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = {
+        **inputs,
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "streamer": streamer,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    worker = Thread(target=model.generate, kwargs=kwargs, daemon=True)
+    worker.start()
+    yield from streamer
+    worker.join()
+
+
+def answer_prompt(model: Any, tokenizer: Any, template: str, instruction: str, max_new_tokens: int) -> Iterator[str]:
+    prompt = format_prompt({"instruction": instruction, "input": ""}, template, tokenizer)
+    return stream_answer(model, tokenizer, prompt, max_new_tokens)

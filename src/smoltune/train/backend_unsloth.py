@@ -1,0 +1,45 @@
+"""The Unsloth backend: FastLanguageModel loading and LoRA wrapping.
+
+Importing this module imports unsloth, which patches trl's SFTTrainer for the whole process; the train
+task therefore always trains in a separate process (`smoltune.train.worker`), never in the flow's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import unsloth  # noqa: F401  - must come before transformers / trl / peft are used, as Unsloth requires
+from unsloth import FastLanguageModel
+
+from smoltune.config import TrainConfig
+
+
+def load_unsloth(model_path: str, config: TrainConfig, device: str) -> tuple[Any, Any]:
+    """Model and tokenizer through FastLanguageModel; in lora mode with LoRA layers added the Unsloth way.
+    Full precision (no 4-bit) so that results compare with the hf backend."""
+    import torch
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=model_path,
+        max_seq_length=config.max_seq_length,
+        dtype=dtype,
+        load_in_4bit=False,
+        full_finetuning=config.mode == "full",
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if config.mode == "lora":
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=config.lora.r,
+            target_modules=list(config.lora.target_modules),
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            bias="none",
+            # Unsloth's own checkpointing saves memory on GPUs; on the CPU it only costs time.
+            use_gradient_checkpointing="unsloth" if device == "cuda" else False,
+            random_state=config.seed,
+            use_rslora=config.lora.use_rslora,
+        )
+    return model, tokenizer

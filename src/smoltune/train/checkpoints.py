@@ -1,0 +1,69 @@
+"""Crash-safe checkpoints: a checkpoint counts only once a marker says it was written completely.
+
+    python -c "from smoltune.train.checkpoints import latest_complete_checkpoint as f; print(f('.'))"
+
+transformers' `get_last_checkpoint` returns the highest `checkpoint-*` folder whether or not its writing
+finished, and saving is not atomic; a process killed mid-save would leave a folder that a resume would load.
+The marker is written after the Trainer has saved everything for that step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from smoltune.files import atomic_write_json
+
+COMPLETE_MARKER = "smoltune_complete.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """After each save, mark `checkpoint-<step>` complete (on_save runs once the Trainer has written it)."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            atomic_write_json(folder / COMPLETE_MARKER, {"step": state.global_step})
+
+
+class NoFinalCheckpoint(TrainerCallback):
+    """Skip the checkpoint the Trainer adds after the last step when that step is not a multiple of save_steps:
+    the finished adapter (or model) is saved right after training, so that checkpoint is never read."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step >= state.max_steps and state.global_step % state.save_steps != 0:
+            control.should_save = False
+
+
+def latest_complete_checkpoint(checkpoints_dir: str | Path) -> Path | None:
+    """The highest-step checkpoint folder that carries the completeness marker, or None."""
+    folder = Path(checkpoints_dir)
+    if not folder.is_dir():
+        return None
+    complete = [
+        (int(match.group(1)), path)
+        for path in folder.iterdir()
+        if (match := _CHECKPOINT.match(path.name)) and (path / COMPLETE_MARKER).is_file()
+    ]
+    return max(complete)[1] if complete else None
+
+
+def logged_steps(checkpoint: Path) -> list[dict[str, float]]:
+    """Per-step records saved in a checkpoint's trainer state, in the shape `StepLog` produces."""
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    return [
+        {
+            "step": int(entry["step"]),
+            "loss": float(entry["loss"]),
+            "learning_rate": float(entry.get("learning_rate", 0.0)),
+            "grad_norm": float(entry.get("grad_norm", float("nan"))),
+            "tokens_seen": int(entry.get("num_input_tokens_seen", 0)),
+        }
+        for entry in history
+        if "loss" in entry
+    ]

@@ -1,0 +1,119 @@
+"""The fast CPU training path: padding-free packed batches, attention kept inside each row, and the LM head
+applied only where a label exists. Measured by `make bench` (README, "Performance").
+
+    python -c "from smoltune.train.packing import labelled_token_loss; help(labelled_token_loss)"
+
+- Packing: a batch's rows are concatenated into one sequence (TRL's padding-free collator) with position ids
+  restarting at 0 for each row, so no compute goes to padding and the matmuls are larger.
+- Segment attention: transformers' attention is replaced, for packed batches only, by one causal SDPA call per
+  row (`cu_seq_lens_q` gives the boundaries). A block-diagonal mask over the whole packed sequence costs
+  O(total²); per-row calls cost O(Σ row²) and cannot leak attention between rows.
+- Labelled logits only: with prompt masking most positions have no label (the seed rows: 668 of 6,690 tokens
+  are response), yet the 49k-vocabulary LM head and its softmax would run on every position. The loss is the
+  same sum of cross-entropies over the same labelled tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from smoltune.data.tokens import IGNORE_INDEX
+
+SEGMENT_ATTENTION = "smoltune_segments"
+
+
+def segment_boundaries(position_ids: torch.Tensor) -> torch.Tensor:
+    """Cumulative row boundaries (0, end of row 1, ..., total) of one packed sequence whose positions restart at 0
+    for each row; the `cu_seq_lens` convention of varlen attention kernels."""
+    positions = position_ids.reshape(-1)
+    starts = (positions == 0).nonzero().reshape(-1)
+    end = torch.tensor([positions.numel()], device=positions.device)
+    return torch.cat([starts, end]).to(torch.int32)
+
+
+def segment_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention computed row by row on a packed batch (`cu_seq_lens_q` given); plain SDPA otherwise,
+    so generation and unpacked batches behave exactly as with `attn_implementation="sdpa"`."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    boundaries = kwargs.get("cu_seq_lens_q")
+    if boundaries is None or query.shape[0] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    edges = boundaries.tolist()
+    # query: (1, heads, tokens, head_dim); key/value may have fewer heads (grouped-query attention).
+    rows = [
+        F.scaled_dot_product_attention(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            dropout_p=dropout if module.training else 0.0,
+            scale=scaling,
+            is_causal=True,
+            enable_gqa=True,
+        )
+        for start, end in zip(edges[:-1], edges[1:], strict=True)
+    ]
+    return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_segment_attention() -> str:
+    """Register `segment_attention` with transformers (idempotent); returns the name to load models with.
+    SDPA's mask function goes with it, so unpacked batches (padding, generation) are masked exactly as with
+    `sdpa`; on a packed batch the per-row causal calls need no mask and ignore it."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
+    AttentionMaskInterface.register(SEGMENT_ATTENTION, sdpa_mask)
+    return SEGMENT_ATTENTION
+
+
+def with_segment_boundaries(inputs: dict[str, Any]) -> dict[str, Any]:
+    """`inputs` plus the row boundaries segment attention needs, when the batch is one packed sequence."""
+    position_ids = inputs.get("position_ids")
+    if position_ids is None or "attention_mask" in inputs or position_ids.shape[0] != 1:
+        return inputs
+    boundaries = segment_boundaries(position_ids)
+    longest = int((boundaries[1:] - boundaries[:-1]).max())
+    return {
+        **inputs,
+        "cu_seq_lens_q": boundaries,
+        "cu_seq_lens_k": boundaries,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
+
+
+def _backbone_and_head(model: Any) -> tuple[Any, Any]:
+    """The decoder stack and the LM head of a causal LM, through a PEFT wrapper if there is one (LoRA layers
+    live inside the decoder's modules, so calling the decoder directly still trains them)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def labelled_token_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens of `inputs`, computing logits only where the next
+    token has a label. Equals the model's own causal-LM loss (same shift, same IGNORE_INDEX); divided by
+    `num_items_in_batch` when the Trainer gives it (gradient accumulation), else by the labelled count."""
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    backbone, head = _backbone_and_head(model)
+    hidden = backbone(**inputs, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    labelled = targets != IGNORE_INDEX
+    logits = head(hidden[:, :-1][labelled])
+    loss_sum = F.cross_entropy(logits.float(), targets[labelled], reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else labelled.sum().clamp(min=1)
+    return loss_sum / count

@@ -1,0 +1,281 @@
+"""Training, measured and resumable: LoRA or full fine-tuning, with the hf or the unsloth backend.
+
+    python -m smoltune.train.worker WORK_DIR/spec.json     # what the train task runs, in its own process
+
+`train(spec)` trains into `spec.work_dir`: checkpoints under `checkpoints/` (each marked complete once
+written), the result under `adapter/` (LoRA) or `model/` (full), and the figures in `result.json`. Run it
+again on the same folder and it resumes from the last complete checkpoint, or returns the finished result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from smoltune.config import TrainConfig
+from smoltune.data.tokens import tokenize_rows
+from smoltune.files import atomic_dir, atomic_write_json, dir_size_mb, read_jsonl
+from smoltune.model import load_model_and_tokenizer, pick_device
+from smoltune.train.spec import RESULT_FILE, TrainResult, TrainSpec, finished_result
+
+# `make bench` on this 2-core CPU (README, "Performance"): the hf backend with its fast path (smoltune.train.packing)
+# trains the seed job about twice as fast as Unsloth's CPU fallback with the same losses, and Unsloth's import
+# patches trl process-wide; so auto picks hf on the CPU.
+CPU_AUTO_BACKEND = "hf"
+CPU_AUTO_REASON = "auto on CPU: hf with its fast path, faster than Unsloth's CPU fallback in `make bench` (README)"
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameters, counting tied weights once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return trainable, total
+
+
+def resolve_backend(requested: str, device: str) -> tuple[str, str]:
+    """(backend, reason) for `train.backend`."""
+    if requested != "auto":
+        return requested, "set by train.backend"
+    if device == "cuda":
+        return "unsloth", "auto on CUDA: Unsloth's kernels"
+    return CPU_AUTO_BACKEND, CPU_AUTO_REASON
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Which switches of `train.speed` are in effect: they apply to the hf backend only (Unsloth brings its
+    own kernels and collator)."""
+
+    padding_free: bool = False
+    pack_accumulation: bool = False
+    labelled_logits_only: bool = False
+    fused_lora: bool = False
+    fused_optimizer: bool = False
+
+    @classmethod
+    def for_run(cls, config: TrainConfig, backend: str) -> FastPath:
+        if backend != "hf":
+            return cls()
+        speed = config.speed
+        return cls(
+            padding_free=speed.padding_free,
+            pack_accumulation=speed.padding_free and speed.pack_accumulation,
+            labelled_logits_only=speed.labelled_logits_only,
+            fused_lora=speed.fused_lora and config.mode == "lora",
+            fused_optimizer=speed.fused_optimizer,
+        )
+
+
+def fit_packing(fast: FastPath, lengths: list[int], rows_per_step: int, max_tokens: int) -> FastPath:
+    """`fast` without pack_accumulation when the `rows_per_step` longest rows exceed `max_tokens`: one packed
+    forward of a whole step would then hold too many activations; the step's micro-batches are packed instead."""
+    longest_step = sum(sorted(lengths, reverse=True)[:rows_per_step])
+    return replace(fast, pack_accumulation=False) if longest_step > max_tokens else fast
+
+
+def peft_lora_config(config: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=list(config.lora.target_modules),
+        use_rslora=config.lora.use_rslora,
+        use_dora=config.lora.use_dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_for_training(
+    backend: str, spec: TrainSpec, config: TrainConfig, device: str, fast: FastPath
+) -> tuple[Any, Any]:
+    """Model (with LoRA layers in lora mode) and tokenizer for `backend`."""
+    if backend == "unsloth":
+        from smoltune.train.backend_unsloth import load_unsloth  # imports unsloth, which patches trl process-wide
+
+        return load_unsloth(spec.model_path, config, device)
+    attention = None
+    if fast.padding_free:
+        from smoltune.train.packing import register_segment_attention
+
+        attention = register_segment_attention()
+    model, tokenizer = load_model_and_tokenizer(spec.model_path, device, spec.trust_remote_code, attention)
+    if config.mode == "lora":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_lora_config(config))
+        if fast.fused_lora:
+            from smoltune.train.fused_lora import fuse_lora_linears
+
+            fuse_lora_linears(model)
+    return model, tokenizer
+
+
+def sft_settings(config: TrainConfig, device: str, output_dir: str, fast: FastPath | None = None) -> dict[str, Any]:
+    """SFTConfig arguments for the seed job. TRL's CPU defaults (gradient checkpointing, bf16) cost time on
+    this hardware and are turned off; the optimizer is adamw_8bit on CUDA and on the CPU torch's AdamW, fused
+    when `train.speed.fused_optimizer` is on.
+
+    With `pack_accumulation` the batch_size x grad_accum rows of an optimizer step go through one packed forward:
+    the sampler hands out the same rows per step and the loss is the mean over the same labelled tokens."""
+    on_cuda = device == "cuda"
+    fast = fast or FastPath()
+    batch, accum = config.batch_size, config.grad_accum
+    if fast.pack_accumulation:
+        batch, accum = batch * accum, 1
+    return {
+        "output_dir": output_dir,
+        "max_steps": config.max_steps,
+        "per_device_train_batch_size": batch,
+        "gradient_accumulation_steps": accum,
+        "learning_rate": config.learning_rate,
+        "warmup_steps": config.warmup_steps,
+        "lr_scheduler_type": config.lr_scheduler,
+        "weight_decay": config.weight_decay,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "max_length": config.max_seq_length,
+        "optim": "adamw_8bit" if on_cuda else ("adamw_torch_fused" if fast.fused_optimizer else "adamw_torch"),
+        "bf16": on_cuda,
+        "fp16": False,
+        "use_cpu": not on_cuda,
+        "gradient_checkpointing": False,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": config.save_steps,
+        "save_total_limit": config.save_total_limit,
+        "report_to": "none",
+        # A packed batch has no padding (and no attention mask to count by): every token is real.
+        "include_num_input_tokens_seen": "all" if fast.padding_free else "non_padding",
+        "dataloader_num_workers": 0,
+        "disable_tqdm": False,  # a progress bar in the terminal; the Prefect task logs every few steps
+    }
+
+
+def sft_trainer_class(device: str, fast: FastPath | None = None) -> type:
+    """TRL's SFTTrainer, or on the CPU a subclass that computes the loss itself.
+
+    TRL 1.15 computes the SFT loss with a Triton kernel whenever Triton is importable (Unsloth installs it);
+    without a GPU that kernel fails with "0 active drivers". The model's own loss, or `labelled_token_loss`
+    (the same quantity, logits only where a label exists), replaces it; packed batches get their row
+    boundaries for segment attention."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    fast = fast or FastPath()
+    if device == "cuda" and fast == FastPath():
+        return SFTTrainer
+
+    class FastSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            from smoltune.train.packing import labelled_token_loss, with_segment_boundaries
+
+            if fast.padding_free:
+                inputs = with_segment_boundaries(inputs)
+            if fast.labelled_logits_only and not return_outputs:
+                return labelled_token_loss(model, inputs, num_items_in_batch)
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return FastSFTTrainer
+
+
+def data_collator(tokenizer: Any, fast: FastPath) -> Any:
+    """TRL's padding-free collator for packed batches (given explicitly, so TRL does not warn that only
+    FlashAttention handles them: segment attention does); None keeps TRL's padding collator."""
+    if not fast.padding_free:
+        return None
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+
+
+def save_trained(trainer: Any, tokenizer: Any, mode: str, work_dir: Path) -> Path:
+    """The adapter (LoRA: only the adapter, the base tokenizer is unchanged) or the whole model (full)."""
+    target = work_dir / ("adapter" if mode == "lora" else "model")
+    with atomic_dir(target) as tmp:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        if mode == "full":
+            tokenizer.save_pretrained(tmp)
+    return target
+
+
+def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | None = None) -> TrainResult:
+    """Train per `spec`, resuming from the last complete checkpoint; a finished folder returns its result."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from smoltune.train.checkpoints import (
+        MarkCompleteCheckpoints,
+        NoFinalCheckpoint,
+        latest_complete_checkpoint,
+        logged_steps,
+    )
+    from smoltune.train.instrumentation import PeakMemory, StepLog
+
+    work_dir = Path(spec.work_dir)
+    if (finished := finished_result(work_dir)) is not None:
+        return finished
+    config = TrainConfig.model_validate(spec.config)
+    device = pick_device()
+    backend, reason = resolve_backend(config.backend, device)
+    fast = FastPath.for_run(config, backend)
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_for_training(backend, spec, config, device, fast)
+    trainable, total = count_parameters(model)
+    rows = tokenize_rows(tokenizer, read_jsonl(spec.train_file), config.max_seq_length, config.train_on_responses_only)
+    rows_per_step = config.batch_size * config.grad_accum
+    fast = fit_packing(fast, [len(r["input_ids"]) for r in rows], rows_per_step, config.speed.max_packed_tokens)
+    settings = sft_settings(config, device, str(work_dir / "checkpoints"), fast)
+    resume = latest_complete_checkpoint(work_dir / "checkpoints")
+    earlier = logged_steps(resume) if resume else []
+    step_log = StepLog(on_step)
+    trainer = sft_trainer_class(device, fast)(
+        model=model,
+        args=SFTConfig(**settings),
+        data_collator=data_collator(tokenizer, fast),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[step_log, MarkCompleteCheckpoints(), NoFinalCheckpoint()],
+    )
+    with PeakMemory(cuda=device == "cuda") as peak:
+        started = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        seconds = time.perf_counter() - started
+    output_dir = save_trained(trainer, tokenizer, config.mode, work_dir)
+    history = earlier + step_log.steps
+    tokens = int(trainer.state.num_input_tokens_seen)
+    tokens_this_run = tokens - (earlier[-1]["tokens_seen"] if earlier else 0)
+    result = TrainResult(
+        backend=backend,
+        backend_reason=reason,
+        mode=config.mode,
+        rank=config.lora.r if config.mode == "lora" else None,
+        device=device,
+        trainable_params=trainable,
+        total_params=total,
+        steps=int(trainer.state.global_step),
+        train_seconds=round(seconds, 3),
+        tokens_seen=tokens,
+        tokens_per_second=round(tokens_this_run / seconds, 2) if seconds > 0 else 0.0,
+        peak_memory_mb=round(peak.megabytes, 1),
+        losses=[s["loss"] for s in history],
+        step_log=history,
+        output_dir=str(output_dir),
+        saved_mb=round(dir_size_mb(output_dir), 3),
+        resumed_from_step=int(earlier[-1]["step"]) if earlier else 0,
+        settings={**{k: v for k, v in settings.items() if k != "output_dir"}, "fast_path": asdict(fast)},
+    )
+    atomic_write_json(work_dir / RESULT_FILE, result.to_dict())
+    return result

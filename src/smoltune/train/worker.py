@@ -1,0 +1,36 @@
+"""The training process: `python -m smoltune.train.worker SPEC.json`.
+
+Trains per the spec (see `smoltune.train.trainer.train`), prints one `SMOLTUNE_STEP {json}` line per logged
+step on stdout for the parent to relay, and leaves `result.json` in the work folder. Runs apart from the
+flow so that Unsloth's patching stays out of the flow's process and a crash (or SIGKILL) loses at most
+the steps since the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+STEP_PREFIX = "SMOLTUNE_STEP "
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m smoltune.train.worker SPEC.json", file=sys.stderr)
+        return 2
+    from smoltune.train.spec import TrainSpec
+    from smoltune.train.trainer import train
+
+    spec = TrainSpec(**json.loads(Path(args[0]).read_text()))
+
+    def on_step(record: dict, max_steps: int) -> None:
+        print(STEP_PREFIX + json.dumps({**record, "max_steps": max_steps}), flush=True)
+
+    train(spec, on_step)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
