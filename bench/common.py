@@ -14,7 +14,6 @@ from typing import Any
 
 # The seed job (README): LoRA r=16 on the 7 projections, batch 2 x grad-accum 4, lr 2e-4, seed 3407.
 SEED = 3407
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BATCH_SIZE, GRAD_ACCUM, LEARNING_RATE, WARMUP_STEPS, WEIGHT_DECAY = 2, 4, 2e-4, 5, 0.01
 
 

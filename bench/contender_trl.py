@@ -15,6 +15,8 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
+from smoltune.config import LORA_TARGETS_LLAMA
+
 
 def main() -> None:
     args = common.parse_args(__doc__)
@@ -37,7 +39,7 @@ def main() -> None:
         report_to="none",
         include_num_input_tokens_seen="non_padding",
     )
-    lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=common.LORA_TARGETS, task_type="CAUSAL_LM")
+    lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS_LLAMA, task_type="CAUSAL_LM")
     trainer = common.cpu_loss_trainer(SFTTrainer)(
         model=model,
         args=config,

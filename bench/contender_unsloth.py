@@ -21,6 +21,8 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from smoltune.config import LORA_TARGETS_LLAMA
+
 
 def main() -> None:
     args = common.parse_args(__doc__)
@@ -30,7 +32,7 @@ def main() -> None:
     model = FastLanguageModel.get_peft_model(
         model,
         r=16,
-        target_modules=common.LORA_TARGETS,
+        target_modules=LORA_TARGETS_LLAMA,
         lora_alpha=16,
         lora_dropout=0,
         bias="none",

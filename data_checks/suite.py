@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
+
+from smoltune.config import DEFAULT_SEVERITY, Severity
 
 REQUIRED_COLUMNS = ("instruction", "input", "output")
 NON_EMPTY_COLUMNS = ("instruction", "output")
@@ -24,9 +26,6 @@ MAX_EXAMPLES = 5
 # unicode (lone surrogates are turned into it first, see `with_derived_columns`). Written with escapes
 # that both Python's `re` and Arrow's RE2 (pandas 3 strings) understand.
 CONTROL_OR_INVALID = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|" + "\ufffd"
-
-Severity = Literal["critical", "warning"]
-DEFAULT_SEVERITY: dict[str, Severity] = {"duplicates": "warning"}
 
 
 @dataclass(frozen=True)

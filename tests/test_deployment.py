@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -67,6 +68,7 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_API_URL": api,
+        "SMOLTUNE_HOME": str(home / "smoltune"),  # the worker's download cache and training lock
     }
     logs = home / "logs"
     logs.mkdir()
@@ -83,10 +85,13 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         spawn("server", "start", "--host", "127.0.0.1", "--port", str(port), log="server.log")
         wait_for(lambda: healthy(api), 180, "Prefect server")
         subprocess.run([PREFECT, "work-pool", "create", "smoltune", "--type", "process"], env=env, check=True)
-        deploy = subprocess.run(
-            [PREFECT, "--no-prompt", "deploy", "--name", "finetune"], env=env, capture_output=True, text=True
-        )
+        # Exactly what the README says: every deployment of prefect.yaml (the Kubernetes one is opt-in).
+        deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env=env, capture_output=True, text=True)
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        deployments = httpx.post(f"{api}/deployments/filter", json={}).json()
+        assert {d["name"] for d in deployments} == {"finetune", "compare", "retrain-weekly"}
+        [weekly] = [d for d in deployments if d["name"] == "retrain-weekly"]
+        assert weekly["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
         spawn("worker", "start", "--pool", "smoltune", log="worker.log")
         yield {"env": env, "api": api, "ui": f"http://127.0.0.1:{port}", "logs": logs}
     finally:
@@ -94,46 +99,81 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             stop(proc)
 
 
-def test_deployment_run_completes_and_publishes_the_report(
-    prefect_stack: dict, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    config = {
+def tiny_job(tiny_model_dir: Path, runs_dir: Path, **data: object) -> dict:
+    return {
         "model": {"source": str(tiny_model_dir)},
-        "data": {"num_samples": 12, "eval_samples": 6},
+        "data": {"num_samples": 12, "eval_samples": 6, **data},
         "train": {"max_steps": 2, "warmup_steps": 1, "max_seq_length": 256},
         "eval": {"max_new_tokens": 3, "answer_max_new_tokens": 3},
-        "output": {"runs_dir": str(tmp_path / "runs")},
+        "output": {"runs_dir": str(runs_dir)},
     }
+
+
+def run_deployment(stack: dict, name: str, config: dict) -> dict:
+    """`prefect deployment run NAME --params ... --watch`, then the finished flow run as the API reports it."""
     done = subprocess.run(
-        [
-            PREFECT,
-            "deployment",
-            "run",
-            "finetune/finetune",
-            "--params",
-            json.dumps({"config": config}),
-            "--watch",
-            "--watch-timeout",
-            "600",
-        ],
-        env=prefect_stack["env"],
+        [PREFECT, "deployment", "run", name, "--params", json.dumps({"config": config}), "--watch"]
+        + ["--watch-timeout", "600"],
+        env=stack["env"],
         capture_output=True,
         text=True,
         timeout=660,
     )
-    worker_log = (prefect_stack["logs"] / "worker.log").read_text()[-3000:]
+    worker_log = (stack["logs"] / "worker.log").read_text()[-3000:]
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + worker_log
-    api = prefect_stack["api"]
-    runs = httpx.post(f"{api}/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 1}).json()
-    flow_run = runs[0]
+    # The run this command created (the cron schedule has created future runs of retrain-weekly meanwhile).
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", done.stdout).group(1)
+    flow_run = httpx.get(f"{stack['api']}/flow_runs/{flow_run_id}").json()
     assert flow_run["state"]["type"] == "COMPLETED"
-    artifacts = httpx.post(
-        f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}
-    ).json()
-    by_key = {a["key"]: a for a in artifacts}
-    assert {"smoltune-report", "smoltune-metrics", "smoltune-loss-curve"} <= set(by_key)
+    return flow_run
+
+
+def artifacts_of(api: str, flow_run_id: str) -> dict[str, dict]:
+    artifacts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+    return {a["key"]: a for a in artifacts.json()}
+
+
+def task_states(api: str, flow_run_id: str) -> dict[str, str]:
+    runs = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).json()
+    return {r["name"].rsplit("-", 1)[0]: r["state"]["name"] for r in runs}
+
+
+def test_deployment_run_completes_and_publishes_the_report(
+    prefect_stack: dict, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    flow_run = run_deployment(prefect_stack, "finetune/finetune", tiny_job(tiny_model_dir, tmp_path / "runs"))
+    by_key = artifacts_of(prefect_stack["api"], flow_run["id"])
+    assert {"smoltune-report", "smoltune-metrics", "smoltune-loss-curve", "smoltune-promotion"} <= set(by_key)
     assert "## Held-out evaluation" in by_key["smoltune-report"]["data"]
     prefect_stack["flow_run_id"] = flow_run["id"]
+
+
+def test_scheduled_retrain_sees_new_data_at_a_url(prefect_stack: dict, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from smoltune.data.builtin import generate_rows
+    from tests.http_files import FileServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+    rows = served / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in generate_rows(60, seed=1)))
+    api, cached_stages = prefect_stack["api"], {"fetch_dataset", "validate_dataset", "prepare_dataset", "train"}
+    with FileServer(served) as server:
+        job = tiny_job(tiny_model_dir, tmp_path / "runs", source=server.url("rows.jsonl"))
+        first = run_deployment(prefect_stack, "finetune/retrain-weekly", job)
+        assert task_states(api, first["id"])["train"] == "Completed"
+
+        # A week without new data: every stage Cached, the body not downloaded again.
+        unchanged = task_states(api, run_deployment(prefect_stack, "finetune/retrain-weekly", job)["id"])
+        assert {unchanged[s] for s in [*cached_stages, "resolve_model", "evaluate"]} == {"Cached"}, unchanged
+        assert server.bodies_sent == 1
+
+        # New rows at the same URL: a new adapter, and a promotion decision published as an artifact.
+        server.replace(rows, "".join(json.dumps(r) + "\n" for r in generate_rows(60, seed=2)))
+        changed_run = run_deployment(prefect_stack, "finetune/retrain-weekly", job)
+    changed = task_states(api, changed_run["id"])
+    assert {changed[s] for s in [*cached_stages, "evaluate"]} == {"Completed"}, changed
+    promotion = artifacts_of(api, changed_run["id"])["smoltune-promotion"]
+    assert "## Promotion" in promotion["data"] and "held-out" in promotion["data"]
 
 
 def test_the_ui_shows_the_completed_run_and_its_report(prefect_stack: dict, tmp_path: Path) -> None:

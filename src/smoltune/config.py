@@ -67,6 +67,9 @@ class DataConfig(_Section):
 
 
 CHECK_IDS = ("columns", "strings", "non_empty", "clean_text", "duplicates", "token_length", "min_rows")
+Severity = Literal["critical", "warning"]
+# The one definition of the gate's default severities (data_checks uses it): duplicates warn, the rest stop.
+DEFAULT_SEVERITY: dict[str, Severity] = {"duplicates": "warning"}
 
 
 class ValidationConfig(_Section):
@@ -74,7 +77,7 @@ class ValidationConfig(_Section):
     max_duplicate_rate: float = Field(
         0.05, ge=0, le=1, description="Largest share of rows that repeat an earlier (instruction, input)."
     )
-    severity: dict[str, Literal["critical", "warning"]] = Field(
+    severity: dict[str, Severity] = Field(
         default_factory=dict,
         description="Per-check severity overrides; checks: " + ", ".join(CHECK_IDS) + ". "
         "Critical failures stop the run; warnings go into the report. Default: duplicates warn, the rest stop.",
