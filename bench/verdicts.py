@@ -53,6 +53,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def machine_label() -> str:
+    """The CPU and the matmul features that decide its speed (from /proc/cpuinfo flags), e.g. 'AMD EPYC (avx2)'."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{cpu_name()} ({', '.join(shown) or 'no AVX2'})"
+
+
 def summarise(figures: dict[str, dict], peak_gflops: float, params: int, baselines: tuple[str, ...]) -> dict:
     """Ratios, MFU and verdict lines for the contenders in `figures` (keyed trl / unsloth / smoltune)."""
     summary: dict = {
