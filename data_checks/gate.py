@@ -17,9 +17,10 @@ from smoltune.data.tokens import example_lengths
 from smoltune.files import read_jsonl
 
 
-def formatted_lengths(rows: list[dict], tokenizer: Any, template: str) -> list[int]:
-    """Token count of each row as training will see it: template, answer and EOS. Invalid unicode is
-    replaced first (tokenizers reject it; the clean-text check reports it)."""
+def formatted_lengths(rows: list[dict], tokenizer: Any, template: str) -> list[tuple[int, int]]:
+    """(prompt, answer + EOS) token counts of each row as training will see it. Invalid unicode is replaced
+    first (tokenizers reject it; the clean-text check reports it); a missing value counts as empty text (the
+    non-empty checks report it)."""
     clean = [{k: replace_invalid_unicode(v) for k, v in r.items()} for r in rows]
     examples = [to_prompt_completion(r, template, tokenizer) for r in clean]
     return example_lengths(tokenizer, [e["prompt"] for e in examples], [e["completion"] for e in examples])

@@ -4,9 +4,10 @@
 print(run_checks(pd.DataFrame({'instruction': ['hi'], 'input': [''], 'output': ['']}), SuiteSettings(min_rows=1)))"
 
 Checks (ids as used by `validation.severity`): columns, strings, non_empty, clean_text, duplicates,
-token_length, min_rows. Each has a severity: `critical` failures stop the flow before training, `warning`
-failures only go into the report. Two derived columns feed the suite: `is_repeat` (the row repeats an earlier
-instruction + input) and `n_tokens` (the formatted example's length with the real tokenizer).
+token_length, answer_tokens, min_rows. Each has a severity: `critical` failures stop the flow before training,
+`warning` failures only go into the report. Derived columns feed the suite: `is_repeat` (the row repeats an
+earlier instruction + input), `n_tokens` (the formatted example's length with the real tokenizer) and
+`n_answer_tokens` (answer tokens left after truncation to max_seq_length: a row with none trains nothing).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from smoltune.config import DEFAULT_SEVERITY, Severity
+from smoltune.errors import DataError
 
 REQUIRED_COLUMNS = ("instruction", "input", "output")
 NON_EMPTY_COLUMNS = ("instruction", "output")
@@ -95,7 +97,7 @@ class ValidationOutcome:
         }
 
 
-class DataValidationError(RuntimeError):
+class DataValidationError(DataError):
     """Raised by the flow when critical expectations fail; lists each one."""
 
     def __init__(self, outcome: ValidationOutcome, source: str, details: str | None = None) -> None:
@@ -108,8 +110,12 @@ class DataValidationError(RuntimeError):
         )
 
 
-def with_derived_columns(df: pd.DataFrame, token_counts: list[int] | None) -> pd.DataFrame:
-    """Add `is_repeat` and, when token counts are given, `n_tokens`; row numbers stay 0-based positions.
+def with_derived_columns(
+    df: pd.DataFrame, token_counts: list[tuple[int, int]] | None, max_seq_length: int | None = None
+) -> pd.DataFrame:
+    """Add `is_repeat` and, from (prompt, answer) token counts, `n_tokens` and `n_answer_tokens` (answer tokens
+    left after truncation to `max_seq_length`: 0 means the row trains nothing and its loss would be NaN);
+    row numbers stay 0-based positions.
     Lone surrogates (invalid unicode that JSON can carry) become U+FFFD, which the clean-text check reports;
     left as they are, they would make the check itself fail on conversion to Arrow strings."""
     frame = df.reset_index(drop=True).map(replace_invalid_unicode)
@@ -117,7 +123,9 @@ def with_derived_columns(df: pd.DataFrame, token_counts: list[int] | None) -> pd
         keys = frame[["instruction", "input"]].astype(str).apply(lambda col: col.str.strip())
         frame["is_repeat"] = keys.duplicated(keep="first")
     if token_counts is not None:
-        frame["n_tokens"] = token_counts
+        frame["n_tokens"] = [p + a for p, a in token_counts]
+        limit = max_seq_length or max((p + a for p, a in token_counts), default=0)
+        frame["n_answer_tokens"] = [max(0, min(p + a, limit) - p) for p, a in token_counts]
     return frame
 
 
@@ -174,6 +182,13 @@ def build_expectations(settings: SuiteSettings) -> list[tuple[str, str, Any]]:
                 ex.ExpectColumnValuesToBeBetween(column="n_tokens", max_value=settings.max_seq_length),
             )
         )
+        checks.append(
+            (
+                "answer_tokens",
+                f"answer keeps at least one token within max_seq_length ({settings.max_seq_length})",
+                ex.ExpectColumnValuesToBeBetween(column="n_answer_tokens", min_value=1),
+            )
+        )
     checks.append(
         (
             "min_rows",
@@ -195,7 +210,7 @@ def data_docs_site(base_directory: Path) -> dict[str, Any]:
 def run_checks(
     df: pd.DataFrame,
     settings: SuiteSettings,
-    token_counts: list[int] | None = None,
+    token_counts: list[tuple[int, int]] | None = None,
     docs_dir: Path | None = None,
 ) -> ValidationOutcome:
     """Validate `df` in an ephemeral Great Expectations context; with `docs_dir`, also build Data Docs there."""
@@ -227,7 +242,8 @@ def run_checks(
             result_format={"result_format": "COMPLETE", "partial_unexpected_count": MAX_EXAMPLES},
         )
     )
-    run = checkpoint.run(batch_parameters={"dataframe": with_derived_columns(df, token_counts)})
+    frame = with_derived_columns(df, token_counts, settings.max_seq_length)
+    run = checkpoint.run(batch_parameters={"dataframe": frame})
     [result] = run.run_results.values()
     # Great Expectations returns results in its own order; match them back by expectation id.
     by_id = {r.expectation_config.id: r for r in result.results}

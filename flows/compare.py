@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from smoltune.config import CompareConfig, variant_config
+from smoltune.config import CompareConfig, check_config, variant_config
 from smoltune.pipeline.runs import create_run_dir, write_config
 from tasks.compare import VariantResult, compare_report_task
 from tasks.evaluate import evaluate_task
@@ -24,7 +24,8 @@ from tasks.validate import validate_dataset_task
 @flow(name="compare")
 def compare(config: CompareConfig) -> str:
     """Train and evaluate every variant of `config`; returns the run folder with the comparison report."""
-    shared = config.pipeline
+    shared = check_config(config.pipeline, "flow parameter config.pipeline")
+    config = config.model_copy(update={"pipeline": shared})
     run_dir = create_run_dir(shared.output)
     write_config(run_dir, shared)
     cache = shared.output.cache_root

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from smoltune.config import PipelineConfig
+from smoltune.config import PipelineConfig, check_config
 from smoltune.pipeline.runs import RunRecords, StageTimer, build_summary, create_run_dir, write_config
+from smoltune.pipeline.settings import quiet_user_error_tracebacks
 from tasks.evaluate import evaluate_task
 from tasks.export import export_task
 from tasks.fetch import fetch_dataset_task
@@ -32,6 +33,9 @@ STAGES = ("resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset
 @flow(name="finetune")
 def finetune(config: PipelineConfig = PipelineConfig(), refresh: list[str] | None = None) -> str:  # noqa: B008
     """Fine-tune `config.model.source` on `config.data.source`; returns the run folder's path."""
+    # The same checks as the CLI's for runs started from the Prefect API or UI, before anything runs.
+    config = check_config(config, "flow parameter config")
+    quiet_user_error_tracebacks()
     run_dir = create_run_dir(config.output)
     write_config(run_dir, config)
     cache = config.output.cache_root

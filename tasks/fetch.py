@@ -5,12 +5,14 @@ changed), a hub dataset's commit. So a scheduled retrain on a URL reruns exactly
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import get_run_logger, task
 
-from smoltune.config import DataConfig
+from smoltune.config import DataConfig, is_url
 from smoltune.data.stage import fetch_dataset
 from smoltune.pipeline.cache import Stage
-from smoltune.pipeline.keys import fetch_parts
+from smoltune.pipeline.keys import fetch_parts, source_download
 from smoltune.pipeline.records import Fetched
 
 STAGE = Stage("fetch_dataset", Fetched, fetch_parts, __name__)
@@ -21,14 +23,18 @@ STAGE = Stage("fetch_dataset", Fetched, fetch_parts, __name__)
     cache_policy=STAGE.cache_policy(),
     persist_result=True,
     result_serializer="json",
-    retries=2,
-    retry_delay_seconds=10,
 )
 def fetch_dataset_task(data: DataConfig, cache_dir: str, refresh: bool = False) -> Fetched:
-    """Retried because URL and hub sources can fail transiently (the URL reader also retries each request)."""
-    fetched = STAGE.run(STAGE.folder(data=data, cache_dir=cache_dir), lambda out: fetch_dataset(data, out), refresh)
+    """No task retries: the URL reader retries transient failures (timeouts, 429, 5xx) itself, and a 404, a
+    sha256 mismatch or a missing column will not heal by trying again."""
+
+    def compute(out: Path) -> Fetched:
+        # A URL's rows are the very bytes its cache key was computed from (one download per run).
+        return fetch_dataset(data, out, source_download(data) if is_url(data.source) else None)
+
+    fetched = STAGE.run(STAGE.folder(data=data, cache_dir=cache_dir), compute, refresh)
     logger = get_run_logger()
-    logger.info("fetched %d rows from %s (%s)", fetched.rows, data.source, fetched.identity)
+    logger.info("fetched %d rows from %s (%s)", fetched.rows, fetched.source, fetched.identity)
     if fetched.note:
         logger.warning(fetched.note)
     return fetched

@@ -18,11 +18,10 @@ STAGE = Stage("resolve_model", ResolvedModel, resolve_model_parts, __name__)
     cache_policy=STAGE.cache_policy(),
     persist_result=True,
     result_serializer="json",
-    retries=2,
-    retry_delay_seconds=5,
 )
 def resolve_model_task(model: ModelConfig, cache_dir: str, refresh: bool = False) -> ResolvedModel:
-    """Retried because a hub download can fail transiently; the embedded path never touches the network."""
+    """No task retries: huggingface_hub retries transient failures of a download itself; a missing folder or
+    an unknown repository will not heal by trying again."""
 
     def compute(_: object) -> ResolvedModel:
         resolved = resolve_model(model.source, model.revision)

@@ -31,5 +31,8 @@ def prepare_dataset_task(
 
     inputs = {"fetched": fetched, "validated": validated, "model": model, "data": data}
     prepared = STAGE.run(STAGE.folder(cache_dir=cache_dir, **inputs), compute, refresh)
-    get_run_logger().info("prepared %d training and %d held-out rows", prepared.train_rows, prepared.eval_rows)
+    logger = get_run_logger()
+    logger.info("prepared %d training and %d held-out rows", prepared.train_rows, prepared.eval_rows)
+    if prepared.note:
+        logger.warning(prepared.note)
     return prepared

@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from smoltune.config import PipelineConfig
 from smoltune.pipeline.records import Evaluated, PromotionDecision, Trained
 from smoltune.pipeline.registry import promote
+from smoltune.redaction import redact
 from smoltune.report.markdown import promotion_section
 
 PROMOTION_ARTIFACT_KEY = "smoltune-promotion"
@@ -19,7 +20,7 @@ def promote_task(config: PipelineConfig, run_name: str, trained: Trained, evalua
     decision = promote(
         config.output.registry_file,
         config.model.source,
-        config.data.source,
+        redact(config.data.source),
         run_name,
         trained.result.output_dir,
         evaluated.figures,

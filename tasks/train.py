@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from smoltune.config import PipelineConfig
+from smoltune.model import check_lora_targets
 from smoltune.pipeline.cache import Stage
 from smoltune.pipeline.keys import train_parts
 from smoltune.pipeline.records import Prepared, ResolvedModel, Trained
@@ -31,6 +32,8 @@ def train_task(
 
 def _train(model: ResolvedModel, prepared: Prepared, config: PipelineConfig, folder: Path) -> Trained:
     logger = get_run_logger()
+    if config.train.mode == "lora":
+        check_lora_targets(model.path, config.train.lora.target_modules)
     progress = create_progress_artifact(progress=0.0, description="training steps done (%)")
 
     def on_step(record: dict) -> None:
@@ -40,7 +43,12 @@ def _train(model: ResolvedModel, prepared: Prepared, config: PipelineConfig, fol
             update_progress_artifact(progress, progress=100.0 * step / total)
 
     spec = TrainSpec(
-        model.path, prepared.train_file, str(folder), config.train.model_dump(mode="json"), model.trust_remote_code
+        model.path,
+        prepared.train_file,
+        str(folder),
+        config.train.model_dump(mode="json"),
+        model.trust_remote_code,
+        base_model_id=model.hub_id,
     )
     result = train_in_subprocess(spec, on_step)
     if result.resumed_from_step:

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smoltune.config import LORA_TARGETS_LLAMA, ConfigError, PipelineConfig, apply_overrides, load_config
+from smoltune.config import (
+    LORA_TARGETS_LLAMA,
+    ConfigError,
+    PipelineConfig,
+    apply_overrides,
+    load_config,
+    with_absolute_paths,
+)
 
 CONFIGS = Path("configs")
 PIPELINE_CONFIGS = ["default.yaml", "smoke.yaml"]
@@ -25,7 +32,9 @@ def test_defaults_are_the_seed_job() -> None:
 
 
 def test_default_yaml_equals_the_defaults() -> None:
-    assert load_config(CONFIGS / "default.yaml") == PipelineConfig()
+    # Loading resolves relative paths against the current directory; otherwise the YAML is the defaults.
+    assert load_config(CONFIGS / "default.yaml") == with_absolute_paths(PipelineConfig())
+    assert load_config(CONFIGS / "default.yaml").eval.prompts_file == str(Path("configs/eval_prompts.yaml").resolve())
 
 
 @pytest.mark.parametrize("name", PIPELINE_CONFIGS)
@@ -40,11 +49,16 @@ def test_every_yaml_in_configs_is_known() -> None:
     assert {p.name for p in CONFIGS.glob("*.yaml")} == known
 
 
-def test_overrides_are_typed_and_nested() -> None:
-    config = load_config(CONFIGS / "smoke.yaml", ["train.max_steps=5", "train.lora.r=8", "data.source=x.jsonl"])
+def test_overrides_are_typed_and_nested(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "x.jsonl").write_text("{}\n")
+    smoke = CONFIGS.resolve() / "smoke.yaml"
+    monkeypatch.chdir(tmp_path)
+    prompts = f"eval.prompts_file={smoke.parent / 'eval_prompts.yaml'}"
+    config = load_config(smoke, ["train.max_steps=5", "train.lora.r=8", "data.source=x.jsonl", prompts])
     assert config.train.max_steps == 5 and isinstance(config.train.max_steps, int)
     assert config.train.lora.r == 8
-    assert config.data.source == "x.jsonl"
+    assert config.data.source == str(tmp_path / "x.jsonl")  # relative to the current directory, made absolute
+    assert load_config(smoke, ["data.source=org/dataset", prompts]).data.source == "org/dataset"  # a hub id
 
 
 def test_apply_overrides_does_not_mutate_its_input() -> None:

@@ -81,8 +81,10 @@ def test_adapter_loads_and_moved_from_init(run_dir: Path) -> None:
 
     summary = json.loads((run_dir / "summary.json").read_text())
     adapter_dir = summary["artifacts"]["adapter_dir"]
-    base_path = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), adapter_dir)
+    # The adapter names the hub base (loadable on any machine, and by vLLM), not this machine's cache folder.
+    base_id = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(summary["model"]["path"]), adapter_dir)
     lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
     assert len(lora_b) == 30 * 7
     assert sum(p.abs().sum().item() for p in lora_b) > 0  # B is initialised to zero

@@ -33,7 +33,7 @@ def read_report_artifact(flow_run_id) -> str:
 
 
 def test_flow_writes_run_folder_and_publishes_the_report(
-    prefect_server: None, tiny_model_dir: Path, tmp_path: Path
+    prefect_server: None, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.finetune import finetune
 
@@ -73,6 +73,7 @@ def test_flow_writes_run_folder_and_publishes_the_report(
 
     from smoltune.cli import app
 
+    monkeypatch.chdir(tmp_path)  # from any directory: the run's config.yaml holds absolute paths
     chat = CliRunner().invoke(app, ["chat", str(run_dir), "--prompt", "Say hi.", "--max-new-tokens", "5"])
     assert chat.exit_code == 0, chat.output
     missing = CliRunner().invoke(app, ["chat", str(tmp_path)])

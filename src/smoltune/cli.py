@@ -9,28 +9,68 @@ The last line printed is the run folder, so scripts can do `run_dir=$(smoltune r
 
 from __future__ import annotations
 
+import errno
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
-from smoltune.config import ConfigError, load_config
-from smoltune.pipeline.settings import apply_prefect_defaults
+from smoltune.config import load_config
+from smoltune.errors import ConfigError, SmoltuneError
+from smoltune.pipeline.settings import apply_prefect_defaults, quiet_user_error_tracebacks
 
 app = typer.Typer(help="Fine-tune small language models with LoRA, orchestrated by Prefect.", no_args_is_help=True)
 
-USAGE_ERROR = 2  # the exit status of a job that cannot start (bad config, unknown stage, missing run)
+USAGE_ERROR = ConfigError.exit_code  # a job that cannot start (bad config, unknown stage, missing run)
+DISK_FULL = 9  # see smoltune.errors
+T = TypeVar("T")
+_debug = {"on": False}
 
 
-def fail(message: object) -> typer.Exit:
-    """Print `error: message` on stderr; the caller raises the returned exit (status 2) from None."""
+def fail(message: object, code: int = USAGE_ERROR) -> typer.Exit:
+    """Print `error: message` on stderr; the caller raises the returned exit from None."""
     typer.echo(f"error: {message}", err=True)
-    return typer.Exit(USAGE_ERROR)
+    return typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A SmoltuneError ends the command with its message and exit code (see smoltune.errors); anything else is
+    a bug and keeps its traceback. `--debug` shows the traceback of every error."""
+    try:
+        yield
+    except SmoltuneError as err:
+        if _debug["on"]:
+            traceback.print_exc()
+        raise fail(err, err.exit_code) from None
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if _debug["on"]:
+            traceback.print_exc()
+        where = f" writing {err.filename}" if err.filename else ""
+        message = (
+            f"no space left on the device{where}; free some, or point output.cache_dir / output.runs_dir elsewhere"
+        )
+        raise fail(message, DISK_FULL) from None
+
+
+def guarded(call: Callable[[], T]) -> T:
+    with user_errors():
+        return call()
 
 
 @app.callback()
-def main() -> None:
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Print the full traceback of every error.")] = False,
+) -> None:
     """smoltune: data checks, LoRA training, evaluation and a report, one Prefect flow."""
+    _debug["on"] = debug
+    if not debug:
+        quiet_user_error_tracebacks()
 
 
 @app.command()
@@ -45,17 +85,14 @@ def run(
     ] = None,
 ) -> None:
     """Run the finetune flow and print the run folder. Stages whose inputs did not change come from the cache."""
-    try:
-        pipeline = load_config(config, overrides or [])
-    except ConfigError as err:
-        raise fail(err) from None
+    pipeline = guarded(lambda: load_config(config, overrides or []))
     apply_prefect_defaults()
     from flows.finetune import STAGES, finetune  # heavy: imports prefect
 
     unknown = sorted(set(refresh or []) - set(STAGES))
     if unknown:
         raise fail(f"--refresh takes stages {', '.join(STAGES)}; got {', '.join(unknown)}")
-    run_dir = finetune(config=pipeline, refresh=["all"] if no_cache else list(refresh or []))
+    run_dir = guarded(lambda: finetune(config=pipeline, refresh=["all"] if no_cache else list(refresh or [])))
     typer.echo(run_dir)
 
 
@@ -71,14 +108,11 @@ def compare(
     """Train every variant on the same data and print the folder holding the comparison report."""
     from smoltune.config import load_compare_config
 
-    try:
-        compare_config = load_compare_config(config, overrides or [])
-    except ConfigError as err:
-        raise fail(err) from None
+    compare_config = guarded(lambda: load_compare_config(config, overrides or []))
     apply_prefect_defaults()
     from flows.compare import compare as compare_flow  # heavy: imports prefect
 
-    typer.echo(compare_flow(config=compare_config))
+    typer.echo(guarded(lambda: compare_flow(config=compare_config)))
 
 
 @app.command()
@@ -88,12 +122,9 @@ def chat(
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
 ) -> None:
     """Chat with a run's tuned model; tokens are printed as they are generated."""
-    from smoltune.serve.chat import RunNotFoundError, answer_prompt, load_run
+    from smoltune.serve.chat import answer_prompt, load_run
 
-    try:
-        model, tokenizer, template = load_run(run_dir)
-    except RunNotFoundError as err:
-        raise fail(err) from None
+    model, tokenizer, template = guarded(lambda: load_run(run_dir))
 
     def respond(text: str) -> None:
         for piece in answer_prompt(model, tokenizer, template, text, max_new_tokens):

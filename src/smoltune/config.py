@@ -16,16 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from smoltune.errors import ConfigError
+from smoltune.hub import looks_like_path
+
 LORA_TARGETS_LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message lists every problem found."""
-
-    def __init__(self, problems: list[str], source: str = "config") -> None:
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source} has {len(problems)} problem(s):\n{lines}")
 
 
 class _Section(BaseModel):
@@ -58,6 +52,9 @@ class DataConfig(_Section):
     split: str = Field("train", description="Hub dataset split to read.")
     sha256: str | None = Field(None, description="Expected sha256 of a file or URL source; a mismatch stops the run.")
     max_download_mb: float = Field(512, gt=0, description="A URL source larger than this is refused.")
+    download_timeout_s: float = Field(
+        600, gt=0, description="Overall deadline of a URL download, retries included (a trickling server fails)."
+    )
     num_samples: int = Field(100, ge=1, description="Training rows, sampled deterministically by `seed`.")
     eval_samples: int = Field(100, ge=1, description="Held-out rows for evaluation; never used in training.")
     seed: int = Field(3407, description="Seed for sampling and for the held-out split.")
@@ -66,7 +63,16 @@ class DataConfig(_Section):
     )
 
 
-CHECK_IDS = ("columns", "strings", "non_empty", "clean_text", "duplicates", "token_length", "min_rows")
+CHECK_IDS = (
+    "columns",
+    "strings",
+    "non_empty",
+    "clean_text",
+    "duplicates",
+    "token_length",
+    "answer_tokens",
+    "min_rows",
+)
 Severity = Literal["critical", "warning"]
 # The one definition of the gate's default severities (data_checks uses it): duplicates warn, the rest stop.
 DEFAULT_SEVERITY: dict[str, Severity] = {"duplicates": "warning"}
@@ -144,7 +150,9 @@ class TrainConfig(_Section):
     grad_accum: int = Field(4, ge=1, description="Forward passes per optimizer step.")
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
     warmup_steps: int = Field(5, ge=0, description="Linear warm-up steps.")
-    lr_scheduler: str = Field("linear", description="transformers scheduler name.")
+    lr_scheduler: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+    ] = Field("linear", description="Learning-rate schedule (transformers' scheduler of that name).")
     weight_decay: float = Field(0.01, ge=0)
     seed: int = Field(3407, description="Seed for adapter initialisation and data order.")
     max_seq_length: int = Field(2048, ge=16, description="Longer examples are truncated.")
@@ -169,7 +177,11 @@ class ExportConfig(_Section):
 
 class OutputConfig(_Section):
     runs_dir: str = Field("runs", description="Each run writes runs_dir/<run name>/.")
-    run_name: str | None = Field(None, description="Folder name of the run; default: timestamp + short id.")
+    run_name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="Folder name of the run (letters, digits, . _ -; never a path); default: timestamp + short id.",
+    )
     registry: str | None = Field(
         None,
         description="Best adapter per (model, dataset), default runs_dir/registry.json; a run is promoted only "
@@ -206,7 +218,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError([f"override {text!r} is not of the form section.field=value"], "--set")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError([f"override {text!r}: the value is not valid YAML ({first}); quote it"], "--set") from None
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -256,9 +273,47 @@ def semantic_problems(config: PipelineConfig) -> list[str]:
     unknown = sorted(set(config.validation.severity) - set(CHECK_IDS))
     if unknown:
         problems.append(f"validation.severity: unknown check(s) {unknown}; known: {list(CHECK_IDS)}")
-    if not Path(config.eval.prompts_file).is_file():
+    if not Path(config.eval.prompts_file).expanduser().is_file():
         problems.append(f"eval.prompts_file: {config.eval.prompts_file} does not exist")
+    for field, source in (("data.source", config.data.source), ("model.source", config.model.source)):
+        if looks_like_path(source) and not is_url(source) and not Path(source).expanduser().exists():
+            problems.append(f"{field}: {source} does not exist (relative paths are taken from {Path.cwd()})")
     return problems
+
+
+def check_config(config: PipelineConfig, source: str = "config") -> PipelineConfig:
+    """The cross-field checks for a config that did not come through `load_config` (a Prefect API or UI run,
+    whose parameters pydantic validated field by field), with its relative paths made absolute."""
+    problems = semantic_problems(config)
+    if problems:
+        raise ConfigError(problems, source)
+    return with_absolute_paths(config)
+
+
+def is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def _absolute(text: str | None) -> str | None:
+    return None if text is None else str(Path(text).expanduser().resolve())
+
+
+def with_absolute_paths(config: PipelineConfig) -> PipelineConfig:
+    """Relative paths resolved against the current directory, so the run's config.yaml (and `smoltune chat`)
+    means the same files from any directory. Hub ids, URLs and 'embedded' are left as they are."""
+
+    def local(source: str) -> str:
+        is_local = source != "embedded" and not is_url(source) and (looks_like_path(source) or Path(source).exists())
+        return str(_absolute(source)) if is_local else source
+
+    data = config.model_dump()
+    data["model"]["source"] = local(config.model.source)
+    data["data"]["source"] = local(config.data.source)
+    data["eval"]["prompts_file"] = _absolute(config.eval.prompts_file)
+    output = data["output"]
+    output.update(runs_dir=_absolute(output["runs_dir"]), cache_dir=_absolute(output["cache_dir"]))
+    output["registry"] = _absolute(output["registry"])
+    return PipelineConfig.model_validate(data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
@@ -271,12 +326,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError([f"{path} does not exist"], source) from None
+        except IsADirectoryError:
+            raise ConfigError([f"{path} is a folder; pass a YAML file such as configs/default.yaml"], source) from None
+        except UnicodeDecodeError as err:
+            raise ConfigError([f"not UTF-8 text (invalid byte at offset {err.start})"], source) from None
+        except PermissionError:
+            raise ConfigError([f"{path} cannot be read (permission denied)"], source) from None
         except yaml.YAMLError as err:
             raise ConfigError([f"not valid YAML: {err}"], source) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(["the top level must be a mapping of sections"], source)
         data = loaded or {}
-    return build_config(apply_overrides(data, overrides or []), source)
+    return with_absolute_paths(build_config(apply_overrides(data, overrides or []), source))
 
 
 # The comparison job (`smoltune compare --config configs/compare.yaml`): a whole pipeline job plus

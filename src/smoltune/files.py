@@ -8,15 +8,52 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
+_log = logging.getLogger("smoltune")
+# How long a run waits for a lock another run holds (a stage it computes, the training slot): a training can
+# take hours, so the default is long, but never forever; SMOLTUNE_LOCK_WAIT_S changes it.
+LOCK_WAIT_S = float(os.environ.get("SMOLTUNE_LOCK_WAIT_S", 6 * 3600))
+LOCK_POLL_S = 30.0
+
+
+@contextmanager
+def waiting_lock(
+    path: str | Path, what: str, limit_s: float | None = None, poll_s: float = LOCK_POLL_S
+) -> Iterator[None]:
+    """Hold the file lock `path`; while another process holds it, log every `poll_s` how long this run has
+    waited, and give up with BusyError after `limit_s` (default LOCK_WAIT_S)."""
+    from filelock import FileLock, Timeout
+
+    from smoltune.errors import BusyError
+
+    limit = LOCK_WAIT_S if limit_s is None else limit_s
+    lock, started = FileLock(str(path)), time.monotonic()
+    while True:
+        try:
+            lock.acquire(timeout=min(poll_s, max(limit - (time.monotonic() - started), 0.01)))
+            break
+        except Timeout:
+            waited = time.monotonic() - started
+            if waited >= limit:
+                raise BusyError(
+                    f"waited {waited:.0f} s for {what} ({path}), which another run holds; if no other run is "
+                    "active, delete the lock file"
+                ) from None
+            _log.warning("waiting for %s: another run has held it for %.0f s", what, waited)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def smoltune_home() -> Path:

@@ -15,8 +15,17 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
+# A name ending like a data file is a path, even when it has the org/name shape: `data/x.jsonl` that does not
+# exist is a missing file to report, not a hub dataset to look up over the network.
+PATH_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".yaml", ".yml", ".txt", ".gguf", ".safetensors")
+
+
+def looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.lower().endswith(PATH_SUFFIXES) or text.count("/") > 1
+
+
 def is_hub_id(text: str) -> bool:
-    return bool(HUB_ID.match(text))
+    return bool(HUB_ID.match(text)) and not looks_like_path(text)
 
 
 def hub_commit(kind: Literal["model", "dataset"], repo_id: str, revision: str | None = None) -> str | None:

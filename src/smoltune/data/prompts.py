@@ -18,7 +18,7 @@ ALPACA_TEMPLATE = (
 
 def format_prompt(row: Row, template: str = "alpaca", tokenizer: Any = None) -> str:
     """The prompt for a row, ending where the model's answer starts."""
-    instruction, extra = str(row["instruction"]).strip(), str(row.get("input") or "").strip()
+    instruction, extra = _text(row.get("instruction")).strip(), _text(row.get("input")).strip()
     if template == "alpaca":
         return ALPACA_TEMPLATE.format(instruction=instruction, input=extra)
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
@@ -31,4 +31,9 @@ def format_prompt(row: Row, template: str = "alpaca", tokenizer: Any = None) -> 
 
 def to_prompt_completion(row: Row, template: str = "alpaca", tokenizer: Any = None) -> Row:
     """A training example: the prompt and the answer (tokenisation appends the model's EOS)."""
-    return {**row, "prompt": format_prompt(row, template, tokenizer), "completion": str(row["output"])}
+    return {**row, "prompt": format_prompt(row, template, tokenizer), "completion": _text(row.get("output"))}
+
+
+def _text(value: Any) -> str:
+    """A row's value as text; None (a missing value, which the data checks report) is empty."""
+    return "" if value is None or (isinstance(value, float) and value != value) else str(value)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from smoltune.config import is_url
+from smoltune.errors import SourceError
 from smoltune.files import atomic_write_bytes_stream, atomic_write_json, sha256_file, smoltune_home
 from smoltune.hub import is_hub_id
 
@@ -26,7 +29,7 @@ Record = dict[str, Any]
 FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
 
-class DataSourceError(ValueError):
+class DataSourceError(SourceError):
     """A dataset that cannot be read; the message names the source and the problem in one line."""
 
 
@@ -38,11 +41,13 @@ def load_records(
     split: str = "train",
     sha256: str | None = None,
     max_download_mb: float = 512,
+    download_timeout_s: float = 600,
     cache_dir: Path | None = None,
 ) -> list[Record]:
     """Records of an external `data.source`: a local file, an http(s) URL, or a hub dataset id."""
     if is_url(source):
-        return read_file(download(source, cache_dir or downloads_dir(), sha256, max_download_mb).path, label=source)
+        got = download(source, cache_dir or downloads_dir(), sha256, max_download_mb, deadline_s=download_timeout_s)
+        return read_file(got.path, label=source)
     path = Path(source).expanduser()
     if path.exists():
         if sha256 is not None:
@@ -141,10 +146,6 @@ class TransientDownloadError(RuntimeError):
     """A failure worth retrying: a timeout, a dropped connection, HTTP 429 or 5xx."""
 
 
-def is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
-
-
 def downloads_dir() -> Path:
     return smoltune_home() / "downloads"
 
@@ -159,7 +160,9 @@ class Download:
     fetched_at: str = ""
 
 
-def download(url: str, cache_dir: Path, sha256: str | None, max_mb: float, attempts: int = 4) -> Download:
+def download(
+    url: str, cache_dir: Path, sha256: str | None, max_mb: float, attempts: int = 4, deadline_s: float = 600
+) -> Download:
     """The content of `url` in `cache_dir` (named by the URL's hash), fetched only when it changed.
 
     The request is conditional on the ETag / Last-Modified of the copy already here: an unchanged file costs
@@ -178,7 +181,8 @@ def download(url: str, cache_dir: Path, sha256: str | None, max_mb: float, attem
         reraise=True,
     )(_fetch_once)
     try:
-        validators = fetch(url, target, int(max_mb * 2**20), _conditional_headers(meta))
+        deadline = time.monotonic() + deadline_s  # one deadline for every attempt together
+        validators = fetch(url, target, int(max_mb * 2**20), _conditional_headers(meta), deadline)
     except TransientDownloadError as err:
         if meta is None:
             raise DataSourceError(f"{url}: download failed after {attempts} attempts: {err}") from None
@@ -205,12 +209,20 @@ def _conditional_headers(meta: dict[str, Any] | None) -> dict[str, str]:
     return headers
 
 
-def _fetch_once(url: str, target: Path, max_bytes: int, headers: dict[str, str]) -> dict[str, str | None] | None:
+MAX_REDIRECTS = 5
+
+
+def _fetch_once(
+    url: str, target: Path, max_bytes: int, headers: dict[str, str], deadline: float
+) -> dict[str, str | None] | None:
     """Stream `url` into `target`; None when the server answers 304, else the response's validators."""
     import httpx
 
     try:
-        with httpx.stream("GET", url, headers=headers, follow_redirects=True, timeout=30) as response:
+        if time.monotonic() > deadline:
+            raise DataSourceError(f"{url}: no complete download within data.download_timeout_s")
+        client = httpx.Client(follow_redirects=True, max_redirects=MAX_REDIRECTS, timeout=30)
+        with client, client.stream("GET", url, headers=headers) as response:
             if response.status_code == 304 and headers:
                 return None
             if response.status_code == 429 or response.status_code >= 500:
@@ -220,15 +232,23 @@ def _fetch_once(url: str, target: Path, max_bytes: int, headers: dict[str, str])
             declared = int(response.headers.get("content-length") or 0)
             if declared > max_bytes:
                 raise DataSourceError(f"{url}: {declared} bytes exceeds data.max_download_mb")
-            atomic_write_bytes_stream(target, _limited(response.iter_bytes(), max_bytes, url))
+            atomic_write_bytes_stream(target, _limited(response.iter_bytes(), max_bytes, url, deadline))
             return {"etag": response.headers.get("etag"), "last_modified": response.headers.get("last-modified")}
+    except httpx.TooManyRedirects:
+        raise DataSourceError(f"{url}: more than {MAX_REDIRECTS} redirects") from None
+    except httpx.UnsupportedProtocol as err:
+        raise DataSourceError(f"{url}: redirected to an unsupported address ({err}); only http(s)") from None
     except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as err:
         raise TransientDownloadError(f"{type(err).__name__}: {err}") from None
 
 
-def _limited(chunks: Any, max_bytes: int, url: str) -> Any:
+def _limited(chunks: Any, max_bytes: int, url: str, deadline: float) -> Any:
     total = 0
     for chunk in chunks:
+        if time.monotonic() > deadline:
+            raise DataSourceError(
+                f"{url}: still downloading after data.download_timeout_s; raise it or check the server"
+            )
         total += len(chunk)
         if total > max_bytes:
             raise DataSourceError(f"{url}: more than {max_bytes} bytes; raise data.max_download_mb to allow it")

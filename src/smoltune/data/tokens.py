@@ -26,11 +26,11 @@ def tokenize_rows(tokenizer: Any, rows: list[dict], max_length: int, mask_prompt
     return [tokenize_example(tokenizer, r["prompt"], r["completion"], max_length, mask_prompt) for r in rows]
 
 
-def example_lengths(tokenizer: Any, prompts: list[str], completions: list[str]) -> list[int]:
-    """Untruncated token count of each prompt + completion + EOS (batched: fast on thousands of rows)."""
+def example_lengths(tokenizer: Any, prompts: list[str], completions: list[str]) -> list[tuple[int, int]]:
+    """(prompt tokens, answer tokens + EOS) of each example, untruncated (batched: fast on thousands of rows)."""
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
-    return [len(p) + len(c) + 1 for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    return [(len(p), len(c) + 1) for p, c in zip(prompt_ids, completion_ids, strict=True)]
 
 
 def load_tokenizer(model_path: str, trust_remote_code: bool = False) -> Any:

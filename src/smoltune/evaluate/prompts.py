@@ -9,8 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from smoltune.errors import DataError
 
-class EvalPromptsError(ValueError):
+
+class EvalPromptsError(DataError):
     """The eval prompts file is missing or malformed; the message names the file."""
 
 

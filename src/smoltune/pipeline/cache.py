@@ -22,15 +22,15 @@ import json
 import secrets
 import shutil
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from filelock import FileLock
 from prefect.cache_policies import CachePolicy
 from pydantic import ValidationError
 
-from smoltune.files import atomic_write_json, atomic_write_text, fingerprint
+from smoltune.files import atomic_write_json, atomic_write_text, fingerprint, waiting_lock
 from smoltune.pipeline.records import StageRecord
 from smoltune.pipeline.versions import stage_code_version
 
@@ -46,8 +46,9 @@ def load_record(folder: Path, record_type: type[R]) -> R | None:
     if not (folder / COMPLETE).is_file() or not (folder / RECORD).is_file():
         return None
     try:
+        json.loads((folder / COMPLETE).read_text())["token"]
         record = record_type.model_validate_json((folder / RECORD).read_text())
-    except ValidationError:
+    except (ValidationError, json.JSONDecodeError, KeyError, TypeError):
         return None  # written by older code with another record shape: recompute
     if not all(Path(p).exists() for p in record.outputs()):
         return None  # e.g. the adapter or the converted model was deleted
@@ -57,7 +58,10 @@ def load_record(folder: Path, record_type: type[R]) -> R | None:
 def complete_token(folder: Path, record_type: type[StageRecord]) -> str | None:
     if load_record(folder, record_type) is None:
         return None
-    return json.loads((folder / COMPLETE).read_text())["token"]
+    try:
+        return json.loads((folder / COMPLETE).read_text())["token"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None  # a torn marker: the folder is not trusted, the stage reruns
 
 
 def _pending_file(folder: Path) -> Path:
@@ -78,11 +82,11 @@ def _token_for(folder: Path) -> str:
     return pending.read_text().strip() if pending.is_file() else secrets.token_hex(6)
 
 
-def stage_lock(folder: Path) -> FileLock:
+def stage_lock(folder: Path) -> AbstractContextManager:
     """One computation per stage folder at a time, across threads and processes: the same job started twice
-    at once computes each stage once, and the second run reuses the first's result."""
+    at once computes each stage once, and the second run reuses the first's result (waits are logged)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(folder) + ".lock")
+    return waiting_lock(str(folder) + ".lock", f"stage {folder.parent.name}/{folder.name}")
 
 
 def _clear_for_rerun(folder: Path, resumable: bool) -> None:
@@ -153,9 +157,14 @@ class StageCache(CachePolicy):
 
     stage: Stage | None = None
 
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kw: Any) -> str:
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kw: Any
+    ) -> str | None:
         assert self.stage is not None
-        folder = self.stage.folder(**inputs)
+        try:
+            folder = self.stage.folder(**inputs)
+        except Exception:  # noqa: BLE001 - the task computes the same folder and raises the error with its message
+            return None  # no caching for this call
         # A refresh, like an incomplete folder, gets a key Prefect has never seen: the task runs again.
         token = None if inputs.get("refresh") else complete_token(folder, self.stage.record)
         return f"{self.stage.name}-{folder.name}-{token or reserve_token(folder)}"

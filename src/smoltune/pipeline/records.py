@@ -38,6 +38,9 @@ class ResolvedModel(StageRecord):
     sha256: str = Field(description="Content hash of the weights (the embedded GGUF, or every file).")
     description: str = Field(description="What the weights are, for the report.")
     revision: str | None = Field(None, description="Hub commit the weights came from.")
+    hub_id: str | None = Field(
+        None, description="The hub id these weights are (adapters record it as their base, loadable anywhere)."
+    )
     trust_remote_code: bool = False
     note: str | None = Field(None, description="Anything the report must say (e.g. used offline).")
 
@@ -90,6 +93,7 @@ class Prepared(StageRecord):
     eval_sha256: str = Field(description="Identity of the held-out set: promotion compares only runs sharing it.")
     train_rows: int
     eval_rows: int
+    note: str | None = Field(None, description="Fewer rows than asked for, if so (the report says it).")
 
     def outputs(self) -> list[str]:
         return [self.train_file, self.eval_file]

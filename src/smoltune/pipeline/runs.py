@@ -30,6 +30,7 @@ from smoltune.pipeline.records import (
     Trained,
     Validated,
 )
+from smoltune.redaction import redact
 
 
 def new_run_name() -> str:
@@ -46,9 +47,18 @@ def create_run_dir(output: OutputConfig) -> Path:
     return run_dir
 
 
+def redacted_dump(config: PipelineConfig) -> dict[str, Any]:
+    """The config as JSON data, with URL credentials and tokens in its sources redacted."""
+    data = config.model_dump(mode="json")
+    for section in ("model", "data"):
+        data[section]["source"] = redact(data[section]["source"])
+    return data
+
+
 def write_config(run_dir: Path, config: PipelineConfig) -> Path:
-    """The exact configuration of the run, reloadable with `smoltune run --config`."""
-    return atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    """The exact configuration of the run, reloadable with `smoltune run --config` (a source URL that carried
+    a token is written redacted: put the token back, or better, serve the data without one)."""
+    return atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(redacted_dump(config), sort_keys=False))
 
 
 class StageTimer:
@@ -118,7 +128,7 @@ def build_summary(
     return {
         "run_name": run_dir.name,
         "run_dir": str(run_dir),
-        "config": config.model_dump(mode="json"),
+        "config": redacted_dump(config),
         "model": records.model.model_dump(mode="json", exclude=_BOOKKEEPING),
         "data": {
             "source": fetched.source,
@@ -129,6 +139,7 @@ def build_summary(
             "train_rows": prepared.train_rows,
             "eval_rows": prepared.eval_rows,
             "heldout_sha256": prepared.eval_sha256,
+            "split_note": prepared.note,
         },
         "validation": records.validated.model_dump(mode="json", exclude=_BOOKKEEPING),
         "train": {k: v for k, v in asdict(result).items() if k not in ("output_dir", "saved_mb")},

@@ -5,6 +5,7 @@ Called before Prefect is imported. Each is only a default: a value already in th
 
 from __future__ import annotations
 
+import logging
 import os
 
 DEFAULTS = {
@@ -19,3 +20,24 @@ DEFAULTS = {
 def apply_prefect_defaults() -> None:
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs a failed task or flow with its traceback. For a SmoltuneError the message already says
+    what to change and the traceback is noise (60 lines for a missing column): keep the line, drop the stack.
+    Bugs (any other exception) keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from smoltune.errors import SmoltuneError
+
+        if record.exc_info and isinstance(record.exc_info[1], SmoltuneError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_user_error_tracebacks() -> None:
+    """Install the filter on Prefect's run loggers (idempotent); `smoltune --debug` skips it."""
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTracebackForUserErrors) for f in logger.filters):
+            logger.addFilter(_NoTracebackForUserErrors())

@@ -34,7 +34,11 @@ def render_html(markdown_text: str, images: dict[str, bytes], title: str) -> str
     """One self-contained page: the Markdown as HTML, images referenced by file name embedded as data URIs."""
     import markdown
 
-    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+    converter = markdown.Markdown(extensions=["tables", "fenced_code"])
+    # Our Markdown never holds HTML on purpose; any that reaches it came from data and is shown as text.
+    converter.preprocessors.deregister("html_block")
+    converter.inlinePatterns.deregister("html")
+    body = converter.convert(markdown_text)
     for name, data in images.items():
         body = body.replace(f'src="{name}"', f'src="{png_data_uri(data)}"')
     return (

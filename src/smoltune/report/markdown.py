@@ -6,6 +6,7 @@ print(render_report(json.load(open('runs/<run>/summary.json')), []))"
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import yaml
@@ -14,11 +15,12 @@ LOSS_CURVE = "loss_curve.png"
 
 
 def _cell(text: Any, limit: int = 300) -> str:
-    """A value safe inside a Markdown table cell: one line, pipes escaped, long text cut."""
+    """A value safe inside a Markdown table cell: one line, HTML and pipes escaped, long text cut. Cells hold
+    prompts and generations, which are anyone's text: `<img onerror=...>` must show as text, not run."""
     value = " ".join(str(text).split())
     if len(value) > limit:
         value = value[: limit - 1] + "…"
-    return value.replace("|", "\\|") or "—"
+    return html.escape(value, quote=False).replace("|", "\\|") or "—"
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -126,6 +128,7 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
                 *([["note", data["note"]]] if data.get("note") else []),
                 ["training rows", data["train_rows"]],
                 ["held-out rows", data["eval_rows"]],
+                *([["fewer rows", data["split_note"]]] if data.get("split_note") else []),
             ],
         )
         + "\n\n"

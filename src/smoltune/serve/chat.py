@@ -14,10 +14,13 @@ from typing import Any
 
 from smoltune.config import load_config
 from smoltune.data.prompts import format_prompt
+from smoltune.errors import SmoltuneError
 
 
-class RunNotFoundError(FileNotFoundError):
+class RunNotFoundError(SmoltuneError, FileNotFoundError):
     """The folder is not a finished run (no summary.json)."""
+
+    exit_code = 2
 
 
 def load_run(run_dir: str | Path) -> tuple[Any, Any, str]:

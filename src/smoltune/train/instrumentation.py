@@ -7,6 +7,7 @@ print(peak.megabytes)
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -14,6 +15,8 @@ import psutil
 
 # Imported by the training module only, which needs transformers anyway.
 from transformers import TrainerCallback
+
+from smoltune.errors import TrainingError
 
 
 class PeakMemory:
@@ -79,3 +82,16 @@ class StepLog(TrainerCallback):
         self.steps.append(record)
         if self.on_step is not None:
             self.on_step(record, state.max_steps)
+        check_finite(record)
+
+
+def check_finite(record: dict[str, float]) -> None:
+    """A NaN or infinite loss (or gradient) never recovers: stop at once with the step and what to try, instead
+    of spending the remaining steps on a model that is already ruined. (A NaN gradient norm alone is not
+    checked: it is also what an untracked norm is recorded as.)"""
+    if not math.isfinite(record["loss"]) or math.isinf(record["grad_norm"]):
+        raise TrainingError(
+            f"training loss became {record['loss']} (gradient norm {record['grad_norm']}) at step {record['step']}; "
+            "lower train.learning_rate "
+            "(or raise train.warmup_steps), and check that rows keep answer tokens within train.max_seq_length"
+        )

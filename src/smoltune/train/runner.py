@@ -18,17 +18,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
-from filelock import FileLock
-
+from smoltune.errors import TrainingError
 from smoltune.files import atomic_write_json
 from smoltune.train.spec import RESULT_FILE, TrainResult, TrainSpec, finished_result
-from smoltune.train.worker import STEP_PREFIX
+from smoltune.train.worker import ERROR_PREFIX, STEP_PREFIX
 
 STDERR_TAIL_LINES = 40
-
-
-class TrainingError(RuntimeError):
-    """The training process failed; the message carries the end of its error output."""
 
 
 def _relay_stderr(stream: IO[str], tail: deque[str]) -> None:
@@ -55,16 +50,17 @@ def train_in_subprocess(
 def machine_training_lock() -> AbstractContextManager:
     """One training at a time on this machine (two would share the same cores and distort each other's
     figures); others wait their turn. SMOLTUNE_PARALLEL_TRAINING=1 lifts it, e.g. on a multi-GPU host."""
-    from smoltune.files import smoltune_home
+    from smoltune.files import smoltune_home, waiting_lock
 
     if os.environ.get("SMOLTUNE_PARALLEL_TRAINING") == "1":
         return nullcontext()
     smoltune_home().mkdir(parents=True, exist_ok=True)
-    return FileLock(str(smoltune_home() / "training.lock"))
+    return waiting_lock(smoltune_home() / "training.lock", "this machine's training slot (one training at a time)")
 
 
 def _run_worker(spec_file: Path, work_dir: Path, on_step: Callable[[dict], None] | None, env: dict | None) -> None:
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    reported: list[str] = []
     command = [sys.executable, "-m", "smoltune.train.worker", str(spec_file)]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         relay = threading.Thread(target=_relay_stderr, args=(proc.stderr, tail), daemon=True)
@@ -73,9 +69,13 @@ def _run_worker(spec_file: Path, work_dir: Path, on_step: Callable[[dict], None]
             if line.startswith(STEP_PREFIX):
                 if on_step is not None:
                     on_step(json.loads(line[len(STEP_PREFIX) :]))
+            elif line.startswith(ERROR_PREFIX):
+                reported.append(json.loads(line[len(ERROR_PREFIX) :])["message"])
             else:
                 sys.stderr.write(line)  # library chatter; stdout stays clean for the CLI's last line
         relay.join()
+    if proc.returncode != 0 and reported:
+        raise TrainingError(reported[-1])
     if proc.returncode != 0:
         raise TrainingError(
             f"training process exited with status {proc.returncode}; rerunning resumes from the last complete "

@@ -20,6 +20,7 @@ class TrainSpec:
     work_dir: str
     config: dict[str, Any]
     trust_remote_code: bool = False
+    base_model_id: str | None = None  # recorded in adapter_config.json instead of this machine's cache path
 
 
 @dataclass

@@ -9,6 +9,7 @@ again on the same folder and it resumes from the last complete checkpoint, or re
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -152,6 +153,8 @@ def sft_settings(config: TrainConfig, device: str, output_dir: str, fast: FastPa
         "use_cpu": not on_cuda,
         "gradient_checkpointing": False,
         "logging_steps": 1,
+        # transformers logs a NaN/inf step loss as the running mean by default, hiding a divergence.
+        "logging_nan_inf_filter": False,
         "save_strategy": "steps",
         "save_steps": config.save_steps,
         "save_total_limit": config.save_total_limit,
@@ -200,13 +203,19 @@ def data_collator(tokenizer: Any, fast: FastPath) -> Any:
     return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
 
 
-def save_trained(trainer: Any, tokenizer: Any, mode: str, work_dir: Path) -> Path:
-    """The adapter (LoRA: only the adapter, the base tokenizer is unchanged) or the whole model (full)."""
+def save_trained(trainer: Any, tokenizer: Any, mode: str, work_dir: Path, base_model_id: str | None = None) -> Path:
+    """The adapter (LoRA: only the adapter, the base tokenizer is unchanged) or the whole model (full).
+
+    PEFT records the folder the base was loaded from, a cache path of this machine; with `base_model_id` the
+    adapter names its hub base instead, so `PeftModel.from_pretrained` and `vllm --lora-modules` work elsewhere."""
     target = work_dir / ("adapter" if mode == "lora" else "model")
     with atomic_dir(target) as tmp:
         trainer.model.save_pretrained(tmp, safe_serialization=True)
         if mode == "full":
             tokenizer.save_pretrained(tmp)
+        elif base_model_id:
+            adapter_config = json.loads((tmp / "adapter_config.json").read_text())
+            atomic_write_json(tmp / "adapter_config.json", {**adapter_config, "base_model_name_or_path": base_model_id})
     return target
 
 
@@ -253,7 +262,7 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - started
-    output_dir = save_trained(trainer, tokenizer, config.mode, work_dir)
+    output_dir = save_trained(trainer, tokenizer, config.mode, work_dir, spec.base_model_id)
     history = earlier + step_log.steps
     tokens = int(trainer.state.num_input_tokens_seen)
     tokens_this_run = tokens - (earlier[-1]["tokens_seen"] if earlier else 0)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 STEP_PREFIX = "SMOLTUNE_STEP "
+ERROR_PREFIX = "SMOLTUNE_ERROR "  # a failure the user can act on, relayed as the parent's error message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     def on_step(record: dict, max_steps: int) -> None:
         print(STEP_PREFIX + json.dumps({**record, "max_steps": max_steps}), flush=True)
 
-    train(spec, on_step)
+    from smoltune.errors import SmoltuneError
+
+    try:
+        train(spec, on_step)
+    except SmoltuneError as err:
+        print(ERROR_PREFIX + json.dumps({"type": type(err).__name__, "message": str(err)}), flush=True)
+        return err.exit_code
     return 0
 
 
