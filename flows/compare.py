@@ -12,6 +12,7 @@ from prefect import flow
 
 from smoltune.config import CompareConfig, check_config, variant_config
 from smoltune.pipeline.runs import create_run_dir, write_config
+from smoltune.pipeline.settings import use_hub_token
 from tasks.compare import VariantResult, compare_report_task
 from tasks.evaluate import evaluate_task
 from tasks.fetch import fetch_dataset_task
@@ -26,6 +27,7 @@ def compare(config: CompareConfig) -> str:
     """Train and evaluate every variant of `config`; returns the run folder with the comparison report."""
     shared = check_config(config.pipeline, "flow parameter config.pipeline")
     config = config.model_copy(update={"pipeline": shared})
+    use_hub_token(shared.model.hub_token_secret)
     run_dir = create_run_dir(shared.output)
     write_config(run_dir, shared)
     cache = shared.output.cache_root

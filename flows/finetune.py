@@ -14,7 +14,7 @@ from prefect import flow
 
 from smoltune.config import PipelineConfig, check_config
 from smoltune.pipeline.runs import RunRecords, StageTimer, build_summary, create_run_dir, write_config
-from smoltune.pipeline.settings import quiet_user_error_tracebacks
+from smoltune.pipeline.settings import quiet_user_error_tracebacks, use_hub_token
 from tasks.evaluate import evaluate_task
 from tasks.export import export_task
 from tasks.fetch import fetch_dataset_task
@@ -36,6 +36,7 @@ def finetune(config: PipelineConfig = PipelineConfig(), refresh: list[str] | Non
     # The same checks as the CLI's for runs started from the Prefect API or UI, before anything runs.
     config = check_config(config, "flow parameter config")
     quiet_user_error_tracebacks()
+    use_hub_token(config.model.hub_token_secret)
     run_dir = create_run_dir(config.output)
     write_config(run_dir, config)
     cache = config.output.cache_root

@@ -252,3 +252,34 @@ def test_a_url_source_reruns_exactly_when_its_content_changes(
     states, run_dir, _ = run(config)
     assert rerun_stages(states) == {"fetch_dataset"}  # same content, new record (with the offline note)
     assert "offline" in (run_dir / "report.md").read_text()
+
+
+def test_a_stage_killed_mid_write_is_recomputed_not_trusted(tmp_path: Path) -> None:
+    """SIGKILL while a stage writes its folder (any stage: they all go through run_stage) leaves files but no
+    record and no marker; the next run clears them and computes the stage whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    folder = NOTE.folder(cache_dir=str(tmp_path), x=1)
+    script = f"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from tests.test_caching import NOTE, Note
+def slow(out):
+    (out / "half.txt").write_text("partial")
+    print("writing", flush=True)
+    time.sleep(60)
+    return Note(file=str(out / "half.txt"))
+NOTE.run(Path({str(folder)!r}), slow)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (folder / "half.txt").exists() and complete_token(folder, Note) is None
+    calls: list[Path] = []
+    record = NOTE.run(folder, lambda out: write_note(out, calls))
+    assert len(calls) == 1 and not (folder / "half.txt").exists() and Path(record.file).read_text() == "hi"

@@ -9,9 +9,9 @@ import pytest
 from smoltune.config import DataConfig
 from smoltune.data.builtin import FAMILIES, generate_rows
 from smoltune.data.prompts import format_prompt
-from smoltune.data.sources import DataSourceError
 from smoltune.data.split import row_key, split_rows
 from smoltune.data.stage import fetch_dataset, load_rows, prepare_dataset
+from smoltune.errors import DataError
 from smoltune.files import read_jsonl
 
 
@@ -51,7 +51,7 @@ def test_split_with_few_rows_keeps_half_for_training() -> None:
     rows = generate_rows(10, seed=0)
     train, held_out = split_rows(rows, num_samples=100, eval_samples=40, seed=0)
     assert len(held_out) == 5 and len(train) == 5
-    with pytest.raises(DataSourceError, match="at least 2 rows"):
+    with pytest.raises(DataError, match="at least 2 rows"):
         split_rows(rows[:1], 1, 1, 0)
 
 

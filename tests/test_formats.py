@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smoltune.data.formats import normalise
-from smoltune.data.sources import DataSourceError
+from smoltune.errors import DataError
 
 
 def test_alpaca_rows_get_an_input() -> None:
@@ -27,8 +27,15 @@ def test_sharegpt_conversations() -> None:
             {"from": "gpt", "value": "Rome."},
         ],
     }
+    # Every reply is a row (nothing of the conversation dropped); earlier exchanges are the later row's input.
     assert normalise([record]) == [
-        {"id": 7, "instruction": "Capital of France?", "input": "Be brief.", "output": "Paris."}
+        {"id": 7, "instruction": "Capital of France?", "input": "Be brief.", "output": "Paris."},
+        {
+            "id": 7,
+            "instruction": "And Italy?",
+            "input": "Be brief.\nUser: Capital of France?\nAssistant: Paris.",
+            "output": "Rome.",
+        },
     ]
 
 
@@ -50,8 +57,8 @@ def test_column_mapping() -> None:
 
 
 def test_unknown_columns_explain_the_mapping() -> None:
-    with pytest.raises(DataSourceError) as err:
+    with pytest.raises(DataError) as err:
         normalise([{"question": "Q?", "answer": "A."}], source="qa.csv")
     message = str(err.value)
-    assert message.startswith("qa.csv: no 'instruction' or 'output' column (found: question, answer)")
+    assert message.startswith("qa.csv: no 'instruction' or 'output' column in any row (found: question, answer)")
     assert "data.columns.question=instruction" in message

@@ -35,6 +35,11 @@ class ModelConfig(_Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a hub id.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless needed.")
+    hub_token_secret: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block holding a Hugging Face token, for gated or private hub models "
+        "and datasets. Without it, HF_TOKEN from the environment is used. Never put a token in the config itself.",
+    )
 
 
 class DataConfig(_Section):

@@ -41,3 +41,19 @@ def quiet_user_error_tracebacks() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoTracebackForUserErrors) for f in logger.filters):
             logger.addFilter(_NoTracebackForUserErrors())
+
+
+def use_hub_token(secret_block: str | None) -> None:
+    """Make the Hugging Face token in the Prefect Secret block `secret_block` the process's HF_TOKEN, which
+    huggingface_hub and datasets read; the token itself never enters a config, a log or a file."""
+    if not secret_block:
+        return
+    from prefect.blocks.system import Secret
+
+    from smoltune.errors import ConfigError
+
+    try:
+        token = Secret.load(secret_block).get()
+    except ValueError as err:
+        raise ConfigError([f"model.hub_token_secret: no Prefect Secret block {secret_block!r} ({err})"]) from None
+    os.environ["HF_TOKEN"] = str(token)
