@@ -99,3 +99,12 @@ def test_config_round_trips_through_yaml(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     assert load_config(path) == config
+
+
+def test_every_lr_scheduler_offered_is_one_transformers_has() -> None:
+    from typing import get_args
+
+    from transformers import SchedulerType
+
+    offered = get_args(PipelineConfig.model_fields["train"].annotation.model_fields["lr_scheduler"].annotation)
+    assert set(offered) <= {s.value for s in SchedulerType} and "linear" in offered

@@ -176,6 +176,27 @@ def test_scheduled_retrain_sees_new_data_at_a_url(prefect_stack: dict, tiny_mode
     assert "## Promotion" in promotion["data"] and "held-out" in promotion["data"]
 
 
+def test_a_failed_run_states_the_same_message_as_the_cli(
+    prefect_stack: dict, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    rows = [{"instruction": f"Question {i}?", "input": "", "output": "yes"} for i in range(20)]
+    rows[2].pop("output")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tiny_job(tiny_model_dir, tmp_path / "runs", source=str(data))
+    done = subprocess.run(
+        [PREFECT, "deployment", "run", "finetune/finetune", "--params", json.dumps({"config": config}), "--watch"],
+        env=prefect_stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=660,
+    )
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", done.stdout).group(1)
+    state = httpx.get(f"{prefect_stack['api']}/flow_runs/{flow_run_id}").json()["state"]
+    assert state["type"] == "FAILED"
+    assert "data validation failed" in state["message"] and "'output' not null" in state["message"]
+
+
 def test_the_ui_shows_the_completed_run_and_its_report(prefect_stack: dict, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 

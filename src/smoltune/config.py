@@ -189,8 +189,8 @@ class OutputConfig(_Section):
     )
     registry: str | None = Field(
         None,
-        description="Best adapter per (model, dataset), default runs_dir/registry.json; a run is promoted only "
-        "if it beats the registered one.",
+        description="Best adapter per (model, dataset, held-out set, metric), default runs_dir/registry.json; a run "
+        "is promoted only if it beats the one registered for the same held-out rows.",
     )
 
     cache_dir: str | None = Field(
