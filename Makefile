@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The HTML report test drives Debian's Chromium (never a browser downloaded by a test tool).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test smoke compare bench bench-scaling bench-ablation bench-profile rerun-matrix lint install clean
+.PHONY: run test smoke compare bench bench-scaling bench-ablation bench-profile bench-serve rerun-matrix lint install clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ bench-ablation: $(STAMP)
 
 bench-profile: $(STAMP)
 	$(BIN)/python bench/profile_step.py $(BENCH_ARGS)
+
+# Serving latency and throughput: 1 and 8 streams, 8 mixed-adapter requests batched vs one at a time.
+bench-serve: $(STAMP)
+	$(BIN)/python bench/serve_bench.py $(BENCH_ARGS)
 
 # Which stages rerun for each kind of change, on the real seed job (bench/rerun_matrix.py).
 rerun-matrix: $(STAMP)

@@ -11,6 +11,7 @@ from smoltune.pipeline.records import Evaluated, PromotionDecision, Trained
 from smoltune.pipeline.registry import promote
 from smoltune.redaction import redact
 from smoltune.report.markdown import promotion_section
+from smoltune.serve.engine import notify_server
 
 PROMOTION_ARTIFACT_KEY = "smoltune-promotion"
 
@@ -26,7 +27,11 @@ def promote_task(config: PipelineConfig, run_name: str, trained: Trained, evalua
         evaluated.figures,
         evaluated.heldout_sha256,
     )
-    get_run_logger().info("%s: %s", "promoted" if decision.promoted else "not promoted", decision.reason)
+    logger = get_run_logger()
+    logger.info("%s: %s", "promoted" if decision.promoted else "not promoted", decision.reason)
+    if decision.promoted and config.output.notify_server and trained.result.mode == "lora":
+        # Opt-in hand-off to serving; a server that is down must not fail a finished training.
+        logger.info(notify_server(config.output.notify_server, run_name, trained.result.output_dir))
     create_markdown_artifact(
         key=PROMOTION_ARTIFACT_KEY,
         markdown=promotion_section(decision.model_dump(mode="json")),

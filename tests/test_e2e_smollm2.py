@@ -94,3 +94,43 @@ def test_generations_are_side_by_side(run_dir: Path) -> None:
     generations = json.loads((run_dir / "generations.json").read_text())
     assert len(generations) >= 8
     assert all({"instruction", "input", "base", "tuned"} <= set(g) for g in generations)
+
+
+def test_serve_answers_like_chat(run_dir: Path) -> None:
+    """The real server on the real run: its greedy answer is `smoltune chat`'s, through the openai client."""
+    import os
+    import signal
+    import socket
+    import time
+
+    import httpx
+    from openai import OpenAI
+
+    cli = str(Path(sys.executable).parent / "smoltune")
+    prompt = "Add the two numbers: 3 and 4"
+    chat = subprocess.run(
+        [cli, "chat", str(run_dir), "--prompt", prompt, "--max-new-tokens", "12"], capture_output=True, text=True
+    )
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [cli, "serve", "--adapter", f"tuned={run_dir}", "--port", str(port)], start_new_session=True
+    )
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=300)
+        reply = client.chat.completions.create(
+            model="tuned", messages=[{"role": "user", "content": prompt}], max_tokens=12, temperature=0
+        )
+        assert reply.choices[0].message.content.strip() == chat.stdout.strip()
+        assert {m.id for m in client.models.list()} == {"SmolLM2-135M-Instruct", "tuned"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

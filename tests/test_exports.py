@@ -67,3 +67,26 @@ def test_gguf_round_trips_through_transformers(
             with torch.no_grad():
                 expected, actual = merged(ids).logits, reloaded(ids).logits
             assert (actual - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_gguf_reads_back_with_every_tensor_and_the_pre_tokenizer(
+    tiny_model_dir: Path, adapter_dir: str, tmp_path: Path
+) -> None:
+    import math
+
+    import gguf
+    from safetensors import safe_open
+
+    from smoltune.export.weights import export_gguf
+
+    merged_dir = export_merged(str(tiny_model_dir), adapter_dir, tmp_path / "merged")
+    reader = gguf.GGUFReader(export_gguf(merged_dir, tmp_path / "model.gguf", "f16"))
+    pre = reader.fields["tokenizer.ggml.pre"]
+    assert bytes(pre.parts[pre.data[0]]).decode() == "default"  # the tiny tokenizer is not SmolLM's
+    with safe_open(merged_dir / "model.safetensors", "pt") as weights:
+        names = [n for n in weights.keys() if n != "lm_head.weight"]  # tied: stored once, as the embedding
+        shapes = {n: tuple(weights.get_slice(n).get_shape()) for n in names}
+    tensors = {t.name: t for t in reader.tensors}
+    assert len(tensors) == len(names)
+    by_size = sorted(int(t.n_elements) for t in tensors.values())
+    assert by_size == sorted(int(math.prod(s)) for s in shapes.values())

@@ -176,3 +176,10 @@ def test_html_is_self_contained() -> None:
     page = render_html(render_report(make_summary(), []), {LOSS_CURVE: b"\x89PNG-bytes"}, "r1")
     assert page.startswith("<!doctype html>") and "<table>" in page
     assert 'src="data:image/png;base64,iVBORy1ieXRlcw=="' in page and f'src="{LOSS_CURVE}"' not in page
+
+
+def test_the_report_names_the_command_that_serves_its_adapter() -> None:
+    summary = {**make_summary(), "run_dir": "/runs/r1"}
+    assert "`smoltune serve --adapter r1=/runs/r1`" in render_report(summary, [])
+    full = {**summary, "artifacts": {"model_dir": "/x/model", "saved_mb": 500.0}}
+    assert "smoltune serve" not in render_report(full, [])

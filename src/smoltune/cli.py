@@ -1,4 +1,4 @@
-"""Command line: `smoltune run`, `smoltune compare`, `smoltune chat`.
+"""Command line: `smoltune run`, `smoltune compare`, `smoltune chat`, `smoltune serve`.
 
     smoltune run --config configs/smoke.yaml --set train.max_steps=2
     smoltune compare --config configs/compare.yaml
@@ -143,6 +143,40 @@ def chat(
         if not text.strip():
             break
         respond(text)
+
+
+@app.command()
+def serve(
+    adapter: Annotated[
+        list[str] | None, typer.Option("--adapter", "-a", help="NAME=RUN_DIR or NAME=ADAPTER_DIR (repeatable).")
+    ] = None,
+    base: Annotated[str, typer.Option(help="The base model, as model.source: embedded, a folder or a hub id.")] = (
+        "embedded"
+    ),
+    registry: Annotated[
+        Path | None, typer.Option(help="Also serve the promoted adapter of every entry of this registry.json.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Serve the base model and adapters behind an OpenAI-compatible API (/v1/models, /v1/chat/completions,
+    /v1/completions, streaming, POST /v1/adapters to attach one more without a restart)."""
+    import uvicorn
+
+    from smoltune.serve.api import create_app
+    from smoltune.serve.engine import load_engine, registry_adapters
+
+    named: dict[str, str] = {}
+    for item in adapter or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise fail(f"--adapter {item!r}: use NAME=RUN_DIR or NAME=ADAPTER_DIR")
+        named[name] = path
+    if registry is not None:
+        named |= guarded(lambda: registry_adapters(registry))
+    engine = guarded(lambda: load_engine(base, named))
+    typer.echo(f"serving {', '.join([engine.base_name, *engine.adapters])} on http://{host}:{port}/v1", err=True)
+    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
 
 
 if __name__ == "__main__":

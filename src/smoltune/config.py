@@ -196,6 +196,11 @@ class OutputConfig(_Section):
     cache_dir: str | None = Field(
         None, description="Content-addressed stage outputs (the cache), default runs_dir/_cache."
     )
+    notify_server: str | None = Field(
+        None,
+        description="Base URL of a running `smoltune serve` (e.g. http://127.0.0.1:8000): a newly promoted "
+        "adapter is attached to it under the run's name, without a restart. Off by default.",
+    )
 
     @property
     def cache_root(self) -> str:

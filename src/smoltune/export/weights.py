@@ -73,6 +73,13 @@ def _add_llama_metadata(writer: Any, config: Any, qtype: str) -> None:
     writer.add_file_type(GGUF_FILE_TYPES[qtype])
 
 
+def pre_tokenizer_name(vocab: dict[str, int]) -> str:
+    """llama.cpp's name for how text is split before BPE (`tokenizer.ggml.pre`), which it needs to tokenize
+    like the original: SmolLM's tokenizer (49,152 tokens, ChatML specials) is "smollm" in its converter's table;
+    any other byte-level BPE gets "default", the GPT-2 split."""
+    return "smollm" if len(vocab) == 49152 and "<|im_start|>" in vocab else "default"
+
+
 def _add_tokenizer(writer: Any, model_dir: Path) -> None:
     """The byte-level BPE vocabulary, merges and special tokens, as llama.cpp's 'gpt2' tokenizer model."""
     import gguf
@@ -82,6 +89,7 @@ def _add_tokenizer(writer: Any, model_dir: Path) -> None:
     tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
     special = set(tokenizer.all_special_tokens)
     writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre_tokenizer_name(vocab))
     writer.add_token_list(tokens)
     writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
     gguf.SpecialVocab(model_dir, load_merges=True).add_to_gguf(writer, quiet=True)

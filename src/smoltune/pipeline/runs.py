@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from smoltune.config import OutputConfig, PipelineConfig
+from smoltune.errors import ConfigError
 from smoltune.files import atomic_write_text
 from smoltune.pipeline.records import (
     Evaluated,
@@ -43,7 +44,7 @@ def create_run_dir(output: OutputConfig) -> Path:
     try:
         run_dir.mkdir(parents=True, exist_ok=False)
     except FileExistsError:
-        raise FileExistsError(f"run folder {run_dir} already exists; pick another output.run_name") from None
+        raise ConfigError([f"output.run_name: run folder {run_dir} already exists; pick another name"]) from None
     return run_dir
 
 

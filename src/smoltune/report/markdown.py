@@ -203,6 +203,10 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
         for name in ("adapter_dir", "model_dir", "merged_dir", "gguf_file")
         if name in artifacts
     ]
+    if artifacts.get("adapter_dir"):
+        saved.append(
+            f"- serve it: `smoltune serve --adapter {summary.get('run_name', 'tuned')}={summary.get('run_dir', '.')}`"
+        )
     sections.append("## Artifacts\n\n" + "\n".join(saved))
     if summary.get("config"):
         config_yaml = yaml.safe_dump(summary["config"], sort_keys=False)
