@@ -173,3 +173,17 @@ def test_the_promotion_hand_off_attaches_the_adapter(client, server: str, adapte
     assert "answered 200" in notify_server(server, "promoted-run", adapters["even"])
     assert "promoted-run" in {m.id for m in client.models.list()}
     assert "could not reach" in notify_server("http://127.0.0.1:9", "x", adapters["even"], timeout_s=2)
+
+
+def test_registry_entries_become_adapters_named_after_their_run(tmp_path: Path, adapters: dict[str, str]) -> None:
+    import json
+
+    from smoltune.errors import ConfigError
+    from smoltune.serve.engine import registry_adapters
+
+    registry = tmp_path / "registry.json"
+    entries = {"k1": {"run": "r1", "output_dir": adapters["odd"]}, "k2": {"run": "r2", "output_dir": "/gone"}}
+    registry.write_text(json.dumps(entries))
+    assert registry_adapters(registry) == {"r1": adapters["odd"]}  # a deleted adapter is skipped, not served
+    with pytest.raises(ConfigError, match="no such file"):
+        registry_adapters(tmp_path / "absent.json")

@@ -147,16 +147,24 @@ def pick_device() -> str:
 
 
 def load_model_and_tokenizer(
-    model_path: str, device: str, trust_remote_code: bool = False, attn_implementation: str | None = None
+    model_path: str,
+    device: str,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    dtype_name: str | None = None,
 ) -> tuple[Any, Any]:
-    """A model in fp32 on the CPU (bf16 is slower than fp32 on CPUs without AMX) or bf16 on CUDA."""
+    """A model in `dtype_name`, by default fp32 on the CPU (bf16 is slower than fp32 on CPUs without AMX) and
+    on CUDA bf16 where the card has it, else fp16 (T4, V100)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from smoltune.data.tokens import load_tokenizer
 
     tokenizer = load_tokenizer(model_path, trust_remote_code)
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype_name is None:
+        on_cuda = device == "cuda"
+        dtype_name = "float32" if not on_cuda else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    dtype = getattr(torch, dtype_name)
     model = AutoModelForCausalLM.from_pretrained(
         model_path,
         dtype=dtype,

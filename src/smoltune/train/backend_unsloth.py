@@ -12,6 +12,7 @@ import unsloth  # noqa: F401  - must come before transformers / trl / peft are u
 from unsloth import FastLanguageModel
 
 from smoltune.config import TrainConfig
+from smoltune.train.precision import device_precision
 
 
 def load_unsloth(model_path: str, config: TrainConfig, device: str) -> tuple[Any, Any]:
@@ -19,7 +20,7 @@ def load_unsloth(model_path: str, config: TrainConfig, device: str) -> tuple[Any
     Full precision (no 4-bit) so that results compare with the hf backend."""
     import torch
 
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = getattr(torch, device_precision(device, config.mode).load_dtype)  # the hf backend's rule
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=model_path,
         max_seq_length=config.max_seq_length,

@@ -20,6 +20,7 @@ from smoltune.config import TrainConfig
 from smoltune.data.tokens import tokenize_rows
 from smoltune.files import atomic_dir, atomic_write_json, dir_size_mb, read_jsonl
 from smoltune.model import load_model_and_tokenizer, pick_device
+from smoltune.train.precision import device_precision
 from smoltune.train.spec import RESULT_FILE, TrainResult, TrainSpec, finished_result
 
 # `make bench` on this 2-core CPU (README, "Performance"): the hf backend with its fast path (smoltune.train.packing)
@@ -111,7 +112,8 @@ def load_for_training(
         from smoltune.train.packing import register_segment_attention
 
         attention = register_segment_attention()
-    model, tokenizer = load_model_and_tokenizer(spec.model_path, device, spec.trust_remote_code, attention)
+    dtype = device_precision(device, config.mode).load_dtype
+    model, tokenizer = load_model_and_tokenizer(spec.model_path, device, spec.trust_remote_code, attention, dtype)
     if config.mode == "lora":
         from peft import get_peft_model
 
@@ -132,6 +134,7 @@ def sft_settings(config: TrainConfig, device: str, output_dir: str, fast: FastPa
     the sampler hands out the same rows per step and the loss is the mean over the same labelled tokens."""
     on_cuda = device == "cuda"
     fast = fast or FastPath()
+    precision = device_precision(device, config.mode)
     batch, accum = config.batch_size, config.grad_accum
     if fast.pack_accumulation:
         batch, accum = batch * accum, 1
@@ -148,8 +151,8 @@ def sft_settings(config: TrainConfig, device: str, output_dir: str, fast: FastPa
         "data_seed": config.seed,
         "max_length": config.max_seq_length,
         "optim": "adamw_8bit" if on_cuda else ("adamw_torch_fused" if fast.fused_optimizer else "adamw_torch"),
-        "bf16": on_cuda,
-        "fp16": False,
+        "bf16": precision.bf16,
+        "fp16": precision.fp16,
         "use_cpu": not on_cuda,
         "gradient_checkpointing": False,
         "logging_steps": 1,
@@ -284,7 +287,11 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
         output_dir=str(output_dir),
         saved_mb=round(dir_size_mb(output_dir), 3),
         resumed_from_step=int(earlier[-1]["step"]) if earlier else 0,
-        settings={**{k: v for k, v in settings.items() if k != "output_dir"}, "fast_path": asdict(fast)},
+        settings={
+            **{k: v for k, v in settings.items() if k != "output_dir"},
+            "fast_path": asdict(fast),
+            "precision": device_precision(device, config.mode).reason,
+        },
     )
     atomic_write_json(work_dir / RESULT_FILE, result.to_dict())
     return result
