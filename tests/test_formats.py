@@ -62,3 +62,12 @@ def test_unknown_columns_explain_the_mapping() -> None:
     message = str(err.value)
     assert message.startswith("qa.csv: no 'instruction' or 'output' column in any row (found: question, answer)")
     assert "data.columns.question=instruction" in message
+
+
+def test_rows_keep_their_key_order_so_the_same_rows_hash_the_same() -> None:
+    import json
+
+    from smoltune.data.builtin import builtin_dataset
+
+    rows = builtin_dataset()[:40]  # the built-in rows, as a user might export them to a file and back
+    assert json.dumps(normalise(json.loads(json.dumps(rows)))) == json.dumps(rows)

@@ -73,8 +73,11 @@ def conversation_to_rows(record: Row, shape: str) -> list[Row]:
 def alpaca_row(record: Row) -> Row:
     """The record with `instruction`, `input` and `output` present; a missing one is None (reported by the
     data checks with its row number, never a KeyError here)."""
-    row = {"instruction": None, "output": None, **record}
-    return {**row, "input": "" if row.get("input") is None else row["input"]}
+    row = dict(record)  # the record's own key order: the same rows from any source hash the same
+    row.setdefault("instruction", None)
+    row.setdefault("output", None)
+    row["input"] = "" if row.get("input") is None else row["input"]
+    return row
 
 
 def normalise(records: list[Row], columns: dict[str, str] | None = None, source: str = "data") -> list[Row]:
