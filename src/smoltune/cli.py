@@ -158,6 +158,10 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Greedy requests decoded together, at most.")] = 8,
+    batch_window_ms: Annotated[
+        float, typer.Option(help="How long the first request of a batch waits for others to join it.")
+    ] = 20,
 ) -> None:
     """Serve the base model and adapters behind an OpenAI-compatible API (/v1/models, /v1/chat/completions,
     /v1/completions, streaming, POST /v1/adapters to attach one more without a restart)."""
@@ -174,7 +178,7 @@ def serve(
         named[name] = path
     if registry is not None:
         named |= guarded(lambda: registry_adapters(registry))
-    engine = guarded(lambda: load_engine(base, named))
+    engine = guarded(lambda: load_engine(base, named, max_batch, batch_window_ms / 1000))
     typer.echo(f"serving {', '.join([engine.base_name, *engine.adapters])} on http://{host}:{port}/v1", err=True)
     uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
 

@@ -5,7 +5,7 @@
     print(engine.complete(engine.encode("Say hi."), "tuned", max_new_tokens=16).text)
 
 Cost model: on a CPU a decoding step of a 135M model is bound by reading the weights, so 8 rows in one step
-cost little more than 1. Greedy requests that arrive within `window_s` of each other are therefore decoded
+cost little more than 1. Greedy requests that arrive within `window_s` (20 ms) of the first are therefore decoded
 together in one `generate`, each row with its own adapter (PEFT's mixed-adapter batches, `adapter_names=`);
 `set_adapter` would serialise them and let one request see another's adapter. Streaming and sampled requests
 (their own seed, temperature) run alone. One `generate` runs at a time (the model is not thread-safe).
@@ -246,14 +246,15 @@ def registry_adapters(registry_file: str | Path) -> dict[str, str]:
     return {entry["run"]: entry["output_dir"] for entry in entries.values() if Path(entry["output_dir"]).is_dir()}
 
 
-def load_engine(base_source: str, adapters: dict[str, str], max_batch: int = 8) -> Engine:
+def load_engine(base_source: str, adapters: dict[str, str], max_batch: int = 8, window_s: float = 0.02) -> Engine:
     """The base model resolved like training's `model.source`, with every named adapter attached."""
     from smoltune.model import load_model_and_tokenizer, pick_device, resolve_model
 
     resolved = resolve_model(base_source)
     model, tokenizer = load_model_and_tokenizer(resolved.path, pick_device())
     model.eval()
-    engine = Engine(model, tokenizer, base_name=Path(resolved.hub_id or resolved.path).name, max_batch=max_batch)
+    name = Path(resolved.hub_id or resolved.path).name
+    engine = Engine(model, tokenizer, base_name=name, max_batch=max_batch, window_s=window_s)
     for name, path in adapters.items():
         engine.add_adapter(adapter_source(name, path))
     return engine
