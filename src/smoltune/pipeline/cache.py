@@ -41,27 +41,28 @@ R = TypeVar("R", bound=StageRecord)
 PartsFn = Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
 
 
-def load_record(folder: Path, record_type: type[R]) -> R | None:
-    """The folder's record when it is complete and every output it names exists; else None."""
+def _complete(folder: Path, record_type: type[R]) -> tuple[str, R] | None:
+    """(token, record) of a complete folder whose record names only outputs that exist; else None."""
     if not (folder / COMPLETE).is_file() or not (folder / RECORD).is_file():
         return None
     try:
-        json.loads((folder / COMPLETE).read_text())["token"]
+        token = json.loads((folder / COMPLETE).read_text())["token"]
         record = record_type.model_validate_json((folder / RECORD).read_text())
     except (ValidationError, json.JSONDecodeError, KeyError, TypeError):
-        return None  # written by older code with another record shape: recompute
+        return None  # a torn marker, or a record of another shape (older code): recompute
     if not all(Path(p).exists() for p in record.outputs()):
         return None  # e.g. the adapter or the converted model was deleted
-    return record
+    return token, record
+
+
+def load_record(folder: Path, record_type: type[R]) -> R | None:
+    complete = _complete(folder, record_type)
+    return complete[1] if complete else None
 
 
 def complete_token(folder: Path, record_type: type[StageRecord]) -> str | None:
-    if load_record(folder, record_type) is None:
-        return None
-    try:
-        return json.loads((folder / COMPLETE).read_text())["token"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return None  # a torn marker: the folder is not trusted, the stage reruns
+    complete = _complete(folder, record_type)
+    return complete[0] if complete else None
 
 
 def _pending_file(folder: Path) -> Path:

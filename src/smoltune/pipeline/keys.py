@@ -12,6 +12,7 @@ The code version is added by `Stage.key`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,12 @@ def model_identity(model: ModelConfig) -> Any:
     if path.exists():
         return _stat(path)
     if is_hub_id(model.source):
-        return {"commit": hub_commit("model", model.source, model.revision)}
+        return {
+            "commit": once_per_run(
+                ("commit", "model", model.source, model.revision),
+                lambda: hub_commit("model", model.source, model.revision),
+            )
+        }
     return None
 
 
@@ -58,40 +64,52 @@ def data_identity(data: DataConfig) -> Any:
     if path.is_file():
         return {"content": sha256_file(path)}
     if is_hub_id(data.source):
-        return {"commit": hub_commit("dataset", data.source, data.revision)}
+        return {
+            "commit": once_per_run(
+                ("commit", "dataset", data.source, data.revision),
+                lambda: hub_commit("dataset", data.source, data.revision),
+            )
+        }
     return None
 
 
-_downloads: dict[tuple, Any] = {}
+_per_run: dict[tuple, Any] = {}
+
+
+def once_per_run(key: tuple, lookup: Callable[[], Any]) -> Any:
+    """`lookup()` done once per flow run (a stage's key is computed by Prefect's cache policy and again by the
+    task): the same answer for both, one network call, and a permanent error (404, a sha256 mismatch) costs
+    one request, not one per caller. Outside a flow run it is simply called."""
+    from prefect.context import FlowRunContext
+
+    from smoltune.errors import SmoltuneError
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return lookup()
+    memo = (context.flow_run.id, *key)
+    if memo not in _per_run:
+        try:
+            _per_run[memo] = lookup()
+        except SmoltuneError as err:
+            _per_run[memo] = err
+    if isinstance(_per_run[memo], SmoltuneError):
+        raise _per_run[memo]
+    return _per_run[memo]
 
 
 def source_download(data: DataConfig) -> Any:
     """The URL source's content as this flow run sees it: one download (or one conditional request) per run,
-    shared by the fetch key and the fetch itself, so the key always describes the rows that were read and a
-    permanent error (404, a sha256 mismatch) costs one request, not one per caller."""
-    from prefect.context import FlowRunContext
-
+    shared by the fetch key and the fetch itself, so the key always describes the rows that were read."""
     from smoltune.data.sources import download, downloads_dir
-    from smoltune.errors import SmoltuneError
 
-    context = FlowRunContext.get()
-    run_id = context.flow_run.id if context and context.flow_run else None
-    memo = (run_id, data.source, data.sha256, data.max_download_mb, data.download_timeout_s)
-    if run_id is not None and memo in _downloads:
-        if isinstance(_downloads[memo], SmoltuneError):
-            raise _downloads[memo]
-        return _downloads[memo]
-    try:
-        got = download(
+    key = ("download", data.source, data.sha256, data.max_download_mb, data.download_timeout_s)
+    return once_per_run(
+        key,
+        lambda: download(
             data.source, downloads_dir(), data.sha256, data.max_download_mb, deadline_s=data.download_timeout_s
-        )
-    except SmoltuneError as err:
-        if run_id is not None:
-            _downloads[memo] = err
-        raise
-    if run_id is not None:
-        _downloads[memo] = got
-    return got
+        ),
+    )
 
 
 def resolve_model_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
