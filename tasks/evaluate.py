@@ -36,6 +36,7 @@ def evaluate_task(
             config.data.template,
             config.train.max_seq_length,
             model.trust_remote_code,
+            trained.result.precision,
         )
         return Evaluated(
             figures=figures,

@@ -153,6 +153,31 @@ def test_fused_lora_gives_peft_outputs_and_gradients(tiny_model_dir: Path) -> No
         assert torch.allclose(grad, grads[1][name], atol=1e-6), name
 
 
+@pytest.mark.parametrize("setting", ["bf16 base, fp32 adapters", "bf16 autocast"])
+def test_fused_lora_in_16_bits(tiny_model_dir: Path, setting: str) -> None:
+    """The two ways smoltune runs in bf16: a bf16 base with PEFT's fp32 adapters (no autocast), and training
+    under bf16 autocast. The fused forward matches PEFT's within bf16 rounding, gradients included."""
+    (peft_model, _), (fused_model, _) = lora_pair(tiny_model_dir)
+    batch = padded_batch(ROWS)
+    results = []
+    for model in (peft_model, fused_model):
+        if setting.startswith("bf16 base"):
+            model.get_base_model().to(torch.bfloat16)
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.data = param.data.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setting == "bf16 autocast"):
+            loss = model(**batch).loss
+        loss.backward()
+        grads = {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}
+        assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+        results.append((loss.detach().float(), grads))
+    (loss_peft, grads_peft), (loss_fused, grads_fused) = results
+    assert torch.allclose(loss_peft, loss_fused, rtol=1e-2)
+    for name, grad in grads_peft.items():
+        assert torch.allclose(grad, grads_fused[name], rtol=0.05, atol=1e-3), name
+
+
 def test_fused_lora_leaves_dropout_and_dora_to_peft(tiny_model_dir: Path) -> None:
     (_, _), (_, with_dropout) = lora_pair(tiny_model_dir, lora_dropout=0.1)
     (_, _), (_, with_dora) = lora_pair(tiny_model_dir, use_dora=True)

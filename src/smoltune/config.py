@@ -149,6 +149,12 @@ class TrainConfig(_Section):
         "CUDA, on the CPU the backend the benchmark measured faster (the choice and reason go in the summary).",
     )
     mode: Literal["lora", "full"] = Field("lora", description="'lora' trains an adapter; 'full' every weight.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Compute precision. 'auto': on CUDA bf16 where the card has it, else fp16 with loss scaling; "
+        "on a CPU the faster of fp32 and bf16 by a matmul measurement at the model's shapes (once per machine). "
+        "LoRA keeps the frozen base in it and the adapter fp32; full fine-tuning keeps fp32 master weights.",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     max_steps: int = Field(60, ge=1, description="Optimizer steps.")
     batch_size: int = Field(2, ge=1, description="Rows per forward pass.")
@@ -171,7 +177,9 @@ class EvalConfig(_Section):
     prompts_file: str = Field("configs/eval_prompts.yaml", description="Prompts answered by base and tuned.")
     max_new_tokens: int = Field(64, ge=1, description="Greedy generation length per eval prompt.")
     answer_max_new_tokens: int = Field(32, ge=1, description="Generation length when scoring held-out answers.")
-    batch_size: int = Field(8, ge=1, description="Rows per forward pass for eval loss and generation.")
+    batch_size: int = Field(
+        32, ge=1, description="Rows per forward pass for eval loss and generation (shortest rows batched together)."
+    )
 
 
 class ExportConfig(_Section):

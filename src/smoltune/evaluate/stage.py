@@ -24,6 +24,7 @@ from smoltune.evaluate.prompts import load_eval_prompts
 from smoltune.evaluate.scoring import MATCH_SCORES, score_answers
 from smoltune.files import read_jsonl
 from smoltune.pipeline.records import EvalFigures
+from smoltune.train.precision import DTYPES
 
 
 def evaluate_tuned(
@@ -35,9 +36,11 @@ def evaluate_tuned(
     template: str,
     max_seq_length: int,
     trust_remote_code: bool = False,
+    precision: str = "fp32",
 ) -> tuple[EvalFigures, list[dict[str, Any]], list[dict[str, Any]]]:
-    """(figures, held-out answers, prompt generations) of the base and the tuned model."""
-    models, tokenizer = load_tuned(model_path, output_dir, mode, trust_remote_code)
+    """(figures, held-out answers, prompt generations) of the base and the tuned model, both in the training's
+    `precision` (fp32, bf16 or fp16)."""
+    models, tokenizer = load_tuned(model_path, output_dir, mode, trust_remote_code, DTYPES[precision])
     rows = read_jsonl(eval_file)
     held_out = tokenize_rows(tokenizer, rows, max_seq_length, mask_prompt=True)
     prompts = load_eval_prompts(ev.prompts_file)
@@ -54,7 +57,7 @@ def evaluate_tuned(
     batches = 2 * (2 * math.ceil(len(rows) / ev.batch_size) + math.ceil(len(texts) / ev.batch_size))
     with Progress(console=Console(stderr=True)) as progress:  # stdout stays for the CLI's run folder line
         task = progress.add_task("evaluating base and tuned", total=batches)
-        with models.as_base():
+        with models.base():
             base = measure(lambda: progress.advance(task))
         tuned = measure(lambda: progress.advance(task))
     figures = EvalFigures(

@@ -12,15 +12,15 @@ import unsloth  # noqa: F401  - must come before transformers / trl / peft are u
 from unsloth import FastLanguageModel
 
 from smoltune.config import TrainConfig
-from smoltune.train.precision import device_precision
+from smoltune.train.precision import Precision
 
 
-def load_unsloth(model_path: str, config: TrainConfig, device: str) -> tuple[Any, Any]:
+def load_unsloth(model_path: str, config: TrainConfig, device: str, precision: Precision) -> tuple[Any, Any]:
     """Model and tokenizer through FastLanguageModel; in lora mode with LoRA layers added the Unsloth way.
     Full precision (no 4-bit) so that results compare with the hf backend."""
     import torch
 
-    dtype = getattr(torch, device_precision(device, config.mode).load_dtype)  # the hf backend's rule
+    dtype = getattr(torch, precision.load_dtype)  # the hf backend's rule (smoltune.train.precision)
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=model_path,
         max_seq_length=config.max_seq_length,

@@ -39,9 +39,13 @@ def fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
         return type(self).forward(self, x, *args, **kwargs)
     name = self.active_adapters[0]
     base = self.base_layer(x)
-    rows = x.reshape(-1, x.shape[-1]).to(self.lora_A[name].weight.dtype)
+    rows, out = x.reshape(-1, x.shape[-1]), base.reshape(-1, base.shape[-1])
+    if not torch.is_autocast_enabled(rows.device.type):
+        # PEFT's rule: the adapter computes in its own dtype (fp32 adapters over a 16-bit base), the sum is cast
+        # back. Under autocast every matmul here runs in the autocast dtype already, so no cast is spent.
+        rows, out = rows.to(self.lora_A[name].weight.dtype), out.to(self.lora_A[name].weight.dtype)
     down = rows @ self.lora_A[name].weight.t()
-    fused = torch.addmm(base.reshape(-1, base.shape[-1]), down, self.lora_B[name].weight.t(), alpha=self.scaling[name])
+    fused = torch.addmm(out, down, self.lora_B[name].weight.t(), alpha=self.scaling[name])
     return fused.view(base.shape).to(base.dtype)
 
 

@@ -96,7 +96,7 @@ def with_segment_boundaries(inputs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _backbone_and_head(model: Any) -> tuple[Any, Any]:
+def backbone_and_head(model: Any) -> tuple[Any, Any]:
     """The decoder stack and the LM head of a causal LM, through a PEFT wrapper if there is one (LoRA layers
     live inside the decoder's modules, so calling the decoder directly still trains them)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -109,7 +109,7 @@ def labelled_token_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: 
     `num_items_in_batch` when the Trainer gives it (gradient accumulation), else by the labelled count."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
-    backbone, head = _backbone_and_head(model)
+    backbone, head = backbone_and_head(model)
     hidden = backbone(**inputs, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     labelled = targets != IGNORE_INDEX

@@ -1,46 +1,180 @@
-"""Training precision by what the device can do, one rule for both backends.
+"""Training precision: `train.precision` (auto | fp32 | bf16 | fp16), one rule for both backends and evaluation.
 
-    python -c "from smoltune.train.precision import precision_for; print(precision_for('cuda', 'lora', False))"
+    python -m smoltune.train.precision MODEL_DIR      # what `auto` picks on this machine, with its figures
 
-- CUDA with bf16 (A100, H100, H200): LoRA keeps the frozen base in bf16 and trains under bf16 autocast; full
-  fine-tuning loads fp32 master weights and trains under bf16 autocast (pure-bf16 weights lose small updates).
-- CUDA without bf16 (the seed's Colab T4, V100): fp16 with loss scaling. LoRA keeps the frozen base in fp16;
-  the adapter weights stay fp32 (PEFT's default), which fp16 loss scaling requires of trainable weights. Full
-  fine-tuning keeps fp32 master weights. transformers refuses bf16=True on these cards.
-- CPU: fp32, as measured faster than bf16 on CPUs without native bf16 units (README, Performance).
+`auto` on CUDA follows the card: bf16 where `torch.cuda.is_bf16_supported()` (A100, H100, H200), else fp16
+with loss scaling (the seed's Colab T4, V100; transformers refuses bf16 there). `auto` on a CPU measures:
+CPUs differ by 7x in bf16 matmul speed (native AMX or AVX512-BF16 units vs emulation on AVX2-only parts), so
+a constant is wrong on some machine. It times matmuls at the model's own shapes in fp32 and bf16 (about a
+second, once per machine: cached under $SMOLTUNE_HOME by CPU, flags, torch version, threads and shapes) and
+picks bf16 only when it beats fp32 by BF16_MARGIN, because the rest of a step (casts, norms, optimizer) does not
+speed up. fp16 is never picked on a CPU: no CPU this project has met has fast fp16 matmuls, and transformers'
+fp16 loss scaling needs CUDA.
+
+Whatever the precision, LoRA keeps the frozen base weights in it (no per-step casts) while the adapter weights,
+their gradients and the optimizer state stay fp32 (PEFT upcasts adapters); full fine-tuning keeps fp32 master
+weights under autocast (pure 16-bit weights lose small updates).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+
+from smoltune.errors import ConfigError
+
+Name = Literal["fp32", "bf16", "fp16"]
+DTYPES: dict[str, Literal["float32", "bfloat16", "float16"]] = {
+    "fp32": "float32",
+    "bf16": "bfloat16",
+    "fp16": "float16",
+}
+# bf16 must beat fp32 matmuls by this factor before a CPU trains in it: the matmuls are ~80% of a step's time.
+BF16_MARGIN = 1.25
 
 
 @dataclass(frozen=True)
 class Precision:
+    name: Name  # the compute precision
     load_dtype: Literal["float32", "bfloat16", "float16"]  # how the model's weights are loaded
     bf16: bool  # TrainingArguments.bf16: bf16 autocast
     fp16: bool  # TrainingArguments.fp16: fp16 autocast with loss scaling
     reason: str
+    gflops: dict[str, float] = field(default_factory=dict)  # measured matmul rate per precision, when measured
+
+    @property
+    def autocast_dtype(self) -> str | None:
+        """The torch dtype name autocast runs in, None for fp32."""
+        return None if self.name == "fp32" else DTYPES[self.name]
 
 
-def precision_for(device: str, mode: str, bf16_supported: bool) -> Precision:
-    """The precision for training `mode` ('lora' or 'full') on `device`; pure, so every device is testable here."""
-    if device != "cuda":
-        return Precision("float32", False, False, "CPU: fp32")
-    master = "float32" if mode == "full" else None
-    if bf16_supported:
-        return Precision(master or "bfloat16", True, False, "CUDA with bf16: bf16 autocast" + _master(master))
-    return Precision(
-        master or "float16", False, True, "CUDA without bf16 (T4/V100): fp16, loss scaling" + _master(master)
+def precision_for(
+    device: str,
+    mode: str,
+    bf16_supported: bool,
+    requested: str = "auto",
+    gflops: dict[str, float] | None = None,
+) -> Precision:
+    """The precision for training `mode` ('lora' or 'full') on `device`. Pure: every device is testable here.
+    `bf16_supported` is the card's capability (CUDA only); `gflops` the CPU's measured matmul rates."""
+    gflops = gflops or {}
+    if requested != "auto":
+        if device == "cuda" and requested == "bf16" and not bf16_supported:
+            raise ConfigError(["train.precision=bf16: this GPU has no bf16 (T4, V100); use fp16 or auto"])
+        if device != "cuda" and requested == "fp16":
+            raise ConfigError(["train.precision=fp16 needs a CUDA GPU (loss scaling); on a CPU use auto, bf16 or fp32"])
+        return _build(requested, mode, "set by train.precision", gflops)
+    if device == "cuda":
+        if bf16_supported:
+            return _build("bf16", mode, "auto on CUDA with bf16", gflops)
+        return _build("fp16", mode, "auto on CUDA without bf16 (T4/V100): fp16 with loss scaling", gflops)
+    fp32, bf16 = gflops.get("fp32"), gflops.get("bf16")
+    if fp32 and bf16 and bf16 >= BF16_MARGIN * fp32:
+        return _build("bf16", mode, f"auto on CPU: bf16 matmuls {bf16 / fp32:.1f}x fp32 here", gflops)
+    if fp32 and bf16:
+        return _build("fp32", mode, f"auto on CPU: bf16 matmuls only {bf16 / fp32:.2f}x fp32 here", gflops)
+    return _build("fp32", mode, "auto on CPU: fp32 (not measured)", gflops)
+
+
+def _build(name: str, mode: str, why: str, gflops: dict[str, float]) -> Precision:
+    if name == "fp32":
+        return Precision("fp32", "float32", False, False, f"{why}: fp32", gflops)
+    master = mode == "full"
+    load = "float32" if master else DTYPES[name]
+    kept = "fp32 master weights" if master else f"frozen base in {name}, adapters fp32"
+    return Precision(name, load, name == "bf16", name == "fp16", f"{why}: {name} autocast, {kept}", gflops)  # type: ignore[arg-type]
+
+
+def matmul_shapes(model_path: str | Path) -> list[tuple[int, int]]:
+    """(in, out) features of the model's projections, read from its config.json (no weights loaded)."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+        hidden, inner = int(config["hidden_size"]), int(config["intermediate_size"])
+    except (OSError, KeyError, ValueError, TypeError):
+        hidden, inner = 576, 1536  # SmolLM2-135M's; only the speed ratio is used, not the shapes themselves
+    return [(hidden, hidden), (hidden, inner), (inner, hidden)]
+
+
+def measure_gflops(shapes: list[tuple[int, int]], dtypes: tuple[str, ...] = ("fp32", "bf16"), tokens: int = 1024):
+    """Sustained GFLOP/s of (tokens x in) @ (in x out) matmuls per precision, the projections of one layer in
+    turn, over about 0.25 s per precision with torch's threads."""
+    import torch
+
+    rates: dict[str, float] = {}
+    for name in dtypes:
+        dtype = getattr(torch, DTYPES[name])
+        mats = [(torch.randn(tokens, k, dtype=dtype), torch.randn(k, n, dtype=dtype)) for k, n in shapes]
+        flops_per_round = sum(2 * tokens * k * n for k, n in shapes)
+        for a, b in mats:  # warm up threads and caches
+            a @ b
+        rounds, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < 0.25 or rounds < 2:
+            for a, b in mats:
+                a @ b
+            rounds += 1
+        rates[name] = round(flops_per_round * rounds / elapsed / 1e9, 1)
+    return rates
+
+
+def _machine_key(shapes: list[tuple[int, int]]) -> str:
+    import torch
+
+    flags = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        lines = cpuinfo.read_text().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+        flags = next((line.split(":", 1)[1] for line in lines if line.startswith("flags")), "")
+        wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+        flags = model + " " + ",".join(f for f in wanted if f in flags.split())
+    return f"{platform.machine()} {flags or platform.processor()} | torch {torch.__version__} | " + (
+        f"threads {torch.get_num_threads()} | shapes {shapes}"
     )
 
 
-def _master(master: str | None) -> str:
-    return ", fp32 master weights" if master else ", frozen base in 16 bits, adapters fp32"
+def cpu_matmul_gflops(model_path: str | Path) -> dict[str, float]:
+    """This machine's fp32 and bf16 matmul rates at the model's shapes, measured once and cached per machine."""
+    from smoltune.files import atomic_write_json, smoltune_home
+
+    shapes = matmul_shapes(model_path)
+    key = _machine_key(shapes)
+    cache = smoltune_home() / "precision.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), dict):
+        return known[key]
+    rates = measure_gflops(shapes)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cache, {**known, key: rates})
+    return rates
 
 
-def device_precision(device: str, mode: str) -> Precision:
+def resolve_precision(device: str, mode: str, requested: str, model_path: str | Path) -> Precision:
+    """`train.precision` resolved on this device (measuring the CPU when `auto` needs to)."""
     import torch
 
-    return precision_for(device, mode, device == "cuda" and torch.cuda.is_bf16_supported())
+    if device == "cuda":
+        return precision_for(device, mode, torch.cuda.is_bf16_supported(), requested)
+    gflops = cpu_matmul_gflops(model_path) if requested == "auto" else {}
+    return precision_for(device, mode, False, requested, gflops)
+
+
+def main() -> None:
+    from smoltune.model import pick_device
+
+    model_path = sys.argv[1] if len(sys.argv) > 1 else "."
+    chosen = resolve_precision(pick_device(), "lora", "auto", model_path)
+    print(json.dumps({"precision": chosen.name, "reason": chosen.reason, "gflops": chosen.gflops}))
+
+
+if __name__ == "__main__":
+    main()

@@ -45,6 +45,7 @@ class TrainResult:
     saved_mb: float
     resumed_from_step: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # the compute precision trained in (smoltune.train.precision); evaluation uses it too
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -20,7 +20,7 @@ from smoltune.config import TrainConfig
 from smoltune.data.tokens import tokenize_rows
 from smoltune.files import atomic_dir, atomic_write_json, dir_size_mb, read_jsonl
 from smoltune.model import load_model_and_tokenizer, pick_device
-from smoltune.train.precision import device_precision
+from smoltune.train.precision import Precision, resolve_precision
 from smoltune.train.spec import RESULT_FILE, TrainResult, TrainSpec, finished_result
 
 # `make bench` on this 2-core CPU (README, "Performance"): the hf backend with its fast path (smoltune.train.packing)
@@ -100,20 +100,22 @@ def peft_lora_config(config: TrainConfig) -> Any:
 
 
 def load_for_training(
-    backend: str, spec: TrainSpec, config: TrainConfig, device: str, fast: FastPath
+    backend: str, spec: TrainSpec, config: TrainConfig, device: str, fast: FastPath, precision: Precision
 ) -> tuple[Any, Any]:
-    """Model (with LoRA layers in lora mode) and tokenizer for `backend`."""
+    """Model (with LoRA layers in lora mode) and tokenizer for `backend`, weights in `precision.load_dtype`
+    (PEFT keeps the adapter weights fp32 over a 16-bit base)."""
     if backend == "unsloth":
         from smoltune.train.backend_unsloth import load_unsloth  # imports unsloth, which patches trl process-wide
 
-        return load_unsloth(spec.model_path, config, device)
+        return load_unsloth(spec.model_path, config, device, precision)
     attention = None
     if fast.padding_free:
         from smoltune.train.packing import register_segment_attention
 
         attention = register_segment_attention()
-    dtype = device_precision(device, config.mode).load_dtype
-    model, tokenizer = load_model_and_tokenizer(spec.model_path, device, spec.trust_remote_code, attention, dtype)
+    model, tokenizer = load_model_and_tokenizer(
+        spec.model_path, device, spec.trust_remote_code, attention, precision.load_dtype
+    )
     if config.mode == "lora":
         from peft import get_peft_model
 
@@ -125,7 +127,13 @@ def load_for_training(
     return model, tokenizer
 
 
-def sft_settings(config: TrainConfig, device: str, output_dir: str, fast: FastPath | None = None) -> dict[str, Any]:
+def sft_settings(
+    config: TrainConfig,
+    device: str,
+    output_dir: str,
+    fast: FastPath | None = None,
+    precision: Precision | None = None,
+) -> dict[str, Any]:
     """SFTConfig arguments for the seed job. TRL's CPU defaults (gradient checkpointing, bf16) cost time on
     this hardware and are turned off; the optimizer is adamw_8bit on CUDA and on the CPU torch's AdamW, fused
     when `train.speed.fused_optimizer` is on.
@@ -134,7 +142,7 @@ def sft_settings(config: TrainConfig, device: str, output_dir: str, fast: FastPa
     the sampler hands out the same rows per step and the loss is the mean over the same labelled tokens."""
     on_cuda = device == "cuda"
     fast = fast or FastPath()
-    precision = device_precision(device, config.mode)
+    precision = precision or Precision("fp32", "float32", False, False, "fp32")
     batch, accum = config.batch_size, config.grad_accum
     if fast.pack_accumulation:
         batch, accum = batch * accum, 1
@@ -169,21 +177,31 @@ def sft_settings(config: TrainConfig, device: str, output_dir: str, fast: FastPa
     }
 
 
-def sft_trainer_class(device: str, fast: FastPath | None = None) -> type:
+def sft_trainer_class(device: str, fast: FastPath | None = None, precision: Precision | None = None) -> type:
     """TRL's SFTTrainer, or on the CPU a subclass that computes the loss itself.
 
     TRL 1.15 computes the SFT loss with a Triton kernel whenever Triton is importable (Unsloth installs it);
     without a GPU that kernel fails with "0 active drivers". The model's own loss, or `labelled_token_loss`
     (the same quantity, logits only where a label exists), replaces it; packed batches get their row
-    boundaries for segment attention."""
+    boundaries for segment attention.
+
+    accelerate applies 16-bit autocast by wrapping `model.forward`; `labelled_token_loss` calls the decoder and
+    the LM head directly, so the subclass enters the same autocast around the whole loss (transformers' hook)."""
+    import torch
     from transformers import Trainer
     from trl import SFTTrainer
 
     fast = fast or FastPath()
     if device == "cuda" and fast == FastPath():
         return SFTTrainer
+    autocast = precision.autocast_dtype if precision else None
 
     class FastSFTTrainer(SFTTrainer):
+        def autocast_smart_context_manager(self, cache_enabled: bool | None = True):  # noqa: ANN202
+            if autocast is None:
+                return super().autocast_smart_context_manager(cache_enabled)
+            return torch.autocast(device, dtype=getattr(torch, autocast), cache_enabled=cache_enabled)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             from smoltune.train.packing import labelled_token_loss, with_segment_boundaries
 
@@ -243,17 +261,18 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
     device = pick_device()
     backend, reason = resolve_backend(config.backend, device)
     fast = FastPath.for_run(config, backend)
+    precision = resolve_precision(device, config.mode, config.precision, spec.model_path)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_for_training(backend, spec, config, device, fast)
+    model, tokenizer = load_for_training(backend, spec, config, device, fast, precision)
     trainable, total = count_parameters(model)
     rows = tokenize_rows(tokenizer, read_jsonl(spec.train_file), config.max_seq_length, config.train_on_responses_only)
     rows_per_step = config.batch_size * config.grad_accum
     fast = fit_packing(fast, [len(r["input_ids"]) for r in rows], rows_per_step, config.speed.max_packed_tokens)
-    settings = sft_settings(config, device, str(work_dir / "checkpoints"), fast)
+    settings = sft_settings(config, device, str(work_dir / "checkpoints"), fast, precision)
     resume = latest_complete_checkpoint(work_dir / "checkpoints")
     earlier = logged_steps(resume) if resume else []
     step_log = StepLog(on_step)
-    trainer = sft_trainer_class(device, fast)(
+    trainer = sft_trainer_class(device, fast, precision)(
         model=model,
         args=SFTConfig(**settings),
         data_collator=data_collator(tokenizer, fast),
@@ -287,10 +306,12 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
         output_dir=str(output_dir),
         saved_mb=round(dir_size_mb(output_dir), 3),
         resumed_from_step=int(earlier[-1]["step"]) if earlier else 0,
+        precision=precision.name,
         settings={
             **{k: v for k, v in settings.items() if k != "output_dir"},
             "fast_path": asdict(fast),
-            "precision": device_precision(device, config.mode).reason,
+            "precision": precision.reason,
+            "matmul_gflops": precision.gflops,
         },
     )
     atomic_write_json(work_dir / RESULT_FILE, result.to_dict())
