@@ -30,6 +30,7 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--result", required=True, help="where to write the figures (JSON)")
     parser.add_argument("--work-dir", required=True, help="scratch folder for the trainer")
     parser.add_argument("--set", action="append", default=[], help="smoltune only: train.KEY=VALUE overrides")
+    parser.add_argument("--precision", default="fp32", help="contender (b): the precision measured fastest here")
     return parser.parse_args()
 
 
@@ -77,5 +78,7 @@ def measure_training(trainer: Any) -> dict[str, Any]:
     }
 
 
-def write_result(path: str, name: str, figures: dict[str, Any], settings: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps({"name": name, **figures, "settings": settings}, indent=2))
+def write_result(path: str, name: str, figures: dict[str, Any], settings: dict[str, Any], precision: str) -> None:
+    """The figures, the settings and the compute precision (fp32, bf16, fp16) the contender trained in."""
+    record = {"name": name, **figures, "precision": precision, "settings": settings}
+    Path(path).write_text(json.dumps(record, indent=2))

@@ -41,7 +41,8 @@ def main() -> None:
         "trainable_params": result.trainable_params,
     }
     settings = {"backend": result.backend, "backend_reason": result.backend_reason, **result.settings["fast_path"]}
-    common.write_result(args.result, "smoltune", figures, settings)
+    settings["precision_reason"] = result.settings["precision"]
+    common.write_result(args.result, "smoltune", figures, settings, result.precision)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def main() -> None:
         "optim": str(config.optim),
         "padding_free": config.padding_free,
     }
-    common.write_result(args.result, "trl-defaults", figures, settings)
+    common.write_result(args.result, "trl-defaults", figures, settings, "bf16" if config.bf16 else "fp32")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The machine's fp32 matmul peak with torch's threads, the denominator of MFU.
+"""The machine's matmul peak with torch's threads, per precision: the denominators of MFU.
 
     python bench/matmul_peak.py            # prints GFLOP/s as JSON
 
-Square fp32 GEMMs of a few sizes; the best sustained rate (median of repeats) counts as the peak.
+Square GEMMs of a few sizes in fp32 and bf16; the best sustained rate (median of repeats) counts as that
+precision's peak. `peak_gflops` stays the fp32 peak (the bench's earlier denominator, shown alongside).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import time
 import torch
 
 SIZES = (1024, 2048, 3072)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def gemm_gflops(size: int, repeats: int = 7) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def gemm_gflops(size: int, dtype: torch.dtype, repeats: int = 7) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(2):  # warm up threads and caches
         a @ b
     timings = []
@@ -29,8 +31,13 @@ def gemm_gflops(size: int, repeats: int = 7) -> float:
 
 
 def main() -> None:
-    rates = {size: round(gemm_gflops(size), 1) for size in SIZES}
-    print(json.dumps({"threads": torch.get_num_threads(), "gflops_by_size": rates, "peak_gflops": max(rates.values())}))
+    rates = {name: {size: round(gemm_gflops(size, dtype), 1) for size in SIZES} for name, dtype in DTYPES.items()}
+    peaks = {name: max(by_size.values()) for name, by_size in rates.items()}
+    print(
+        json.dumps(
+            {"threads": torch.get_num_threads(), "gflops_by_size": rates, "peaks": peaks, "peak_gflops": peaks["fp32"]}
+        )
+    )
 
 
 if __name__ == "__main__":
