@@ -1,14 +1,14 @@
-"""Contender (b): Unsloth's FastLanguageModel with the settings of its Alpaca notebook (Llama-3 8B Alpaca).
+"""Contender (c): Unsloth's FastLanguageModel with the settings of its Alpaca notebook (Llama-3 8B Alpaca), trained
+through Unsloth's own patched SFTTrainer and loss (it reports "chunked CE = True" on the CPU).
 
-    python bench/contender_unsloth.py --model DIR --train-file train.jsonl --steps 10 --result b.json --work-dir /tmp/b
+    python bench/contender_unsloth.py --model DIR --train-file train.jsonl --steps 10 --result c.json --work-dir /tmp/c
 
-The notebook's settings: dtype=None (Unsloth picks), LoRA r=16 alpha=16 dropout 0 on the 7 projections,
-use_gradient_checkpointing="unsloth", batch 2 x accumulation 4, warm-up 5, lr 2e-4, adamw_8bit, weight decay
-0.01, linear schedule, seed 3407, bf16 when supported. Changes a CPU forces: load_in_4bit=False (bitsandbytes'
-4-bit layers need a GPU; the other contenders train the same full-precision weights), and the notebook's
-`fp16=not is_bf16_supported()` becomes fp16=False: Unsloth's CPU fallback does not export is_bf16_supported
-(it prints "bfloat16 = False") and fp16 mixed precision needs CUDA.
-"""
+The notebook's settings: dtype=None (Unsloth picks: bf16 on this CPU), LoRA r=16 alpha=16 dropout 0 on the 7
+projections, use_gradient_checkpointing="unsloth", batch 2 x accumulation 4, warm-up 5, lr 2e-4, adamw_8bit
+(Unsloth swaps in torch's fused AdamW on a CPU), weight decay 0.01, linear schedule, seed 3407. Changes a CPU
+forces: load_in_4bit=False (bitsandbytes' 4-bit layers need a GPU; the other contenders train the same
+full-precision weights), and the notebook's `fp16=not is_bf16_supported()` becomes fp16=False: fp16 mixed
+precision needs CUDA."""
 
 # ruff: noqa: I001  - Unsloth must be imported before transformers, trl and peft, so imports stay in this order
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> None:
         report_to="none",
         include_num_input_tokens_seen="non_padding",
     )
-    trainer = common.cpu_loss_trainer(SFTTrainer)(
+    trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=Dataset.from_list(common.tokenized_rows(tokenizer, args.train_file)),
@@ -67,7 +67,8 @@ def main() -> None:
     )
     figures = common.measure_training(trainer)
     settings = {"dtype": str(model.dtype), "bf16": config.bf16, "optim": str(config.optim)}
-    common.write_result(args.result, "unsloth-notebook", figures, settings)
+    precision = "bf16" if model.dtype == torch.bfloat16 else "fp16" if model.dtype == torch.float16 else "fp32"
+    common.write_result(args.result, "unsloth-notebook", figures, settings, precision)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def main() -> None:
     model_path = resolve_model(args.model).path
     work = Path("runs/bench/profile-work")
     work.mkdir(parents=True, exist_ok=True)
-    train_file = run.prepare_rows(100, work)
+    train_file = run.prepare_rows("seed", 100, work)
     spec = TrainSpec(model_path, str(train_file), str(work), config.model_dump(mode="json"))
     model, tokenizer = load_for_training("hf", spec, config, "cpu", fast)
     model.train()

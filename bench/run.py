@@ -183,7 +183,7 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=2))
     console.rule("results")
     console.print(f"matmul peaks (GFLOP/s): {peak['peaks']}; smoltune auto: {chosen.reason}")
-    for dataset, result in results.items():
+    for result in results.values():
         print_results(console, result["contenders"], result["summary"], header)
     console.print(f"figures written to {out}")
 

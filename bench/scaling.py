@@ -84,7 +84,7 @@ def main() -> None:
     work = out.parent / (out.stem + "-work")
     work.mkdir(parents=True, exist_ok=True)
     model = resolve_model(args.model).path
-    seed_rows = run.prepare_rows(100, work)
+    seed_rows = run.prepare_rows("seed", 100, work)
     peak = run.matmul_peak()
     results = []
     for index, (label, rows, overrides) in enumerate(points(model, seed_rows, work)):

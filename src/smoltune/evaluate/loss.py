@@ -27,7 +27,7 @@ def mean_answer_loss(
     import torch
     import torch.nn.functional as F
 
-    from smoltune.train.packing import backbone_and_head, fp32_logits
+    from smoltune.train.packing import backbone_and_head
 
     rows = [e["input_ids"] for e in examples]
     if not rows:
@@ -54,8 +54,8 @@ def mean_answer_loss(
             ).last_hidden_state
             targets = labels[:, batch.prefix + 1 :]
             labelled = targets != IGNORE_INDEX
-            logits = fp32_logits(head, hidden[:, :-1][labelled])
-            total_loss += F.cross_entropy(logits, targets[labelled], reduction="sum").item()
+            logits = head(hidden[:, :-1][labelled])
+            total_loss += F.cross_entropy(logits.float(), targets[labelled], reduction="sum").item()
             total_tokens += int(labelled.sum())
             on_batch()
     return total_loss / max(total_tokens, 1)
