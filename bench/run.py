@@ -148,7 +148,7 @@ def main() -> None:
     unknown = sorted(set(keys) - set(CONTENDERS)) + sorted(set(datasets) - set(DATASETS))
     if unknown:
         sys.exit(f"bench: unknown {', '.join(unknown)}; contenders: {', '.join(CONTENDERS)}; datasets: seed, long")
-    from smoltune.model import resolve_model
+    from smoltune.model import pick_device, resolve_model
     from smoltune.train.precision import resolve_precision
 
     console = Console(width=max(Console().width, 110))
@@ -157,7 +157,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     model = resolve_model(args.model).path
     peak = matmul_peak()
-    chosen = resolve_precision("cpu", "lora", "auto", model)  # what smoltune's auto trains in here; (b) gets it
+    chosen = resolve_precision(pick_device(), "lora", "auto", model)  # what smoltune's auto picks here; (b) gets it
     flags = verdicts.cpu_flags()
     amx = "amx_bf16" in flags
     header = (

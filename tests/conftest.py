@@ -25,6 +25,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 apply_prefect_defaults()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests run where CUDA is (`make gpu-check` on a GPU machine) and are skipped, saying so, elsewhere."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if not gpu_tests:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu_tests:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (run by `make gpu-check` on one)"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised 2-layer llama (hidden 64) with a small BPE tokenizer trained on built-in rows."""

@@ -148,3 +148,25 @@ def test_bench_runs_all_four_contenders_on_both_datasets(tiny_model_dir: Path, t
     long, seed = report["datasets"]["long"]["summary"]["data"], report["datasets"]["seed"]["summary"]["data"]
     assert long["labelled_share"] > 0.5 > seed["labelled_share"] and long["mean_row"] > seed["mean_row"]
     assert "(d) smoltune" in completed.stdout and "speed (long): smoltune" in completed.stdout
+
+
+def test_gpu_check_dry_run_lists_the_plan_and_names_missing_wheels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "WHEELS", tmp_path)
+    for index, name in enumerate(gpu_check.NEEDED):  # wheels as `make gpu-wheels` lays them out, in two parts
+        part = tmp_path / str(1 + index % 2)
+        part.mkdir(exist_ok=True)
+        (part / f"{name}-1.0-py3-none-any.whl").write_bytes(b"")
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--dry", "--out", str(tmp_path / "out")])
+    gpu_check.main()
+    printed = capsys.readouterr().out
+    for step in ("gpu tests", "seed job, bf16", "seed job, forced fp16", "LoRA r=256", "full fine-tuning", "bench"):
+        assert step in printed
+    assert "train.precision=fp16" in printed and f"all {len(gpu_check.NEEDED)} present" in printed
+    assert int(printed.split("total limit ")[1].split()[0]) <= 8 * 60  # the 8 minutes
+    next(tmp_path.glob("1/unsloth-*.whl")).unlink()
+    with pytest.raises(SystemExit, match="lacks unsloth"):
+        gpu_check.main()

@@ -64,7 +64,8 @@ def test_summary_has_every_field(run_dir: Path) -> None:
     assert summary["model"]["source"] == "embedded" and len(summary["model"]["sha256"]) == 64
     assert summary["validation"]["success"] is True
     train = summary["train"]
-    assert (train["backend"], train["mode"], train["rank"], train["steps"]) == ("hf", "lora", 16, 2)
+    auto_backend = "hf" if train["device"] == "cpu" else "unsloth"  # smoltune.train.trainer.resolve_backend
+    assert (train["backend"], train["mode"], train["rank"], train["steps"]) == (auto_backend, "lora", 16, 2)
     assert train["trainable_params"] == 4_884_480  # r=16 on the 7 projections of SmolLM2-135M
     assert train["total_params"] == 134_515_008 + 4_884_480
     assert len(train["losses"]) == 2 and all(math.isfinite(x) for x in train["losses"])

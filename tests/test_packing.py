@@ -213,3 +213,30 @@ def test_pack_accumulation_keeps_the_rows_per_optimizer_step() -> None:
     plain = sft_settings(config, "cpu", "out", FastPath())
     assert (plain["per_device_train_batch_size"], plain["gradient_accumulation_steps"]) == (2, 4)
     assert plain["include_num_input_tokens_seen"] == "non_padding" and plain["optim"] == "adamw_torch"
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_both_row_attention_kernels_compute_the_same(dtype: torch.dtype, tolerance: float) -> None:
+    """The matmul kernel (stacked query groups, causal mask, fp32 softmax) equals SDPA, gradients included."""
+    from smoltune.train.row_attention import matmul_attention, sdpa_attention
+
+    torch.manual_seed(0)
+    inputs = [torch.randn(1, heads, 37, 16, dtype=dtype) for heads in (6, 2, 2)]
+    results = []
+    for kernel in (sdpa_attention, matmul_attention):
+        q, k, v = (t.clone().requires_grad_() for t in inputs)
+        out = kernel(q, k, v, 0.25)
+        (out.float() * torch.linspace(-1, 1, 16)).sum().backward()
+        results.append([out.float(), q.grad.float(), k.grad.float(), v.grad.float()])
+    for ours, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
+
+
+def test_the_faster_kernel_is_measured_once_per_shape() -> None:
+    from smoltune.train.row_attention import KERNELS, faster_kernel
+
+    faster_kernel.cache_clear()
+    with torch.no_grad():  # measured with gradients even inside no_grad / inference code
+        choice = faster_kernel("cpu", torch.bfloat16, 6, 2, 16, 64)
+    assert choice in KERNELS and faster_kernel("cpu", torch.bfloat16, 6, 2, 16, 64) == choice
+    assert faster_kernel.cache_info().hits == 1

@@ -29,12 +29,17 @@ def make_summary() -> dict:
             "tokens_per_second": 81.26,
             "peak_memory_mb": 2712.4,
             "losses": [2.5 - 0.05 * i for i in range(20)],
+            "precision": "bf16",
+            "settings": {"precision": "auto on CPU: bf16 matmuls 4.4x fp32 here", "matmul_gflops": {"fp32": 188.2}},
         },
         "eval": {
             "eval_loss_base": 2.9,
             "eval_loss_tuned": 1.2,
             "perplexity_base": 18.17,
             "perplexity_tuned": 3.32,
+            "eval_rows": 40,
+            "eval_seconds": 20.0,
+            "eval_precision": "bf16",
         },
         "artifacts": {"adapter_dir": "/x/adapter", "adapter_mb": 18.69, "saved_mb": 18.69},
         "stage_seconds": {"train": 125.0},
@@ -54,6 +59,8 @@ def test_report_shows_the_measured_figures() -> None:
     assert "| final train loss | 1.5500 |" in text
     assert "ab" * 32 in text and "dequantised Q4_1" in text
     assert "| train | 125.0 |" in text
+    assert "| precision | bf16 (auto on CPU: bf16 matmuls 4.4x fp32 here; measured GFLOP/s fp32 188) |" in text
+    assert "Evaluated in 20.0 s (0.50 s per held-out row, base and tuned, in bf16)." in text
     assert "![Loss curve](loss_curve.png)" in text
 
 

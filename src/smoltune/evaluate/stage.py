@@ -9,6 +9,7 @@ in training). Generations are greedy, so base and tuned answers differ only beca
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ def evaluate_tuned(
 ) -> tuple[EvalFigures, list[dict[str, Any]], list[dict[str, Any]]]:
     """(figures, held-out answers, prompt generations) of the base and the tuned model, both in the training's
     `precision` (fp32, bf16 or fp16)."""
+    started = time.perf_counter()
     models, tokenizer = load_tuned(model_path, output_dir, mode, trust_remote_code, DTYPES[precision])
     rows = read_jsonl(eval_file)
     held_out = tokenize_rows(tokenizer, rows, max_seq_length, mask_prompt=True)
@@ -62,6 +64,8 @@ def evaluate_tuned(
         tuned = measure(lambda: progress.advance(task))
     figures = EvalFigures(
         eval_rows=len(held_out),
+        eval_seconds=round(time.perf_counter() - started, 2),
+        eval_precision=precision,
         eval_loss_base=round(base["loss"], 5),
         eval_loss_tuned=round(tuned["loss"], 5),
         perplexity_base=round(math.exp(min(base["loss"], 50)), 3),

@@ -118,6 +118,8 @@ class EvalFigures(_Record):
     """Base vs tuned on the held-out rows (None where the data has no checkable answers)."""
 
     eval_rows: int
+    eval_seconds: float | None = Field(None, description="Wall time of the evaluation, base and tuned, when computed.")
+    eval_precision: str = Field("fp32", description="The precision it ran in (the training's).")
     eval_loss_base: float
     eval_loss_tuned: float
     perplexity_base: float

@@ -42,5 +42,6 @@ def load_unsloth(model_path: str, config: TrainConfig, device: str, precision: P
             use_gradient_checkpointing="unsloth" if device == "cuda" else False,
             random_state=config.seed,
             use_rslora=config.lora.use_rslora,
+            use_dora=config.lora.use_dora,  # Unsloth hands extra keywords to PEFT's LoraConfig
         )
     return model, tokenizer
