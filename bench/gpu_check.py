@@ -3,6 +3,7 @@
     make gpu-wheels                  # here: the wheels the GPU machine lacks, into .whl/1, .whl/2 (under 60 MiB each)
     make gpu-check DRY=1             # here: the plan, and whether .whl/ holds every wheel it needs
     make gpu-check OUT=/some/folder  # there: installs from .whl/, runs the plan, writes gpu-check.json + .log
+    python3 bench/gpu_check.py --install-only   # there, first call: install the part carried in it
 
 The plan (about 6 minutes on an H200): the `gpu` tests; the seed job's training (60 steps) and evaluation in
 bf16 and in forced fp16 (the seed's T4 path); LoRA r=16, r=256 and full fine-tuning; and the bench's GPU
@@ -30,7 +31,7 @@ WHEELS = ROOT / ".whl"
 NEEDED = (
     "trl", "datasets", "dill", "multiprocess", "unsloth", "unsloth_zoo", "pydantic", "pydantic_core",
     "annotated_types", "typing_inspection", "tyro", "cut_cross_entropy", "msgspec", "torchao", "bitsandbytes",
-    "docstring_parser", "shtab", "typeguard",
+    "docstring_parser", "typeguard",
 )  # fmt: skip
 PART_MIB = 60
 
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--dry", action="store_true", help="list the plan and check the wheels; run nothing")
     parser.add_argument("--out", default=os.environ.get("OUT") or "runs/gpu-check", help="results folder")
     parser.add_argument("--model", default="auto", help="a model folder; auto: embedded if present, else the twin")
+    parser.add_argument("--install-only", action="store_true", help="install the carried wheels and stop")
     args = parser.parse_args()
     out = Path(args.out)
     steps = plan(out, args.model)
@@ -106,6 +108,15 @@ def main() -> None:
         sys.exit("gpu-check: no CUDA GPU here; `make gpu-check DRY=1` shows the plan")
     out.mkdir(parents=True, exist_ok=True)
     env = install()
+    if args.install_only:
+        print(f"installed {len(wheel_names())} wheels into /tmp/site")
+        return
+    # The model every step uses, resolved once (with the carried packages importable): a folder, not 'auto'.
+    found = subprocess.run(
+        [sys.executable, "-c", f"import gpu_job; print(gpu_job.model_folder({args.model!r})[0])"],
+        cwd=ROOT / "bench", env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    steps = plan(out, found.stdout.strip().splitlines()[-1])
     results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "steps": []}
     with (out / "gpu-check.log").open("w") as log:
         for name, command, limit in steps:
