@@ -240,3 +240,24 @@ def test_the_faster_kernel_is_measured_once_per_shape() -> None:
         choice = faster_kernel("cpu", torch.bfloat16, 6, 2, 16, 64)
     assert choice in KERNELS and faster_kernel("cpu", torch.bfloat16, 6, 2, 16, 64) == choice
     assert faster_kernel.cache_info().hits == 1
+
+
+def test_row_boundaries_reach_every_layer_as_host_integers(models: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One device-to-host read per batch: each layer's attention gets the edges as Python ints."""
+    from smoltune.train import packing
+
+    seen = []
+    original = packing.segment_attention
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(kwargs.get(packing.ROW_EDGES))
+        return original(*args, **kwargs)
+
+    from transformers import AttentionInterface
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, packing.SEGMENT_ATTENTION, spy)
+    segments, _ = models
+    batch = with_segment_boundaries(packed_batch(ROWS))
+    with torch.no_grad():
+        segments(**{k: v for k, v in batch.items() if k != "labels"})
+    assert seen == [(0, 6, 9, 14)] * segments.config.num_hidden_layers

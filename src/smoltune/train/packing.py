@@ -24,6 +24,7 @@ from smoltune.data.tokens import IGNORE_INDEX
 from smoltune.train.row_attention import row_attention
 
 SEGMENT_ATTENTION = "smoltune_segments"
+ROW_EDGES = "smoltune_row_edges"  # the boundaries as Python ints, handed to every layer's attention call
 
 
 def segment_boundaries(position_ids: torch.Tensor) -> torch.Tensor:
@@ -52,7 +53,7 @@ def segment_attention(
     boundaries = kwargs.get("cu_seq_lens_q")
     if boundaries is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    edges = boundaries.tolist()
+    edges = kwargs.get(ROW_EDGES) or boundaries.tolist()
     # query: (1, heads, tokens, head_dim); key/value may have fewer heads (grouped-query attention).
     if dropout and module.training:
         rows = [
@@ -93,13 +94,16 @@ def with_segment_boundaries(inputs: dict[str, Any]) -> dict[str, Any]:
     if position_ids is None or "attention_mask" in inputs or position_ids.shape[0] != 1:
         return inputs
     boundaries = segment_boundaries(position_ids)
-    longest = int((boundaries[1:] - boundaries[:-1]).max())
+    # Read back to the host once per batch, not once per layer: on a GPU each read is a synchronisation.
+    edges = tuple(boundaries.tolist())
+    longest = max(end - start for start, end in zip(edges[:-1], edges[1:], strict=True))
     return {
         **inputs,
         "cu_seq_lens_q": boundaries,
         "cu_seq_lens_k": boundaries,
         "max_length_q": longest,
         "max_length_k": longest,
+        ROW_EDGES: edges,
     }
 
 
