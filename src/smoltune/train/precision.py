@@ -53,6 +53,9 @@ class Precision:
         return None if self.name == "fp32" else DTYPES[self.name]
 
 
+FP32 = Precision("fp32", "float32", False, False, "fp32")
+
+
 def precision_for(
     device: str,
     mode: str,

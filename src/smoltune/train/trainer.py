@@ -20,7 +20,7 @@ from smoltune.config import TrainConfig
 from smoltune.data.tokens import tokenize_rows
 from smoltune.files import atomic_dir, atomic_write_json, dir_size_mb, read_jsonl
 from smoltune.model import load_model_and_tokenizer, pick_device
-from smoltune.train.precision import Precision, resolve_precision
+from smoltune.train.precision import FP32, Precision, resolve_precision
 from smoltune.train.spec import RESULT_FILE, TrainResult, TrainSpec, finished_result
 
 # `make bench` (README, "Performance"): on the CPU the hf backend with its fast path (smoltune.train.packing) trains
@@ -134,15 +134,15 @@ def sft_settings(
     fast: FastPath | None = None,
     precision: Precision | None = None,
 ) -> dict[str, Any]:
-    """SFTConfig arguments for the seed job. TRL's CPU defaults (gradient checkpointing, bf16) cost time on
-    this hardware and are turned off; the optimizer is adamw_8bit on CUDA and on the CPU torch's AdamW, fused
-    when `train.speed.fused_optimizer` is on.
+    """SFTConfig arguments for the seed job. TRL's gradient checkpointing costs time a 135M model does not need
+    and is off; bf16 / fp16 follow `precision` (smoltune.train.precision, by measurement on a CPU); the optimizer
+    is adamw_8bit on CUDA and on the CPU torch's AdamW, fused when `train.speed.fused_optimizer` is on.
 
     With `pack_accumulation` the batch_size x grad_accum rows of an optimizer step go through one packed forward:
     the sampler hands out the same rows per step and the loss is the mean over the same labelled tokens."""
     on_cuda = device == "cuda"
     fast = fast or FastPath()
-    precision = precision or Precision("fp32", "float32", False, False, "fp32")
+    precision = precision or FP32
     batch, accum = config.batch_size, config.grad_accum
     if fast.pack_accumulation:
         batch, accum = batch * accum, 1
