@@ -49,6 +49,7 @@ def _train(model: ResolvedModel, prepared: Prepared, config: PipelineConfig, fol
         config.train.model_dump(mode="json"),
         model.trust_remote_code,
         base_model_id=model.hub_id,
+        load_in_4bit=config.model.load_in_4bit,
     )
     result = train_in_subprocess(spec, on_step)
     if result.resumed_from_step:

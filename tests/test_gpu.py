@@ -103,3 +103,30 @@ def test_fast_generation_equals_each_row_alone_on_cuda(tiny_model_dir: Path) -> 
         out = plain.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         expected.append(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
     assert generate_answers(fast.cuda().eval(), tokenizer, PROMPTS, 12, 3) == expected
+
+
+@pytest.mark.parametrize("backend", ["hf", "unsloth"])
+def test_qlora_trains_and_its_adapter_loads_on_the_16_bit_base(
+    tiny_model_dir: Path, tmp_path: Path, backend: str
+) -> None:
+    from smoltune.config import EvalConfig
+    from smoltune.data.builtin import generate_rows
+    from smoltune.data.prompts import to_prompt_completion
+    from smoltune.evaluate.stage import evaluate_tuned
+    from smoltune.files import write_jsonl
+    from smoltune.train.runner import train_in_subprocess
+    from smoltune.train.spec import TrainSpec
+
+    config = TrainConfig(max_steps=4, warmup_steps=0, batch_size=2, grad_accum=2, backend=backend)
+    spec = TrainSpec(str(tiny_model_dir), rows_file(tmp_path), str(tmp_path / backend), config.model_dump(mode="json"),
+                     load_in_4bit=True)  # fmt: skip
+    result = train_in_subprocess(spec)
+    assert result.settings["load_in_4bit"] and all(math.isfinite(x) for x in result.losses)
+    eval_file = write_jsonl(tmp_path / "eval.jsonl", [{**r, **to_prompt_completion(r)} for r in generate_rows(4)])
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("prompts:\n  - Say hi.\n")
+    figures, _, _ = evaluate_tuned(  # the evaluation loads the base in 16 bits: the adapter must fit it
+        str(tiny_model_dir), result.output_dir, "lora", str(eval_file), EvalConfig(prompts_file=str(prompts)),
+        "alpaca", 256, precision=result.precision,
+    )  # fmt: skip
+    assert math.isfinite(figures.eval_loss_tuned)

@@ -105,3 +105,20 @@ def test_bf16_training_keeps_adapters_fp32_and_tracks_fp32(tiny_model_dir: Path,
     # bf16 keeps 8 bits of mantissa: activations round at ~0.4% each; the tiny model's losses are ~6.
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
     assert losses["bf16"] != losses["fp32"]  # really trained in another precision
+
+
+def test_qlora_is_refused_where_it_cannot_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """4-bit needs bitsandbytes' CUDA kernels and an adapter: a CPU run stops with the setting named (a config
+    error, exit 2, from the training process), and full fine-tuning in 4-bit is refused before any run."""
+    from smoltune.config import PipelineConfig, semantic_problems
+    from smoltune.train.runner import train_in_subprocess
+    from smoltune.train.spec import TrainSpec
+
+    config = TrainConfig(max_steps=1, warmup_steps=0)
+    spec = TrainSpec(str(tiny_model_dir), "unused.jsonl", str(tmp_path / "q"), config.model_dump(), load_in_4bit=True)
+    with pytest.raises(ConfigError, match="load_in_4bit: 4-bit \\(QLoRA\\) training needs a CUDA GPU") as raised:
+        train_in_subprocess(spec)
+    assert raised.value.exit_code == 2
+    full = PipelineConfig(model={"load_in_4bit": True}, train={"mode": "full"})
+    assert any("cannot be fully fine-tuned" in p for p in semantic_problems(full))
+    assert not any("load_in_4bit" in p for p in semantic_problems(PipelineConfig(model={"load_in_4bit": True})))

@@ -35,6 +35,11 @@ class ModelConfig(_Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a hub id.")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless needed.")
+    load_in_4bit: bool = Field(
+        False,
+        description="QLoRA: train the LoRA adapter over a base quantised to 4-bit NF4 (bitsandbytes; needs a CUDA "
+        "GPU), as Unsloth's notebooks do on a T4. The adapter loads on the 16-bit base for evaluation and serving.",
+    )
     hub_token_secret: str | None = Field(
         None,
         description="Name of a Prefect Secret block holding a Hugging Face token, for gated or private hub models "
@@ -284,8 +289,8 @@ def semantic_problems(config: PipelineConfig) -> list[str]:
         )
     if config.train.mode == "full" and config.export.merged:
         problems.append("export.merged: full fine-tuning already saves a whole model; nothing to merge")
-    if config.train.backend == "unsloth" and config.train.lora.use_dora:
-        problems.append("train.lora.use_dora: not supported by the unsloth backend; use train.backend=hf")
+    if config.model.load_in_4bit and config.train.mode == "full":
+        problems.append("model.load_in_4bit: 4-bit weights cannot be fully fine-tuned; use train.mode=lora (QLoRA)")
     if not config.train.lora.target_modules:
         problems.append("train.lora.target_modules: at least one module is needed")
     unknown = sorted(set(config.validation.severity) - set(CHECK_IDS))

@@ -152,9 +152,11 @@ def load_model_and_tokenizer(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
     dtype_name: str | None = None,
+    quantization: Any = None,
 ) -> tuple[Any, Any]:
-    """A model in `dtype_name`, by default fp32 on the CPU (bf16 is slower than fp32 on CPUs without AMX) and
-    on CUDA bf16 where the card has it, else fp16 (T4, V100)."""
+    """A model in `dtype_name`, by default fp32 on the CPU and on CUDA bf16 where the card has it, else fp16
+    (T4, V100); with `quantization` (a transformers quantization config, e.g. bitsandbytes 4-bit) placed on the
+    device at load time, as quantised weights cannot be moved afterwards."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -171,8 +173,10 @@ def load_model_and_tokenizer(
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
         attn_implementation=attn_implementation,
-    ).to(device)
-    return model, tokenizer
+        quantization_config=quantization,
+        device_map={"": device} if quantization is not None else None,
+    )
+    return (model if quantization is not None else model.to(device)), tokenizer
 
 
 def weight_names(model_path: str | Path) -> set[str]:

@@ -152,6 +152,7 @@ def train_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "rows": prepared.train_sha256,
         "validated": prepared.validated_key,
         "train": inputs["config"].train.model_dump(mode="json"),
+        "load_in_4bit": inputs["config"].model.load_in_4bit,
     }
 
 

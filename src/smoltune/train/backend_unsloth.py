@@ -15,9 +15,11 @@ from smoltune.config import TrainConfig
 from smoltune.train.precision import Precision
 
 
-def load_unsloth(model_path: str, config: TrainConfig, device: str, precision: Precision) -> tuple[Any, Any]:
+def load_unsloth(
+    model_path: str, config: TrainConfig, device: str, precision: Precision, load_in_4bit: bool = False
+) -> tuple[Any, Any]:
     """Model and tokenizer through FastLanguageModel; in lora mode with LoRA layers added the Unsloth way.
-    Full precision (no 4-bit) so that results compare with the hf backend."""
+    The base in 4-bit only with `model.load_in_4bit` (QLoRA), else in the precision rule's dtype."""
     import torch
 
     dtype = getattr(torch, precision.load_dtype)  # the hf backend's rule (smoltune.train.precision)
@@ -25,7 +27,7 @@ def load_unsloth(model_path: str, config: TrainConfig, device: str, precision: P
         model_name=model_path,
         max_seq_length=config.max_seq_length,
         dtype=dtype,
-        load_in_4bit=False,
+        load_in_4bit=load_in_4bit,
         full_finetuning=config.mode == "full",
     )
     if tokenizer.pad_token is None:

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
-from smoltune.errors import TrainingError
+from smoltune.errors import ConfigError, TrainingError
 from smoltune.files import atomic_write_json
 from smoltune.train.spec import RESULT_FILE, TrainResult, TrainSpec, finished_result
 from smoltune.train.worker import ERROR_PREFIX, STEP_PREFIX
@@ -70,12 +70,15 @@ def _run_worker(spec_file: Path, work_dir: Path, on_step: Callable[[dict], None]
                 if on_step is not None:
                     on_step(json.loads(line[len(STEP_PREFIX) :]))
             elif line.startswith(ERROR_PREFIX):
-                reported.append(json.loads(line[len(ERROR_PREFIX) :])["message"])
+                reported.append(json.loads(line[len(ERROR_PREFIX) :]))
             else:
                 sys.stderr.write(line)  # library chatter; stdout stays clean for the CLI's last line
         relay.join()
     if proc.returncode != 0 and reported:
-        raise TrainingError(reported[-1])
+        error = reported[-1]
+        if error["type"] == "ConfigError" and error.get("problems"):  # a setting this machine cannot run
+            raise ConfigError(error["problems"], "train")
+        raise TrainingError(error["message"])
     if proc.returncode != 0:
         raise TrainingError(
             f"training process exited with status {proc.returncode}; rerunning resumes from the last complete "

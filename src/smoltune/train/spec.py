@@ -21,6 +21,7 @@ class TrainSpec:
     config: dict[str, Any]
     trust_remote_code: bool = False
     base_model_id: str | None = None  # recorded in adapter_config.json instead of this machine's cache path
+    load_in_4bit: bool = False  # QLoRA: the frozen base quantised to 4-bit NF4 (CUDA only)
 
 
 @dataclass

@@ -18,9 +18,10 @@ from typing import Any
 
 from smoltune.config import TrainConfig
 from smoltune.data.tokens import tokenize_rows
+from smoltune.errors import ConfigError
 from smoltune.files import atomic_dir, atomic_write_json, dir_size_mb, read_jsonl
 from smoltune.model import load_model_and_tokenizer, pick_device
-from smoltune.train.precision import FP32, Precision, resolve_precision
+from smoltune.train.precision import DTYPES, FP32, Precision, resolve_precision
 from smoltune.train.spec import RESULT_FILE, TrainResult, TrainSpec, finished_result
 
 # `make bench` (README, "Performance"): on the CPU the hf backend with its fast path (smoltune.train.packing) trains
@@ -99,6 +100,35 @@ def peft_lora_config(config: TrainConfig) -> Any:
     )
 
 
+def quantization_4bit(spec: TrainSpec, precision: Precision) -> Any:
+    """bitsandbytes' 4-bit NF4 config (double quantisation, compute in the training precision) for QLoRA, as
+    Unsloth's notebooks load a base on a T4; None without `model.load_in_4bit`."""
+    if not spec.load_in_4bit:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=getattr(torch, DTYPES[precision.name]),
+    )
+
+
+def check_quantisation(spec: TrainSpec, mode: str, device: str) -> None:
+    """QLoRA needs bitsandbytes' CUDA kernels and an adapter to train: say so before loading anything."""
+    if spec.load_in_4bit and device != "cuda":
+        raise ConfigError(
+            [
+                f"model.load_in_4bit: 4-bit (QLoRA) training needs a CUDA GPU; this machine trains on "
+                f"{device}. Set model.load_in_4bit=false here"
+            ]
+        )
+    if spec.load_in_4bit and mode != "lora":
+        raise ConfigError(["model.load_in_4bit: 4-bit weights cannot be fully fine-tuned; use train.mode=lora"])
+
+
 def load_for_training(
     backend: str, spec: TrainSpec, config: TrainConfig, device: str, fast: FastPath, precision: Precision
 ) -> tuple[Any, Any]:
@@ -107,18 +137,25 @@ def load_for_training(
     if backend == "unsloth":
         from smoltune.train.backend_unsloth import load_unsloth  # imports unsloth, which patches trl process-wide
 
-        return load_unsloth(spec.model_path, config, device, precision)
+        return load_unsloth(spec.model_path, config, device, precision, spec.load_in_4bit)
     attention = None
     if fast.padding_free:
         from smoltune.train.packing import register_segment_attention
 
         attention = register_segment_attention()
     model, tokenizer = load_model_and_tokenizer(
-        spec.model_path, device, spec.trust_remote_code, attention, precision.load_dtype
+        spec.model_path,
+        device,
+        spec.trust_remote_code,
+        attention,
+        precision.load_dtype,
+        quantization_4bit(spec, precision),
     )
     if config.mode == "lora":
-        from peft import get_peft_model
+        from peft import get_peft_model, prepare_model_for_kbit_training
 
+        if spec.load_in_4bit:  # norms and head in fp32 for stable 4-bit training; no checkpointing (see sft_settings)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model = get_peft_model(model, peft_lora_config(config))
         if fast.fused_lora:
             from smoltune.train.fused_lora import fuse_lora_linears
@@ -259,6 +296,7 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
         return finished
     config = TrainConfig.model_validate(spec.config)
     device = pick_device()
+    check_quantisation(spec, config.mode, device)
     backend, reason = resolve_backend(config.backend, device)
     fast = FastPath.for_run(config, backend)
     precision = resolve_precision(device, config.mode, config.precision, spec.model_path)
@@ -310,6 +348,7 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
         settings={
             **{k: v for k, v in settings.items() if k != "output_dir"},
             "fast_path": asdict(fast),
+            "load_in_4bit": spec.load_in_4bit,
             "precision": precision.reason,
             "matmul_gflops": precision.gflops,
         },

@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(spec, on_step)
     except SmoltuneError as err:
-        print(ERROR_PREFIX + json.dumps({"type": type(err).__name__, "message": str(err)}), flush=True)
+        problems = getattr(err, "problems", None)  # a ConfigError's list, so the parent raises the same error
+        print(
+            ERROR_PREFIX + json.dumps({"type": type(err).__name__, "message": str(err), "problems": problems}),
+            flush=True,
+        )
         return err.exit_code
     return 0
 
