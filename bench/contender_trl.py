@@ -8,6 +8,9 @@ Only what the seed job fixes is set (batch, accumulation, lr, warm-up, schedule,
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
 import common
 import torch
 from datasets import Dataset
@@ -18,11 +21,13 @@ from trl import SFTConfig, SFTTrainer
 from smoltune.config import LORA_TARGETS_LLAMA
 
 
-def main() -> None:
-    args = common.parse_args(__doc__)
+def train_with_trl(args: argparse.Namespace, name: str, dtype: torch.dtype | None = None, **changes: Any) -> None:
+    """Train the seed job's LoRA with plain TRL: the settings the seed job fixes, `changes` to TRL's defaults
+    (none for this contender), the base loaded in `dtype` (default: as transformers loads it); write the result
+    as `name`. Contender (b) calls it with its own changes."""
     torch.manual_seed(common.SEED)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, **({} if dtype is None else {"dtype": dtype}))
     config = SFTConfig(
         output_dir=args.work_dir,
         max_steps=args.steps,
@@ -38,6 +43,7 @@ def main() -> None:
         save_strategy="no",
         report_to="none",
         include_num_input_tokens_seen="non_padding",
+        **changes,
     )
     lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS_LLAMA, task_type="CAUSAL_LM")
     trainer = common.cpu_loss_trainer(SFTTrainer)(
@@ -54,7 +60,11 @@ def main() -> None:
         "optim": str(config.optim),
         "padding_free": config.padding_free,
     }
-    common.write_result(args.result, "trl-defaults", figures, settings, "bf16" if config.bf16 else "fp32")
+    common.write_result(args.result, name, figures, settings, "bf16" if config.bf16 else "fp32")
+
+
+def main() -> None:
+    train_with_trl(common.parse_args(__doc__), "trl-defaults")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ computes all logits, and only on labelled tokens for one that computes logits on
 from __future__ import annotations
 
 import json
-import platform
 import struct
 from dataclasses import asdict, dataclass
 from math import prod
 from pathlib import Path
+
+from smoltune.machine import cpu_flags, cpu_name
 
 # Issue 14's goals. On a CPU with bf16 matrix units (AMX): >= 3x the fastest contender on both datasets and >= 35%
 # of the bf16 matmul peak. Without them: >= 2x on the seed rows and >= 1.5x on the long-answer rows.
@@ -81,18 +82,6 @@ def mfu(tokens_per_second: float, flops: float, peak_gflops: float) -> float:
 def max_loss_gap(losses: list[float], reference: list[float]) -> float:
     """Largest per-step difference between two loss curves over their common steps."""
     return max((abs(a - b) for a, b in zip(losses, reference, strict=False)), default=float("nan"))
-
-
-def cpu_flags() -> list[str]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def machine_label(flags: list[str] | None = None) -> str:

@@ -127,15 +127,12 @@ def measure_gflops(shapes: list[tuple[int, int]], dtypes: tuple[str, ...] = ("fp
 def _machine_key(shapes: list[tuple[int, int]]) -> str:
     import torch
 
-    flags = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        lines = cpuinfo.read_text().splitlines()
-        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-        flags = next((line.split(":", 1)[1] for line in lines if line.startswith("flags")), "")
-        wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
-        flags = model + " " + ",".join(f for f in wanted if f in flags.split())
-    return f"{platform.machine()} {flags or platform.processor()} | torch {torch.__version__} | " + (
+    from smoltune.machine import cpu_flags, cpu_name
+
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+    flags = ",".join(f for f in wanted if f in cpu_flags())
+    return (
+        f"{platform.machine()} {cpu_name()} {flags} | torch {torch.__version__} | "
         f"threads {torch.get_num_threads()} | shapes {shapes}"
     )
 
