@@ -176,6 +176,34 @@ class TrainConfig(_Section):
     save_steps: int = Field(20, ge=1, description="Checkpoint every this many steps; a rerun resumes from the last.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
+    num_processes: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel training processes per machine, launched by torchrun (one per GPU; on a CPU "
+        "the cores are shared out). grad_accum is divided among all processes so the global batch "
+        "(batch_size x grad_accum rows per step), and with it the loss curve, stays that of one process.",
+    )
+    nnodes: int = Field(
+        1,
+        ge=1,
+        description="Machines in the training; above 1 every other machine joins with the torchrun command the "
+        "README gives (same paths on shared storage) and train.rdzv_endpoint is required.",
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$",
+        description="host:port where the machines of a multi-machine training meet (torchrun's c10d "
+        "rendezvous), served by the machine that runs the flow; unused on one machine.",
+    )
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over all machines."""
+        return self.num_processes * self.nnodes
+
+
+# How a training is spread over processes and machines, not what it computes (left out of the train stage's key).
+DISTRIBUTION_FIELDS = ("num_processes", "nnodes", "rdzv_endpoint")
 
 
 class EvalConfig(_Section):
@@ -291,6 +319,7 @@ def semantic_problems(config: PipelineConfig) -> list[str]:
         problems.append("export.merged: full fine-tuning already saves a whole model; nothing to merge")
     if config.model.load_in_4bit and config.train.mode == "full":
         problems.append("model.load_in_4bit: 4-bit weights cannot be fully fine-tuned; use train.mode=lora (QLoRA)")
+    problems += distributed_problems(config.train)
     if not config.train.lora.target_modules:
         problems.append("train.lora.target_modules: at least one module is needed")
     unknown = sorted(set(config.validation.severity) - set(CHECK_IDS))
@@ -301,6 +330,22 @@ def semantic_problems(config: PipelineConfig) -> list[str]:
     for field, source in (("data.source", config.data.source), ("model.source", config.model.source)):
         if looks_like_path(source) and not is_url(source) and not Path(source).expanduser().exists():
             problems.append(f"{field}: {source} does not exist (relative paths are taken from {Path.cwd()})")
+    return problems
+
+
+def distributed_problems(train: TrainConfig) -> list[str]:
+    """Settings a data-parallel training cannot honour."""
+    problems, world = [], train.world_size
+    if world > 1 and train.grad_accum % world:
+        problems.append(
+            f"train.grad_accum ({train.grad_accum}) must be a multiple of train.num_processes x train.nnodes "
+            f"({world}): each process takes grad_accum / {world} micro-batches so a step still covers "
+            f"batch_size x grad_accum rows (e.g. grad_accum={world * max(1, train.grad_accum // world)})"
+        )
+    if world > 1 and train.backend == "unsloth":
+        problems.append("train.backend=unsloth trains in one process; use backend hf (or auto) with num_processes > 1")
+    if train.nnodes > 1 and not train.rdzv_endpoint:
+        problems.append("train.rdzv_endpoint: several machines (train.nnodes > 1) need a host:port to meet at")
     return problems
 
 

@@ -23,11 +23,20 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 class MarkCompleteCheckpoints(TrainerCallback):
-    """After each save, mark `checkpoint-<step>` complete (on_save runs once the Trainer has written it)."""
+    """After each save, mark `checkpoint-<step>` complete (on_save runs once the Trainer has written it). In a
+    data-parallel run every rank writes its own RNG state into the folder: rank 0 marks it once all have."""
+
+    def __init__(self, rank: Any = None) -> None:
+        from smoltune.train.distributed import Rank
+
+        self.rank = rank or Rank()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from smoltune.train.distributed import barrier
+
+        barrier(self.rank)
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
+        if self.rank.is_main and folder.is_dir():
             atomic_write_json(folder / COMPLETE_MARKER, {"step": state.global_step})
 
 

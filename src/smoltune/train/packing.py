@@ -117,14 +117,19 @@ def backbone_and_head(model: Any) -> tuple[Any, Any]:
 def labelled_token_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled tokens of `inputs`, computing logits only where the next
     token has a label. Equals the model's own causal-LM loss (same shift, same IGNORE_INDEX); divided by
-    `num_items_in_batch` when the Trainer gives it (gradient accumulation), else by the labelled count."""
+    `num_items_in_batch` when the Trainer gives it (gradient accumulation), else by the labelled count.
+
+    The model is called through its own forward (`logits_to_keep` = the positions where some row has a label),
+    not decoder and head separately: a DistributedDataParallel wrapper syncs gradients only for what goes
+    through its forward. A packed batch (one row) keeps exactly its labelled positions; a padded batch the
+    union over its rows, of which each row's labelled ones are then taken."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
-    backbone, head = backbone_and_head(model)
-    hidden = backbone(**inputs, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     labelled = targets != IGNORE_INDEX
-    logits = head(hidden[:, :-1][labelled])
-    loss_sum = F.cross_entropy(logits.float(), targets[labelled], reduction="sum")
+    keep = labelled.any(dim=0).nonzero().reshape(-1)
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    chosen = labelled[:, keep]
+    loss_sum = F.cross_entropy(logits[chosen].float(), targets[:, keep][chosen], reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else labelled.sum().clamp(min=1)
     return loss_sum / count

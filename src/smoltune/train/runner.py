@@ -1,4 +1,5 @@
-"""The parent side of training: run `smoltune.train.worker` in a subprocess and relay its progress.
+"""The parent side of training: run `smoltune.train.worker` in a subprocess (or torchrun's N data-parallel
+ones, smoltune.train.distributed) and relay its progress.
 
 from smoltune.train.runner import train_in_subprocess
 result = train_in_subprocess(TrainSpec(...), on_step=print)
@@ -7,61 +8,85 @@ result = train_in_subprocess(TrainSpec(...), on_step=print)
 from __future__ import annotations
 
 import json
-import os
+import logging
+import shlex
 import subprocess
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
+from smoltune.config import TrainConfig
 from smoltune.errors import ConfigError, TrainingError
 from smoltune.files import atomic_write_json
+from smoltune.train.distributed import launch_command, launch_env
 from smoltune.train.spec import RESULT_FILE, TrainResult, TrainSpec, finished_result
 from smoltune.train.worker import ERROR_PREFIX, STEP_PREFIX
 
 STDERR_TAIL_LINES = 40
+_log = logging.getLogger("smoltune")
 
 
 def _relay_stderr(stream: IO[str], tail: deque[str]) -> None:
+    """Relay the worker's stderr and keep its tail for the error message. Under torchrun the launcher's own
+    report ("ChildFailedError ...") comes last and says nothing of the cause, so a rank's lines
+    (torchrun prefixes them "[rankN]:") are what the tail keeps once there are any."""
+    ranks: deque[str] = deque(maxlen=tail.maxlen)
     for line in stream:
         sys.stderr.write(line)
+        if line.startswith("[rank"):
+            ranks.append(line)
         tail.append(line)
+    if ranks:
+        tail.clear()
+        tail.extend(ranks)
 
 
 def train_in_subprocess(
-    spec: TrainSpec, on_step: Callable[[dict], None] | None = None, env: dict[str, str] | None = None
+    spec: TrainSpec,
+    on_step: Callable[[dict], None] | None = None,
+    env: dict[str, str] | None = None,
+    slot: AbstractContextManager | None = None,
 ) -> TrainResult:
-    """Train in a fresh Python process; returns its result, or raises TrainingError with its stderr tail.
-    A rerun after a crash resumes from the last complete checkpoint in `spec.work_dir`."""
+    """Train in a fresh Python process (torchrun's N with `train.num_processes` > 1) while holding `slot`
+    (the train task passes a Prefect concurrency slot; default: this machine's file lock); returns the
+    result, or raises TrainingError with the stderr tail. A rerun after a crash resumes from the last
+    complete checkpoint in `spec.work_dir`."""
     work_dir = Path(spec.work_dir)
     if (finished := finished_result(work_dir)) is not None:
         return finished  # finished before: same inputs, same code
     work_dir.mkdir(parents=True, exist_ok=True)
     spec_file = atomic_write_json(work_dir / "spec.json", asdict(spec))
-    with machine_training_lock():
-        _run_worker(spec_file, work_dir, on_step, env)
+    train = TrainConfig.model_validate(spec.config)
+    command = launch_command(spec_file, train, rdzv_id=work_dir.name)
+    if train.nnodes > 1:
+        _log.warning(
+            "waiting for %d more machine(s) to join the training; on each run: %s",
+            train.nnodes - 1,
+            shlex.join(["python", *command[1:]]),
+        )
+    with slot if slot is not None else machine_training_lock():
+        _run_worker(command, work_dir, on_step, launch_env(train, env))
     return load_result(work_dir)
 
 
 def machine_training_lock() -> AbstractContextManager:
     """One training at a time on this machine (two would share the same cores and distort each other's
-    figures); others wait their turn. SMOLTUNE_PARALLEL_TRAINING=1 lifts it, e.g. on a multi-GPU host."""
+    figures), for callers outside a Prefect flow (the bench, tests); the flow's train task holds a Prefect
+    concurrency slot instead (smoltune.pipeline.slots)."""
     from smoltune.files import smoltune_home, waiting_lock
 
-    if os.environ.get("SMOLTUNE_PARALLEL_TRAINING") == "1":
-        return nullcontext()
     smoltune_home().mkdir(parents=True, exist_ok=True)
     return waiting_lock(smoltune_home() / "training.lock", "this machine's training slot (one training at a time)")
 
 
-def _run_worker(spec_file: Path, work_dir: Path, on_step: Callable[[dict], None] | None, env: dict | None) -> None:
+def _run_worker(command: list[str], work_dir: Path, on_step: Callable[[dict], None] | None, env: dict) -> None:
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-    reported: list[str] = []
-    command = [sys.executable, "-m", "smoltune.train.worker", str(spec_file)]
+    reported: list[dict] = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         relay = threading.Thread(target=_relay_stderr, args=(proc.stderr, tail), daemon=True)
         relay.start()

@@ -47,6 +47,7 @@ class TrainResult:
     resumed_from_step: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"  # the compute precision trained in (smoltune.train.precision); evaluation uses it too
+    processes: int = 1  # data-parallel processes (torchrun); peak_memory_mb is rank 0's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,6 +21,7 @@ from smoltune.data.tokens import tokenize_rows
 from smoltune.errors import ConfigError
 from smoltune.files import atomic_dir, atomic_write_json, dir_size_mb, read_jsonl
 from smoltune.model import load_model_and_tokenizer, pick_device
+from smoltune.train.distributed import Rank
 from smoltune.train.precision import DTYPES, FP32, Precision, resolve_precision
 from smoltune.train.spec import RESULT_FILE, TrainResult, TrainSpec, finished_result
 
@@ -44,8 +45,12 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def resolve_backend(requested: str, device: str) -> tuple[str, str]:
-    """(backend, reason) for `train.backend`."""
+def resolve_backend(requested: str, device: str, processes: int = 1) -> tuple[str, str]:
+    """(backend, reason) for `train.backend`; data-parallel training (torchrun) runs the hf backend."""
+    if processes > 1:
+        if requested == "unsloth":
+            raise ConfigError(["train.backend=unsloth trains in one process; use hf (or auto) with num_processes > 1"])
+        return "hf", f"{processes} data-parallel processes: hf (torchrun + DistributedDataParallel)"
     if requested != "auto":
         return requested, "set by train.backend"
     if device == "cuda":
@@ -170,17 +175,22 @@ def sft_settings(
     output_dir: str,
     fast: FastPath | None = None,
     precision: Precision | None = None,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """SFTConfig arguments for the seed job. TRL's gradient checkpointing costs time a 135M model does not need
     and is off; bf16 / fp16 follow `precision` (smoltune.train.precision, by measurement on a CPU); the optimizer
     is adamw_8bit on CUDA and on the CPU torch's AdamW, fused when `train.speed.fused_optimizer` is on.
 
     With `pack_accumulation` the batch_size x grad_accum rows of an optimizer step go through one packed forward:
-    the sampler hands out the same rows per step and the loss is the mean over the same labelled tokens."""
+    the sampler hands out the same rows per step and the loss is the mean over the same labelled tokens.
+
+    With N data-parallel `processes` each rank takes grad_accum / N micro-batches per step, each its slice of
+    N micro-batches' rows drawn in one process's order (smoltune.train.distributed.all_ranks_loader), so every
+    step covers the same rows as one process would, the short step at an epoch's end included."""
     on_cuda = device == "cuda"
     fast = fast or FastPath()
     precision = precision or FP32
-    batch, accum = config.batch_size, config.grad_accum
+    batch, accum = config.batch_size, config.grad_accum // processes
     if fast.pack_accumulation:
         batch, accum = batch * accum, 1
     return {
@@ -210,11 +220,16 @@ def sft_settings(
         # A packed batch has no padding (and no attention mask to count by): every token is real.
         "include_num_input_tokens_seen": "all" if fast.padding_free else "non_padding",
         "dataloader_num_workers": 0,
+        # Every trainable weight takes part in every step: no search for unused ones (a pass over the graph).
+        "ddp_find_unused_parameters": False,
+        "ddp_backend": ("nccl" if on_cuda else "gloo") if processes > 1 else None,
         "disable_tqdm": False,  # a progress bar in the terminal; the Prefect task logs every few steps
     }
 
 
-def sft_trainer_class(device: str, fast: FastPath | None = None, precision: Precision | None = None) -> type:
+def sft_trainer_class(
+    device: str, fast: FastPath | None = None, precision: Precision | None = None, rank: Rank | None = None
+) -> type:
     """TRL's SFTTrainer, or on the CPU a subclass that computes the loss itself.
 
     TRL 1.15 computes the SFT loss with a Triton kernel whenever Triton is importable (Unsloth installs it);
@@ -228,12 +243,23 @@ def sft_trainer_class(device: str, fast: FastPath | None = None, precision: Prec
     from transformers import Trainer
     from trl import SFTTrainer
 
-    fast = fast or FastPath()
-    if device == "cuda" and fast == FastPath():
+    fast, rank = fast or FastPath(), rank or Rank()
+    if device == "cuda" and fast == FastPath() and rank.world == 1:
         return SFTTrainer
     autocast = precision.autocast_dtype if precision else None
 
     class FastSFTTrainer(SFTTrainer):
+        def get_train_dataloader(self):  # noqa: ANN202
+            if rank.world == 1:
+                return super().get_train_dataloader()
+            from smoltune.data.tokens import IGNORE_INDEX
+            from smoltune.train.distributed import all_ranks_loader
+
+            batch = self.args.per_device_train_batch_size * rank.world
+            return all_ranks_loader(
+                self.train_dataset, self.data_collator, batch, self.args.data_seed, rank, IGNORE_INDEX
+            )
+
         def autocast_smart_context_manager(self, cache_enabled: bool | None = True):  # noqa: ANN202
             if autocast is None:
                 return super().autocast_smart_context_manager(cache_enabled)
@@ -245,7 +271,12 @@ def sft_trainer_class(device: str, fast: FastPath | None = None, precision: Prec
             if fast.padding_free:
                 inputs = with_segment_boundaries(inputs)
             if fast.labelled_logits_only and not return_outputs:
-                return labelled_token_loss(model, inputs, num_items_in_batch)
+                loss = labelled_token_loss(model, inputs, num_items_in_batch)
+                if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                    # num_items_in_batch counts all ranks' tokens and DDP averages gradients over ranks: scale
+                    # back by the rank count, as Trainer.compute_loss does for a model's own loss.
+                    loss = loss * self.accelerator.num_processes
+                return loss
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     return FastSFTTrainer
@@ -277,8 +308,9 @@ def save_trained(trainer: Any, tokenizer: Any, mode: str, work_dir: Path, base_m
     return target
 
 
-def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | None = None) -> TrainResult:
-    """Train per `spec`, resuming from the last complete checkpoint; a finished folder returns its result."""
+def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | None = None) -> TrainResult | None:
+    """Train per `spec`, resuming from the last complete checkpoint; a finished folder returns its result.
+    Under torchrun every rank trains its share and rank 0 alone saves and returns the result (others: None)."""
     import torch
     from datasets import Dataset
     from trl import SFTConfig
@@ -289,6 +321,7 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
         latest_complete_checkpoint,
         logged_steps,
     )
+    from smoltune.train.distributed import from_rank_zero, join, leave
     from smoltune.train.instrumentation import PeakMemory, StepLog
 
     work_dir = Path(spec.work_dir)
@@ -297,31 +330,37 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
     config = TrainConfig.model_validate(spec.config)
     device = pick_device()
     check_quantisation(spec, config.mode, device)
-    backend, reason = resolve_backend(config.backend, device)
+    rank = join(device)
+    backend, reason = resolve_backend(config.backend, device, rank.world)
     fast = FastPath.for_run(config, backend)
-    precision = resolve_precision(device, config.mode, config.precision, spec.model_path)
+    # Measured once, by rank 0: every rank must train in the same precision.
+    measured = resolve_precision(device, config.mode, config.precision, spec.model_path) if rank.is_main else None
+    precision = from_rank_zero(measured, rank)
     torch.manual_seed(config.seed)
     model, tokenizer = load_for_training(backend, spec, config, device, fast, precision)
     trainable, total = count_parameters(model)
     rows = tokenize_rows(tokenizer, read_jsonl(spec.train_file), config.max_seq_length, config.train_on_responses_only)
-    rows_per_step = config.batch_size * config.grad_accum
+    rows_per_step = config.batch_size * config.grad_accum // rank.world  # per process
     fast = fit_packing(fast, [len(r["input_ids"]) for r in rows], rows_per_step, config.speed.max_packed_tokens)
-    settings = sft_settings(config, device, str(work_dir / "checkpoints"), fast, precision)
+    settings = sft_settings(config, device, str(work_dir / "checkpoints"), fast, precision, rank.world)
     resume = latest_complete_checkpoint(work_dir / "checkpoints")
     earlier = logged_steps(resume) if resume else []
     step_log = StepLog(on_step)
-    trainer = sft_trainer_class(device, fast, precision)(
+    trainer = sft_trainer_class(device, fast, precision, rank)(
         model=model,
         args=SFTConfig(**settings),
         data_collator=data_collator(tokenizer, fast),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        callbacks=[step_log, MarkCompleteCheckpoints(), NoFinalCheckpoint()],
+        callbacks=[step_log, MarkCompleteCheckpoints(rank), NoFinalCheckpoint()],
     )
     with PeakMemory(cuda=device == "cuda") as peak:
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - started
+    if not rank.is_main:
+        leave(rank)
+        return None
     output_dir = save_trained(trainer, tokenizer, config.mode, work_dir, spec.base_model_id)
     history = earlier + step_log.steps
     tokens = int(trainer.state.num_input_tokens_seen)
@@ -345,6 +384,7 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
         saved_mb=round(dir_size_mb(output_dir), 3),
         resumed_from_step=int(earlier[-1]["step"]) if earlier else 0,
         precision=precision.name,
+        processes=rank.world,
         settings={
             **{k: v for k, v in settings.items() if k != "output_dir"},
             "fast_path": asdict(fast),
@@ -354,4 +394,5 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
         },
     )
     atomic_write_json(work_dir / RESULT_FILE, result.to_dict())
+    leave(rank)
     return result

@@ -1,6 +1,7 @@
 """The training process: `python -m smoltune.train.worker SPEC.json`.
 
-Trains per the spec (see `smoltune.train.trainer.train`), prints one `SMOLTUNE_STEP {json}` line per logged
+Trains per the spec (see `smoltune.train.trainer.train`; under torchrun as one rank of a data-parallel
+training, smoltune.train.distributed), prints one `SMOLTUNE_STEP {json}` line per logged
 step on stdout for the parent to relay, and leaves `result.json` in the work folder. Runs apart from the
 flow so that Unsloth's patching stays out of the flow's process and a crash (or SIGKILL) loses at most
 the steps since the last checkpoint.
@@ -21,13 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m smoltune.train.worker SPEC.json", file=sys.stderr)
         return 2
+    from smoltune.train.distributed import Rank
     from smoltune.train.spec import TrainSpec
     from smoltune.train.trainer import train
 
     spec = TrainSpec(**json.loads(Path(args[0]).read_text()))
+    rank = Rank.from_env()
 
     def on_step(record: dict, max_steps: int) -> None:
-        print(STEP_PREFIX + json.dumps({**record, "max_steps": max_steps}), flush=True)
+        if rank.is_main:  # every rank logs the same (all-reduced) loss; one progress line per step is enough
+            print(STEP_PREFIX + json.dumps({**record, "max_steps": max_steps}), flush=True)
 
     from smoltune.errors import SmoltuneError
 
