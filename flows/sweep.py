@@ -1,11 +1,13 @@
 """A hyperparameter sweep on Dask: every (rank, learning rate) of a grid trained and evaluated on the same
 cached data, the trainings spread over a Dask cluster through Prefect's DaskTaskRunner.
 
-    python -m flows.sweep                                           # local cluster, the default grid
+    python -m flows.sweep                                             # a local cluster, the default grid
     SMOLTUNE_DASK_ADDRESS=tcp://scheduler:8786 python -m flows.sweep  # an existing Dask scheduler
 
-On one small machine the local cluster has a single one-thread worker: two trainings at once would only
-share the same two cores. Point `address` at a real cluster to run the grid in parallel.
+Each training holds a slot of its machine's Prefect concurrency limit (`smoltune-training-<host>`, one
+training per machine by default; smoltune.pipeline.slots): a cluster of N machines trains N points at once,
+two workers on one machine take turns. The workers must reach the same Prefect API (PREFECT_API_URL) and
+the same runs folder (shared storage) as the flow; README, "Scale out".
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def sweep(
         rows.append(
             {
                 "rank": job.train.lora.r,
+                "host": result.host,
+                "started_at": result.started_at,
                 "learning_rate": job.train.learning_rate,
                 "train_seconds": result.train_seconds,
                 "final_train_loss": result.losses[-1],

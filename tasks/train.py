@@ -13,6 +13,7 @@ from smoltune.model import check_lora_targets
 from smoltune.pipeline.cache import Stage
 from smoltune.pipeline.keys import train_parts
 from smoltune.pipeline.records import Prepared, ResolvedModel, Trained
+from smoltune.pipeline.slots import training_slot
 from smoltune.train.runner import train_in_subprocess
 from smoltune.train.spec import TrainSpec
 
@@ -51,7 +52,8 @@ def _train(model: ResolvedModel, prepared: Prepared, config: PipelineConfig, fol
         base_model_id=model.hub_id,
         load_in_4bit=config.model.load_in_4bit,
     )
-    result = train_in_subprocess(spec, on_step)
+    # One of this machine's training slots (a Prefect global concurrency limit, smoltune.pipeline.slots).
+    result = train_in_subprocess(spec, on_step, slot=training_slot())
     if result.resumed_from_step:
         logger.info("resumed from the checkpoint at step %d", result.resumed_from_step)
     logger.info(

@@ -1,26 +1,30 @@
-"""The sweep flow on a local Dask cluster (prefect-dask): a 2 x 1 grid on the tiny model."""
+"""The sweep's grid and its Dask task runner (the sweep itself runs on a real cluster in test_scale_out.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from smoltune.config import load_config
-from tests.tiny_model import tiny_overrides
+from smoltune.config import PipelineConfig
 
 
-def test_two_ranks_on_a_local_dask_cluster(
-    prefect_server: None, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from prefect.settings import PREFECT_API_URL
+def test_local_cluster_unless_an_address_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.sweep import dask_runner
 
-    from flows.sweep import sweep
+    monkeypatch.delenv("SMOLTUNE_DASK_ADDRESS", raising=False)
+    local = dask_runner()
+    assert local.address is None and local.cluster_kwargs["n_workers"] == 1
+    assert dask_runner("tcp://10.0.0.2:8786").address == "tcp://10.0.0.2:8786"
+    monkeypatch.setenv("SMOLTUNE_DASK_ADDRESS", "tcp://10.0.0.3:8786")
+    assert dask_runner().address == "tcp://10.0.0.3:8786"
 
-    # Dask worker processes report their task runs to the same API as this test.
-    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
-    config = load_config("configs/smoke.yaml", tiny_overrides(tiny_model_dir, tmp_path / "runs"))
-    rows = sweep(config=config, ranks=[4, 8], learning_rates=[1e-3])
-    assert [(r["rank"], r["learning_rate"]) for r in rows] == [(4, 1e-3), (8, 1e-3)]
-    assert rows[0]["output_dir"] != rows[1]["output_dir"]
-    assert all(Path(r["output_dir"], "adapter_model.safetensors").is_file() for r in rows)
+
+def test_grid_has_one_job_per_point_with_alpha_following_rank() -> None:
+    from flows.sweep import grid_configs
+
+    jobs = grid_configs(PipelineConfig(), [4, 8], [1e-4, 2e-4])
+    assert [(j.train.lora.r, j.train.lora.alpha, j.train.learning_rate) for j in jobs] == [
+        (4, 4, 1e-4),
+        (4, 4, 2e-4),
+        (8, 8, 1e-4),
+        (8, 8, 2e-4),
+    ]

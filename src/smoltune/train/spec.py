@@ -48,6 +48,8 @@ class TrainResult:
     settings: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"  # the compute precision trained in (smoltune.train.precision); evaluation uses it too
     processes: int = 1  # data-parallel processes (torchrun); peak_memory_mb is rank 0's
+    host: str = ""  # the machine that trained (rank 0's), e.g. which Dask worker's host in a sweep
+    started_at: str = ""  # when the training loop started (UTC, ISO 8601); it ran train_seconds from there
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

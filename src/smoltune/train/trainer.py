@@ -10,9 +10,11 @@ again on the same folder and it resumes from the last complete checkpoint, or re
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -355,7 +357,7 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
         callbacks=[step_log, MarkCompleteCheckpoints(rank), NoFinalCheckpoint()],
     )
     with PeakMemory(cuda=device == "cuda") as peak:
-        started = time.perf_counter()
+        started_at, started = datetime.now(UTC).isoformat(timespec="milliseconds"), time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - started
     if not rank.is_main:
@@ -385,6 +387,8 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
         resumed_from_step=int(earlier[-1]["step"]) if earlier else 0,
         precision=precision.name,
         processes=rank.world,
+        host=socket.gethostname(),
+        started_at=started_at,
         settings={
             **{k: v for k, v in settings.items() if k != "output_dir"},
             "fast_path": asdict(fast),
