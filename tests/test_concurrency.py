@@ -1,5 +1,5 @@
 """Runs started at the same time: separate run folders, no clashing caches or registry entries, and the
-same job started twice trains once (stage and machine locks) while both runs finish correctly."""
+same job started twice trains once (stage locks, training slots) while both runs finish correctly."""
 
 from __future__ import annotations
 
