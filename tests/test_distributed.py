@@ -18,7 +18,7 @@ from smoltune.data.builtin import generate_rows
 from smoltune.data.stage import prepare_dataset
 from smoltune.files import write_jsonl
 from smoltune.train.checkpoints import latest_complete_checkpoint
-from smoltune.train.distributed import Rank, launch_command, launch_env
+from smoltune.train.distributed import Rank, join_commands, launch_command, launch_env
 from smoltune.train.runner import train_in_subprocess
 from smoltune.train.spec import TrainResult, TrainSpec
 from smoltune.train.worker import STEP_PREFIX
@@ -140,7 +140,7 @@ def kill_launch_after_step(spec: TrainSpec, step: int) -> None:
     spec_file.write_text(json.dumps(spec.__dict__))
     train = TrainConfig.model_validate(spec.config)
     proc = subprocess.Popen(
-        launch_command(spec_file, train, work.name),
+        launch_command(spec_file, train),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -156,15 +156,19 @@ def kill_launch_after_step(spec: TrainSpec, step: int) -> None:
 
 
 def test_launch_command_and_threads(tmp_path: Path) -> None:
-    single = launch_command("spec.json", TrainConfig(), "k")
+    single = launch_command("spec.json", TrainConfig())
     assert single[1:] == ["-m", "smoltune.train.worker", "spec.json"]
-    local = launch_command("spec.json", TrainConfig(num_processes=4, grad_accum=4), "k")
+    local = launch_command("spec.json", TrainConfig(num_processes=4, grad_accum=4))
     assert local[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in local
     assert "--nproc-per-node=4" in local and local[-3:] == ["-m", "smoltune.train.worker", "spec.json"]
     hosts = TrainConfig(num_processes=2, nnodes=3, grad_accum=6, rdzv_endpoint="10.0.0.5:29400")
-    several = launch_command("spec.json", hosts, "key1")
+    several = launch_command("spec.json", hosts)
     assert "--standalone" not in several
-    assert {"--nnodes=3", "--rdzv-backend=c10d", "--rdzv-endpoint=10.0.0.5:29400", "--rdzv-id=key1"} <= set(several)
+    assert {"--nnodes=3", "--node-rank=0", "--master-addr=10.0.0.5", "--master-port=29400"} <= set(several)
+    joins = join_commands("spec.json", hosts)  # the flow's machine is node 0: rank 0 writes where it waits
+    assert len(joins) == 2 and "--node-rank=1" in joins[0] and "--node-rank=2" in joins[1]
+    assert all(j.startswith("python -m torch.distributed.run") and j.endswith("spec.json") for j in joins)
+    assert join_commands("spec.json", TrainConfig(num_processes=2, grad_accum=4)) == []
     # cores shared out; a value the user set wins; one process is left alone
     assert launch_env(TrainConfig(num_processes=2, grad_accum=4), {}, cores=16)["OMP_NUM_THREADS"] == "8"
     assert launch_env(TrainConfig(num_processes=4, grad_accum=4), {}, cores=2)["OMP_NUM_THREADS"] == "1"
@@ -191,3 +195,30 @@ def test_a_crashing_rank_is_what_the_error_shows(tiny_model_dir: Path, prepared:
     with pytest.raises(TrainingError) as failed:
         train_in_subprocess(spec)
     assert "missing.jsonl" in str(failed.value) and "[rank" in str(failed.value)
+
+
+def test_two_machines_meet_at_the_endpoint(tiny_model_dir: Path, prepared: dict, tmp_path_factory) -> None:
+    """nnodes=2 on one machine: the runner starts node 0, the logged join command (run here) node 1."""
+    import shlex
+    import socket
+    import sys
+
+    one, _ = train_pair("packed", tiny_model_dir, prepared, tmp_path_factory)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    work = tmp_path_factory.mktemp("two-machines")
+    spec = spec_for(tiny_model_dir, prepared, work, max_steps=6, nnodes=2, rdzv_endpoint=f"127.0.0.1:{port}")
+    [join] = join_commands(work / "spec.json", TrainConfig.model_validate(spec.config))
+    other = subprocess.Popen(
+        [sys.executable, *shlex.split(join)[1:]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=launch_env(TrainConfig.model_validate(spec.config)),
+    )
+    try:
+        result = train_in_subprocess(spec)  # writes spec.json where the join command reads it, then waits
+    finally:
+        assert other.wait(timeout=120) == 0
+    assert result.processes == 2
+    assert result.losses == pytest.approx(one.losses, abs=2e-5)

@@ -192,8 +192,8 @@ class TrainConfig(_Section):
     rdzv_endpoint: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$",
-        description="host:port where the machines of a multi-machine training meet (torchrun's c10d "
-        "rendezvous), served by the machine that runs the flow; unused on one machine.",
+        description="host:port of the machine that runs the flow, where the other machines of a multi-machine "
+        "training connect (torchrun's master address and port); unused on one machine.",
     )
 
     @property

@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def launch_command(spec_file: str | Path, train: TrainConfig, rdzv_id: str) -> list[str]:
+def launch_command(spec_file: str | Path, train: TrainConfig, node_rank: int = 0) -> list[str]:
     """The command that runs the training worker: plain Python for one process, else torchrun with
-    `train.num_processes` per machine; several machines meet at `train.rdzv_endpoint` (c10d rendezvous)."""
+    `train.num_processes` per machine. Several machines meet at `train.rdzv_endpoint` with fixed node ranks
+    (torchrun's static rendezvous): the flow's machine is node 0, so global rank 0, which writes the result
+    the flow waits for, runs there; the others join with node_rank 1..nnodes-1 (`join_commands`)."""
     worker = ["-m", "smoltune.train.worker", str(spec_file)]
     if train.world_size == 1:
         return [sys.executable, *worker]
@@ -41,7 +43,15 @@ def launch_command(spec_file: str | Path, train: TrainConfig, rdzv_id: str) -> l
     ]
     if train.nnodes == 1:
         return [*launcher, "--standalone", *worker]
-    return [*launcher, "--rdzv-backend=c10d", f"--rdzv-endpoint={train.rdzv_endpoint}", f"--rdzv-id={rdzv_id}", *worker]
+    host, port = str(train.rdzv_endpoint).rsplit(":", 1)
+    return [*launcher, f"--node-rank={node_rank}", f"--master-addr={host}", f"--master-port={port}", *worker]
+
+
+def join_commands(spec_file: str | Path, train: TrainConfig) -> list[str]:
+    """What to run on each other machine of a multi-machine training (same paths on shared storage)."""
+    import shlex
+
+    return [shlex.join(["python", *launch_command(spec_file, train, n)[1:]]) for n in range(1, train.nnodes)]
 
 
 def launch_env(train: TrainConfig, base: dict[str, str] | None = None, cores: int | None = None) -> dict[str, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from typing import IO
 from smoltune.config import TrainConfig
 from smoltune.errors import ConfigError, TrainingError
 from smoltune.files import atomic_write_json
-from smoltune.train.distributed import launch_command, launch_env
+from smoltune.train.distributed import join_commands, launch_command, launch_env
 from smoltune.train.spec import RESULT_FILE, TrainResult, TrainSpec, finished_result
 from smoltune.train.worker import ERROR_PREFIX, STEP_PREFIX
 
@@ -62,13 +61,9 @@ def train_in_subprocess(
     work_dir.mkdir(parents=True, exist_ok=True)
     spec_file = atomic_write_json(work_dir / "spec.json", asdict(spec))
     train = TrainConfig.model_validate(spec.config)
-    command = launch_command(spec_file, train, rdzv_id=work_dir.name)
-    if train.nnodes > 1:
-        _log.warning(
-            "waiting for %d more machine(s) to join the training; on each run: %s",
-            train.nnodes - 1,
-            shlex.join(["python", *command[1:]]),
-        )
+    command = launch_command(spec_file, train)
+    for node, join in enumerate(join_commands(spec_file, train), start=1):
+        _log.warning("training waits for machine %d of %d to join; run there: %s", node + 1, train.nnodes, join)
     with slot if slot is not None else machine_training_lock():
         _run_worker(command, work_dir, on_step, launch_env(train, env))
     return load_result(work_dir)

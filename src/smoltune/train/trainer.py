@@ -232,7 +232,8 @@ def sft_settings(
 def sft_trainer_class(
     device: str, fast: FastPath | None = None, precision: Precision | None = None, rank: Rank | None = None
 ) -> type:
-    """TRL's SFTTrainer, or on the CPU a subclass that computes the loss itself.
+    """TRL's SFTTrainer, or (on the CPU, with the fast path, or data-parallel) a subclass that computes the loss
+    itself and, under torchrun, hands every rank its slice of the single process's batches.
 
     TRL 1.15 computes the SFT loss with a Triton kernel whenever Triton is importable (Unsloth installs it);
     without a GPU that kernel fails with "0 active drivers". The model's own loss, or `labelled_token_loss`

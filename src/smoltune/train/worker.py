@@ -9,6 +9,7 @@ the steps since the last checkpoint.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m smoltune.train.worker SPEC.json", file=sys.stderr)
         return 2
+    # A crash in native code (a segfault in a kernel) then leaves the Python stack in the stderr the parent
+    # relays, instead of a bare "exited with status -11".
+    faulthandler.enable()
     from smoltune.train.distributed import Rank
     from smoltune.train.spec import TrainSpec
     from smoltune.train.trainer import train
