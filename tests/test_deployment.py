@@ -220,3 +220,21 @@ def test_the_ui_shows_the_completed_run_and_its_report(prefect_stack: dict, tmp_
             Path("/tmp/smoltune-ui-last.txt").write_text(page.inner_text("body"))
             browser.close()
     assert (tmp_path / "flow-run.png").stat().st_size > 10_000 and (tmp_path / "artifacts.png").is_file()
+
+
+def test_a_killed_run_gives_its_training_slot_back(prefect_stack: dict) -> None:
+    """The slot is a global concurrency limit on the server (listed where the UI's Concurrency page reads it);
+    the server takes back the slot of a run SIGKILLed while training once its lease runs out."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from smoltune.pipeline.slots import LEASE_S, limit_name, training_slot
+    from tests.test_scale_out import killed_holder
+
+    killed_holder(prefect_stack["env"])
+    limits = httpx.post(f"{prefect_stack['api']}/v2/concurrency_limits/filter", json={}).json()
+    [limit] = [entry for entry in limits if entry["name"] == limit_name()]
+    assert limit["limit"] == 1 and limit["active_slots"] == 1  # still held by the killed run
+    started = time.monotonic()
+    with temporary_settings({PREFECT_API_URL: prefect_stack["api"]}), training_slot(limit_s=6 * LEASE_S, poll_s=30):
+        waited = time.monotonic() - started
+    assert LEASE_S / 2 < waited < 6 * LEASE_S

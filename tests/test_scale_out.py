@@ -160,3 +160,33 @@ def test_limit_names_and_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("0", "two", "-1"):
         with pytest.raises(ConfigError, match=SIZE_VARIABLE):
             slots_per_machine({SIZE_VARIABLE: bad})
+
+
+HOLD = """
+import sys, time
+from smoltune.pipeline.slots import training_slot
+with training_slot() as name:
+    print("HELD", name, flush=True)
+    time.sleep(600)
+"""
+
+
+def killed_holder(env: dict[str, str]) -> None:
+    """A process that takes a training slot and is SIGKILLed while holding it (a lost machine or OOM kill)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    assert proc.stdout.readline().startswith("HELD")  # type: ignore[union-attr]
+    proc.kill()
+    proc.wait(timeout=30)
+
+
+def test_without_a_server_slots_are_file_locks_freed_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from smoltune.pipeline.slots import machine_slot
+
+    monkeypatch.setenv("SMOLTUNE_HOME", str(tmp_path))
+    monkeypatch.setenv(SIZE_VARIABLE, "2")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    killed_holder(env)
+    killed_holder(env)
+    with machine_slot(limit_s=5), machine_slot(limit_s=5):  # both slots free again at once, two held together
+        with pytest.raises(BusyError, match="one of 2"), machine_slot(limit_s=1, poll_s=0.5):
+            pass

@@ -28,28 +28,38 @@ LOCK_POLL_S = 30.0
 
 @contextmanager
 def waiting_lock(
-    path: str | Path, what: str, limit_s: float | None = None, poll_s: float = LOCK_POLL_S
+    path: str | Path, what: str, limit_s: float | None = None, poll_s: float = LOCK_POLL_S, slots: int = 1
 ) -> Iterator[None]:
-    """Hold the file lock `path`; while another process holds it, log every `poll_s` how long this run has
-    waited, and give up with BusyError after `limit_s` (default LOCK_WAIT_S)."""
+    """Hold the file lock `path` (with `slots` > 1: whichever of `path`.0 ... `path`.N-1 is free); while other
+    processes hold it, log every `poll_s` how long this run has waited, and give up with BusyError after
+    `limit_s` (default LOCK_WAIT_S). The OS releases a killed holder's lock at once."""
     from filelock import FileLock, Timeout
 
     from smoltune.errors import BusyError
 
     limit = LOCK_WAIT_S if limit_s is None else limit_s
-    lock, started = FileLock(str(path)), time.monotonic()
+    paths = [str(path)] if slots == 1 else [f"{path}.{i}" for i in range(slots)]
+    locks, started, reported = [FileLock(p) for p in paths], time.monotonic(), 0.0
     while True:
-        try:
-            lock.acquire(timeout=min(poll_s, max(limit - (time.monotonic() - started), 0.01)))
-            break
-        except Timeout:
+        for lock in locks:
+            try:
+                lock.acquire(timeout=0)
+                break
+            except Timeout:
+                continue
+        else:
             waited = time.monotonic() - started
             if waited >= limit:
                 raise BusyError(
                     f"waited {waited:.0f} s for {what} ({path}), which another run holds; if no other run is "
                     "active, delete the lock file"
                 ) from None
-            _log.warning("waiting for %s: another run has held it for %.0f s", what, waited)
+            if waited - reported >= poll_s:
+                _log.warning("waiting for %s: another run has held it for %.0f s", what, waited)
+                reported = waited
+            time.sleep(min(0.2, max(limit - waited, 0.0)))
+            continue
+        break
     try:
         yield
     finally:

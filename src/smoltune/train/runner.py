@@ -22,6 +22,7 @@ from typing import IO
 from smoltune.config import TrainConfig
 from smoltune.errors import ConfigError, TrainingError
 from smoltune.files import atomic_write_json
+from smoltune.pipeline.slots import machine_slot
 from smoltune.train.distributed import join_commands, launch_command, launch_env
 from smoltune.train.spec import RESULT_FILE, TrainResult, TrainSpec, finished_result
 from smoltune.train.worker import ERROR_PREFIX, STEP_PREFIX
@@ -52,7 +53,7 @@ def train_in_subprocess(
     slot: AbstractContextManager | None = None,
 ) -> TrainResult:
     """Train in a fresh Python process (torchrun's N with `train.num_processes` > 1) while holding `slot`
-    (the train task passes a Prefect concurrency slot; default: this machine's file lock); returns the
+    (the train task passes `training_slot()`; default: one of this machine's file-lock slots); returns the
     result, or raises TrainingError with the stderr tail. A rerun after a crash resumes from the last
     complete checkpoint in `spec.work_dir`."""
     work_dir = Path(spec.work_dir)
@@ -64,19 +65,9 @@ def train_in_subprocess(
     command = launch_command(spec_file, train)
     for node, join in enumerate(join_commands(spec_file, train), start=1):
         _log.warning("training waits for machine %d of %d to join; run there: %s", node + 1, train.nnodes, join)
-    with slot if slot is not None else machine_training_lock():
+    with slot if slot is not None else machine_slot():
         _run_worker(command, work_dir, on_step, launch_env(train, env))
     return load_result(work_dir)
-
-
-def machine_training_lock() -> AbstractContextManager:
-    """One training at a time on this machine (two would share the same cores and distort each other's
-    figures), for callers outside a Prefect flow (the bench, tests); the flow's train task holds a Prefect
-    concurrency slot instead (smoltune.pipeline.slots)."""
-    from smoltune.files import smoltune_home, waiting_lock
-
-    smoltune_home().mkdir(parents=True, exist_ok=True)
-    return waiting_lock(smoltune_home() / "training.lock", "this machine's training slot (one training at a time)")
 
 
 def _run_worker(command: list[str], work_dir: Path, on_step: Callable[[dict], None] | None, env: dict) -> None:
