@@ -64,6 +64,13 @@ def test_report_shows_the_measured_figures() -> None:
     assert "![Loss curve](loss_curve.png)" in text
 
 
+def test_a_data_parallel_training_says_so() -> None:
+    assert "| processes |" not in render_report(make_summary(), [])
+    summary = make_summary()
+    summary["train"]["processes"] = 2
+    assert "| processes | 2 data-parallel (torchrun); peak memory is rank 0's |" in render_report(summary, [])
+
+
 def test_loss_table_samples_first_and_last_step() -> None:
     text = render_report(make_summary(), [])
     loss_rows = [line for line in text.splitlines() if line.startswith("| ") and line.count("|") == 3]

@@ -156,6 +156,11 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
             [
                 ["backend / mode", _backend_mode(train)],
                 ["device", train.get("device", "?")],
+                *(
+                    [["processes", f"{train['processes']} data-parallel (torchrun); peak memory is rank 0's"]]
+                    if train.get("processes", 1) > 1
+                    else []
+                ),
                 ["precision", _precision(train)],
                 [
                     "trainable parameters",
