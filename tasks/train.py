@@ -52,7 +52,7 @@ def _train(model: ResolvedModel, prepared: Prepared, config: PipelineConfig, fol
         base_model_id=model.hub_id,
         load_in_4bit=config.model.load_in_4bit,
     )
-    # One of this machine's training slots (a Prefect global concurrency limit, smoltune.pipeline.slots).
+    # One of this machine's training slots: its Prefect concurrency limit under a server, else a file lock.
     result = train_in_subprocess(spec, on_step, slot=training_slot())
     if result.resumed_from_step:
         logger.info("resumed from the checkpoint at step %d", result.resumed_from_step)

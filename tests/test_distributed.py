@@ -174,6 +174,8 @@ def test_launch_command_and_threads(tmp_path: Path) -> None:
     assert launch_env(TrainConfig(num_processes=4, grad_accum=4), {}, cores=2)["OMP_NUM_THREADS"] == "1"
     assert launch_env(TrainConfig(num_processes=2, grad_accum=4), {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
     assert "OMP_NUM_THREADS" not in launch_env(TrainConfig(), {}, cores=2)
+    inherited = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "MASTER_ADDR": "h", "PATH": "/bin"}
+    assert launch_env(TrainConfig(), inherited) == {"PATH": "/bin"}  # a lone worker waits for no peers
     assert Rank.from_env({"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}) == Rank(1, 1, 2)
     assert Rank.from_env({}).is_main
 

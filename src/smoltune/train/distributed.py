@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from smoltune.config import TrainConfig
 
 T = TypeVar("T")
+# What torchrun sets for each process it starts (Rank.from_env reads the first three).
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def launch_command(spec_file: str | Path, train: TrainConfig, node_rank: int = 0) -> list[str]:
@@ -57,8 +59,12 @@ def join_commands(spec_file: str | Path, train: TrainConfig) -> list[str]:
 def launch_env(train: TrainConfig, base: dict[str, str] | None = None, cores: int | None = None) -> dict[str, str]:
     """The worker's environment. With N processes on a CPU each gets cores / N OpenMP threads (torchrun would
     give each one thread, wasting a bigger machine; two processes both using every core thrash); a value the
-    user set is kept."""
+    user set is kept. torchrun sets the rank variables itself; the parent's own (e.g. when the flow itself
+    runs inside a distributed job) are dropped for a single-process training."""
     env = dict(os.environ if base is None else base)
+    if train.world_size == 1:  # a lone worker must not take an inherited WORLD_SIZE for peers to wait for
+        for name in TORCHRUN_VARIABLES:
+            env.pop(name, None)
     if train.num_processes > 1 and "OMP_NUM_THREADS" not in env:
         cores = cores or len(os.sched_getaffinity(0))
         env["OMP_NUM_THREADS"] = str(max(1, cores // train.num_processes))
