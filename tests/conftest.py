@@ -7,6 +7,7 @@ make test                       # everything
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Two cores: one training at a time, and OpenMP threads that yield instead of spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 apply_prefect_defaults()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server or rendezvous a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

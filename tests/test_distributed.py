@@ -4,9 +4,6 @@ rank 0 writes; a SIGKILL of the whole launch resumes with 2 processes."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -21,7 +18,8 @@ from smoltune.train.checkpoints import latest_complete_checkpoint
 from smoltune.train.distributed import Rank, join_commands, launch_command, launch_env
 from smoltune.train.runner import train_in_subprocess
 from smoltune.train.spec import TrainResult, TrainSpec
-from smoltune.train.worker import STEP_PREFIX
+from tests.conftest import free_port
+from tests.test_training import kill_after_step
 
 # fp32: the equivalence is exact up to summation order; grad_accum 4 = 2 micro-batches per process.
 SETTINGS = {
@@ -120,7 +118,7 @@ def test_resume_after_sigkill_with_two_processes(
         save_total_limit=5,
         num_processes=2,
     )
-    kill_launch_after_step(spec, 3)
+    kill_after_step(spec, 3)
     last = latest_complete_checkpoint(tmp_path / "interrupted" / "checkpoints")
     assert last is not None and sorted(p.name for p in last.glob("rng_state*")) == [
         "rng_state_0.pth",
@@ -129,30 +127,6 @@ def test_resume_after_sigkill_with_two_processes(
     resumed = train_in_subprocess(spec)
     assert resumed.resumed_from_step >= 2 and resumed.processes == 2
     assert resumed.losses == pytest.approx(one.losses, abs=2e-5)
-
-
-def kill_launch_after_step(spec: TrainSpec, step: int) -> None:
-    """Start torchrun with its 2 workers as the runner would, and SIGKILL all of them (a machine lost) as soon
-    as rank 0 reports `step`."""
-    work = Path(spec.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    spec_file = work / "spec.json"
-    spec_file.write_text(json.dumps(spec.__dict__))
-    train = TrainConfig.model_validate(spec.config)
-    proc = subprocess.Popen(
-        launch_command(spec_file, train),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=launch_env(train),
-        start_new_session=True,
-    )
-    for line in proc.stdout:  # type: ignore[union-attr]
-        if line.startswith(STEP_PREFIX) and json.loads(line[len(STEP_PREFIX) :])["step"] >= step:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert not (work / "result.json").exists()
 
 
 def test_launch_command_and_threads(tmp_path: Path) -> None:
@@ -202,13 +176,10 @@ def test_a_crashing_rank_is_what_the_error_shows(tiny_model_dir: Path, prepared:
 def test_two_machines_meet_at_the_endpoint(tiny_model_dir: Path, prepared: dict, tmp_path_factory) -> None:
     """nnodes=2 on one machine: the runner starts node 0, the logged join command (run here) node 1."""
     import shlex
-    import socket
     import sys
 
     one, _ = train_pair("packed", tiny_model_dir, prepared, tmp_path_factory)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     work = tmp_path_factory.mktemp("two-machines")
     spec = spec_for(tiny_model_dir, prepared, work, max_steps=6, nnodes=2, rdzv_endpoint=f"127.0.0.1:{port}")
     [join] = join_commands(work / "spec.json", TrainConfig.model_validate(spec.config))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.slow
 
 SUMMARY_FIELDS = [
@@ -101,7 +103,6 @@ def test_serve_answers_like_chat(run_dir: Path) -> None:
     """The real server on the real run: its greedy answer is `smoltune chat`'s, through the openai client."""
     import os
     import signal
-    import socket
     import time
 
     import httpx
@@ -113,9 +114,7 @@ def test_serve_answers_like_chat(run_dir: Path) -> None:
         [cli, "chat", str(run_dir), "--prompt", prompt, "--max-new-tokens", "12"], capture_output=True, text=True
     )
     assert chat.returncode == 0, chat.stderr[-2000:]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [cli, "serve", "--adapter", f"tuned={run_dir}", "--port", str(port)], start_new_session=True
     )

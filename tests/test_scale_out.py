@@ -20,7 +20,7 @@ import pytest
 from smoltune.config import load_config
 from smoltune.errors import BusyError, ConfigError
 from smoltune.pipeline.slots import SIZE_VARIABLE, limit_name, slots_per_machine, training_slot
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.tiny_model import tiny_overrides
 
 
@@ -34,12 +34,6 @@ def set_limit(size: int) -> None:
     ensure_limit(limit_name(), size)
     with get_client(sync_client=True) as client:
         client.update_global_concurrency_limit(limit_name(), GlobalConcurrencyLimitUpdate(limit=size))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

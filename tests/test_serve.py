@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from smoltune.data.stage import prepare_dataset
 from smoltune.files import write_jsonl
 from smoltune.train.runner import train_in_subprocess
 from smoltune.train.spec import TrainSpec
+from tests.conftest import free_port
 
 QUESTIONS = ["Is 7 odd or even?", "Add the two numbers.", "Say hi.", "Name a colour."]
 
@@ -55,12 +55,6 @@ def greedy(model_dir: Path, adapter_dir: str, instruction: str, max_new_tokens: 
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

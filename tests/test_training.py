@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from smoltune.data.stage import prepare_dataset
 from smoltune.data.tokens import IGNORE_INDEX, tokenize_example
 from smoltune.files import write_jsonl
 from smoltune.train.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
+from smoltune.train.distributed import launch_command, launch_env
 from smoltune.train.runner import train_in_subprocess
 from smoltune.train.spec import TrainResult, TrainSpec
 from smoltune.train.worker import STEP_PREFIX
@@ -168,22 +168,28 @@ def test_partial_checkpoints_are_never_chosen(tmp_path: Path) -> None:
 
 
 def kill_after_step(spec: TrainSpec, step: int) -> None:
-    """Start the worker and SIGKILL it as soon as it reports `step`."""
-    Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
-    spec_file = Path(spec.work_dir) / "spec.json"
+    """Start the training as the runner would (one worker, or torchrun and its workers) and SIGKILL all of
+    its processes (a lost machine) as soon as it reports `step`."""
+    work = Path(spec.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    spec_file = work / "spec.json"
     spec_file.write_text(json.dumps(spec.__dict__))
+    train = TrainConfig.model_validate(spec.config)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "smoltune.train.worker", str(spec_file)],
+        launch_command(spec_file, train),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        env=launch_env(train),
+        start_new_session=True,
     )
     for line in proc.stdout:  # type: ignore[union-attr]
         if line.startswith(STEP_PREFIX) and json.loads(line[len(STEP_PREFIX) :])["step"] >= step:
-            os.kill(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+    assert not (work / "result.json").exists()
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(

@@ -202,6 +202,8 @@ class TrainConfig(_Section):
         return self.num_processes * self.nnodes
 
 
+UNSLOTH_ONE_PROCESS = "train.backend=unsloth trains in one process; use backend hf (or auto) with num_processes > 1"
+
 # How a training is spread over processes and machines, not what it computes (left out of the train stage's key).
 DISTRIBUTION_FIELDS = ("num_processes", "nnodes", "rdzv_endpoint")
 
@@ -343,7 +345,7 @@ def distributed_problems(train: TrainConfig) -> list[str]:
             f"batch_size x grad_accum rows (e.g. grad_accum={world * max(1, train.grad_accum // world)})"
         )
     if world > 1 and train.backend == "unsloth":
-        problems.append("train.backend=unsloth trains in one process; use backend hf (or auto) with num_processes > 1")
+        problems.append(UNSLOTH_ONE_PROCESS)
     if train.nnodes > 1 and not train.rdzv_endpoint:
         problems.append("train.rdzv_endpoint: several machines (train.nnodes > 1) need a host:port to meet at")
     return problems

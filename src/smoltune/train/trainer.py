@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from smoltune.config import TrainConfig
+from smoltune.config import UNSLOTH_ONE_PROCESS, TrainConfig
 from smoltune.data.tokens import tokenize_rows
 from smoltune.errors import ConfigError
 from smoltune.files import atomic_dir, atomic_write_json, dir_size_mb, read_jsonl
@@ -51,7 +51,7 @@ def resolve_backend(requested: str, device: str, processes: int = 1) -> tuple[st
     """(backend, reason) for `train.backend`; data-parallel training (torchrun) runs the hf backend."""
     if processes > 1:
         if requested == "unsloth":
-            raise ConfigError(["train.backend=unsloth trains in one process; use hf (or auto) with num_processes > 1"])
+            raise ConfigError([UNSLOTH_ONE_PROCESS])
         return "hf", f"{processes} data-parallel processes: hf (torchrun + DistributedDataParallel)"
     if requested != "auto":
         return requested, "set by train.backend"
