@@ -78,13 +78,58 @@ def test_fast_path_loss_equals_the_models_own_on_cuda(tiny_model_dir: Path) -> N
     from tests.test_packing import ROWS, packed_batch, padded_batch
 
     segments = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=register_segment_attention())
-    packed = {k: v.cuda() for k, v in with_segment_boundaries(packed_batch(ROWS)).items() if hasattr(v, "cuda")}
+    packed = on_cuda(with_segment_boundaries(packed_batch(ROWS)))
     padded = {k: v.cuda() for k, v in padded_batch(ROWS).items()}
     model = segments.cuda().eval()
     with torch.no_grad():
         ours = labelled_token_loss(model, packed)
         theirs = model(**padded).loss
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def on_cuda(batch: dict) -> dict:
+    return {k: v.cuda() if hasattr(v, "cuda") else v for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("kernel", ["rows", "flex", "flash"])
+def test_each_packed_kernel_gives_the_padded_loss_and_gradients(tiny_model_dir: Path, kernel: str) -> None:
+    """Per-row SDPA, flex_attention with a document mask (compiled for training), FlashAttention-2 varlen (where
+    flash-attn is installed): the padded model's loss and gradients under bf16 autocast, backward included."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from smoltune.train.packing import BoundaryCollator, labelled_token_loss, register_segment_attention
+    from tests.test_packing import ROWS, packed_batch, padded_batch
+
+    if kernel == "flash":
+        pytest.importorskip("flash_attn")
+    ours = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=register_segment_attention(kernel))
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    ours, plain = ours.cuda().train(), plain.cuda().train()
+    packed = on_cuda(BoundaryCollator(packed_batch)(ROWS))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = labelled_token_loss(ours, packed)
+        reference = plain(**on_cuda(padded_batch(ROWS))).loss
+    loss.backward()
+    reference.backward()
+    torch.testing.assert_close(loss.float(), reference.float(), rtol=2e-2, atol=2e-2)
+    for (name, a), b in zip(ours.named_parameters(), plain.parameters(), strict=True):
+        cosine = torch.nn.functional.cosine_similarity(a.grad.flatten().float(), b.grad.flatten().float(), dim=0)
+        assert cosine > 0.99, name
+
+
+def test_training_with_the_auto_kernel_matches_per_row_training(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The kernel `auto` picks on this card (flash or flex) trains the losses per-row attention trains."""
+    from smoltune.train.segment_kernels import resolve_segment_kernel
+
+    fast = train_tiny(tiny_model_dir, tmp_path, "auto", backend="hf", precision="bf16")
+    per_row = {"segment_kernel": "rows"}
+    rows = train_tiny(tiny_model_dir, tmp_path, "rows", backend="hf", precision="bf16", speed=per_row)
+    kernel, reason = resolve_segment_kernel("auto", "cuda", "bf16")
+    assert kernel != "rows" and fast.settings["fast_path"]["segment_kernel"] == kernel
+    assert fast.settings["segment_kernel"] == reason and rows.settings["fast_path"]["segment_kernel"] == "rows"
+    assert fast.tokens_seen == rows.tokens_seen
+    assert fast.losses == pytest.approx(rows.losses, rel=0.03)
 
 
 def test_fast_generation_equals_each_row_alone_on_cuda(tiny_model_dir: Path) -> None:

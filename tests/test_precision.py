@@ -107,9 +107,10 @@ def test_bf16_training_keeps_adapters_fp32_and_tracks_fp32(tiny_model_dir: Path,
     assert losses["bf16"] != losses["fp32"]  # really trained in another precision
 
 
-def test_qlora_is_refused_where_it_cannot_run(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """4-bit needs bitsandbytes' CUDA kernels and an adapter: a CPU run stops with the setting named (a config
-    error, exit 2, from the training process), and full fine-tuning in 4-bit is refused before any run."""
+def test_qlora_and_gpu_kernels_are_refused_where_they_cannot_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """4-bit needs bitsandbytes' CUDA kernels and an adapter, flex attention a GPU: a CPU run stops with the
+    setting named (a config error, exit 2, from the training process), and full fine-tuning in 4-bit is refused
+    before any run."""
     from smoltune.config import PipelineConfig, semantic_problems
     from smoltune.train.runner import train_in_subprocess
     from smoltune.train.spec import TrainSpec
@@ -118,6 +119,10 @@ def test_qlora_is_refused_where_it_cannot_run(tiny_model_dir: Path, tmp_path: Pa
     spec = TrainSpec(str(tiny_model_dir), "unused.jsonl", str(tmp_path / "q"), config.model_dump(), load_in_4bit=True)
     with pytest.raises(ConfigError, match="load_in_4bit: 4-bit \\(QLoRA\\) training needs a CUDA GPU") as raised:
         train_in_subprocess(spec)
+    assert raised.value.exit_code == 2
+    forced = TrainConfig(max_steps=1, warmup_steps=0, speed={"segment_kernel": "flex"}).model_dump()
+    with pytest.raises(ConfigError, match="segment_kernel=flex needs a CUDA GPU") as raised:  # the same for a kernel
+        train_in_subprocess(TrainSpec(str(tiny_model_dir), "unused.jsonl", str(tmp_path / "f"), forced))
     assert raised.value.exit_code == 2
     full = PipelineConfig(model={"load_in_4bit": True}, train={"mode": "full"})
     assert any("cannot be fully fine-tuned" in p for p in semantic_problems(full))

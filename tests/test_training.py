@@ -22,6 +22,7 @@ from smoltune.files import write_jsonl
 from smoltune.train.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
 from smoltune.train.distributed import launch_command, launch_env
 from smoltune.train.runner import train_in_subprocess
+from smoltune.train.segment_kernels import resolve_segment_kernel
 from smoltune.train.spec import TrainResult, TrainSpec
 from smoltune.train.worker import STEP_PREFIX
 
@@ -121,10 +122,14 @@ def test_the_fast_path_trains_the_same_losses_on_the_same_tokens(
     trained: TrainResult, tiny_model_dir: Path, prepared: dict, tmp_path: Path
 ) -> None:
     off = {key: False for key in SpeedConfig.switches()}
-    assert trained.settings["fast_path"] == {key: True for key in off}  # the default
+    # The default; packed rows attend by the kernel this device runs (rows on a CPU), its reason recorded.
+    kernel, reason = resolve_segment_kernel("auto", trained.device, trained.precision)
+    assert trained.settings["fast_path"] == {**{key: True for key in off}, "segment_kernel": kernel}
+    assert trained.settings["segment_kernel"] == reason
     assert trained.settings["per_device_train_batch_size"] == 4  # batch 2 x accumulation 2 in one packed forward
     plain = train_in_subprocess(spec_for(tiny_model_dir, prepared, tmp_path, max_steps=3, backend="hf", speed=off))
-    assert plain.settings["fast_path"] == {key: False for key in off}
+    assert plain.settings["fast_path"] == {**{key: False for key in off}, "segment_kernel": "rows"}
+    assert plain.settings["segment_kernel"] == "not packed"
     assert plain.tokens_seen == trained.tokens_seen  # the same rows, every token counted once
     assert plain.losses == pytest.approx(trained.losses, abs=1e-4)
     # Checkpoints every save_steps only: the Trainer's extra one after the last step is skipped.

@@ -131,6 +131,12 @@ class SpeedConfig(_Section):
         description="pack_accumulation applies only when the batch_size x grad_accum longest rows fit in this many "
         "tokens: activation memory grows with the tokens of one forward (about 2 MiB per token for SmolLM2-135M).",
     )
+    segment_kernel: Literal["auto", "rows", "flex", "flash"] = Field(
+        "auto",
+        description="With padding_free, how attention stays inside each packed row: 'rows' (one call per row, the "
+        "CPU's), 'flex' (flex_attention with a document mask, CUDA + Triton), 'flash' (FlashAttention-2 varlen, "
+        "CUDA + flash-attn, 16-bit), or 'auto': flash, else flex on CUDA; rows on a CPU.",
+    )
     labelled_logits_only: bool = Field(
         True, description="Apply the LM head and cross-entropy only at positions whose next token has a label."
     )

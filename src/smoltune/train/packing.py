@@ -5,9 +5,11 @@ applied only where a label exists. Measured by `make bench` (README, "Performanc
 
 - Packing: a batch's rows are concatenated into one sequence (TRL's padding-free collator) with position ids
   restarting at 0 for each row, so no compute goes to padding and the matmuls are larger.
-- Segment attention: transformers' attention is replaced, for packed batches only, by one causal SDPA call per
-  row (`cu_seq_lens_q` gives the boundaries). A block-diagonal mask over the whole packed sequence costs
-  O(total²); per-row calls cost O(Σ row²) and cannot leak attention between rows.
+- Segment attention: transformers' attention is replaced, for packed batches only, by causal attention inside
+  each row (`cu_seq_lens_q` gives the boundaries, computed on the host by `BoundaryCollator`). A block-diagonal
+  mask over the whole packed sequence costs O(total²); per-row attention costs O(Σ row²) and cannot leak
+  between rows. The kernel (`train.speed.segment_kernel`): one call per row ("rows", the CPU's), or on a GPU
+  one call per layer for all rows (FlashAttention-2 varlen or flex_attention, smoltune.train.segment_kernels).
 - Labelled logits only: with prompt masking most positions have no label (the seed rows: 668 of 6,690 tokens
   are response), yet the 49k-vocabulary LM head and its softmax would run on every position. The loss is the
   same sum of cross-entropies over the same labelled tokens.
@@ -15,6 +17,7 @@ applied only where a label exists. Measured by `make bench` (README, "Performanc
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -23,7 +26,9 @@ import torch.nn.functional as F
 from smoltune.data.tokens import IGNORE_INDEX
 from smoltune.train.row_attention import row_attention
 
-SEGMENT_ATTENTION = "smoltune_segments"
+SEGMENT_ATTENTION = "smoltune_segments"  # the per-row kernel's name
+# The other kernels' names. Not "flash"/"flex": transformers treats a name containing those as its own kernels.
+ATTENTION_NAMES = {"rows": SEGMENT_ATTENTION, "flex": "smoltune_segments_doc_mask", "flash": "smoltune_segments_varlen"}
 ROW_EDGES = "smoltune_row_edges"  # the boundaries as Python ints, handed to every layer's attention call
 
 
@@ -44,15 +49,26 @@ def segment_attention(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
+    kernel: str = "rows",
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Causal attention computed row by row on a packed batch (`cu_seq_lens_q` given); plain SDPA otherwise,
-    so generation and unpacked batches behave exactly as with `attn_implementation="sdpa"`."""
+    """Causal attention inside each row of a packed batch (`cu_seq_lens_q` given) by `kernel`; plain SDPA
+    otherwise, so generation and unpacked batches behave exactly as with `attn_implementation="sdpa"`."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     boundaries = kwargs.get("cu_seq_lens_q")
     if boundaries is None or query.shape[0] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if kernel == "flash":
+        from smoltune.train.segment_kernels import flash_rows
+
+        rate = dropout if module.training else 0.0
+        return flash_rows(query, key, value, boundaries, kwargs["max_length_q"], scale, rate), None
+    if kernel == "flex" and not (dropout and module.training):  # flex_attention has no dropout
+        from smoltune.train.segment_kernels import flex_rows
+
+        return flex_rows(module, query, key, value, boundaries, scale), None
     edges = kwargs.get(ROW_EDGES) or boundaries.tolist()
     # query: (1, heads, tokens, head_dim); key/value may have fewer heads (grouped-query attention).
     if dropout and module.training:
@@ -76,25 +92,28 @@ def segment_attention(
     return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
 
 
-def register_segment_attention() -> str:
-    """Register `segment_attention` with transformers (idempotent); returns the name to load models with.
-    SDPA's mask function goes with it, so unpacked batches (padding, generation) are masked exactly as with
-    `sdpa`; on a packed batch the per-row causal calls need no mask and ignore it."""
+def register_segment_attention(kernel: str = "rows") -> str:
+    """Register `segment_attention` with `kernel` (smoltune.train.segment_kernels.KERNELS) with transformers
+    (idempotent); returns the name to load models with. SDPA's mask function goes with it, so unpacked batches
+    (padding, generation) are masked exactly as with `sdpa`; a packed batch's kernels ignore that mask."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
-    AttentionMaskInterface.register(SEGMENT_ATTENTION, sdpa_mask)
-    return SEGMENT_ATTENTION
+    name = ATTENTION_NAMES[kernel]
+    AttentionInterface.register(name, functools.partial(segment_attention, kernel=kernel))
+    AttentionMaskInterface.register(name, sdpa_mask)
+    return name
 
 
 def with_segment_boundaries(inputs: dict[str, Any]) -> dict[str, Any]:
-    """`inputs` plus the row boundaries segment attention needs, when the batch is one packed sequence."""
+    """`inputs` plus the row boundaries segment attention needs, when the batch is one packed sequence (and
+    does not have them yet)."""
     position_ids = inputs.get("position_ids")
-    if position_ids is None or "attention_mask" in inputs or position_ids.shape[0] != 1:
+    if position_ids is None or "attention_mask" in inputs or position_ids.shape[0] != 1 or "cu_seq_lens_q" in inputs:
         return inputs
     boundaries = segment_boundaries(position_ids)
-    # Read back to the host once per batch, not once per layer: on a GPU each read is a synchronisation.
+    # Host integers once per batch, not a read per layer (on a GPU each read is a synchronisation); on a batch
+    # still on the host (BoundaryCollator) no read at all.
     edges = tuple(boundaries.tolist())
     longest = max(end - start for start, end in zip(edges[:-1], edges[1:], strict=True))
     return {
@@ -105,6 +124,18 @@ def with_segment_boundaries(inputs: dict[str, Any]) -> dict[str, Any]:
         "max_length_k": longest,
         ROW_EDGES: edges,
     }
+
+
+class BoundaryCollator:
+    """A padding-free collator whose batches carry their row boundaries, computed from the position ids while
+    the batch is still on the host: the Trainer then moves `cu_seq_lens_q` to the device with the rest, and no
+    kernel waits for a device-to-host read."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+
+    def __call__(self, rows: list[dict]) -> dict[str, Any]:
+        return with_segment_boundaries(self.collate(rows))
 
 
 def backbone_and_head(model: Any) -> tuple[Any, Any]:

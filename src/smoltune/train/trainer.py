@@ -70,6 +70,7 @@ class FastPath:
     labelled_logits_only: bool = False
     fused_lora: bool = False
     fused_optimizer: bool = False
+    segment_kernel: str = "rows"  # how packed rows attend (smoltune.train.segment_kernels), set by with_kernel
 
     @classmethod
     def for_run(cls, config: TrainConfig, backend: str) -> FastPath:
@@ -83,6 +84,16 @@ class FastPath:
             fused_lora=speed.fused_lora and config.mode == "lora",
             fused_optimizer=speed.fused_optimizer,
         )
+
+
+def with_kernel(fast: FastPath, config: TrainConfig, device: str, precision: Precision) -> tuple[FastPath, str]:
+    """`fast` with the packed rows' attention kernel this device and precision run (and the reason for it)."""
+    if not fast.padding_free:
+        return fast, "not packed"
+    from smoltune.train.segment_kernels import resolve_segment_kernel
+
+    kernel, reason = resolve_segment_kernel(config.speed.segment_kernel, device, precision.name)
+    return replace(fast, segment_kernel=kernel), reason
 
 
 def fit_packing(fast: FastPath, lengths: list[int], rows_per_step: int, max_tokens: int) -> FastPath:
@@ -149,7 +160,7 @@ def load_for_training(
     if fast.padding_free:
         from smoltune.train.packing import register_segment_attention
 
-        attention = register_segment_attention()
+        attention = register_segment_attention(fast.segment_kernel)
     model, tokenizer = load_model_and_tokenizer(
         spec.model_path,
         device,
@@ -287,12 +298,15 @@ def sft_trainer_class(
 
 def data_collator(tokenizer: Any, fast: FastPath) -> Any:
     """TRL's padding-free collator for packed batches (given explicitly, so TRL does not warn that only
-    FlashAttention handles them: segment attention does); None keeps TRL's padding collator."""
+    FlashAttention handles them: segment attention does), adding the row boundaries on the host; None keeps
+    TRL's padding collator."""
     if not fast.padding_free:
         return None
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+    from smoltune.train.packing import BoundaryCollator
+
+    return BoundaryCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True))
 
 
 def save_trained(trainer: Any, tokenizer: Any, mode: str, work_dir: Path, base_model_id: str | None = None) -> Path:
@@ -339,6 +353,7 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
     # Measured once, by rank 0: every rank must train in the same precision.
     measured = resolve_precision(device, config.mode, config.precision, spec.model_path) if rank.is_main else None
     precision = from_rank_zero(measured, rank)
+    fast, kernel_reason = with_kernel(fast, config, device, precision)
     torch.manual_seed(config.seed)
     model, tokenizer = load_for_training(backend, spec, config, device, fast, precision)
     trainable, total = count_parameters(model)
@@ -395,6 +410,7 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
             "fast_path": asdict(fast),
             "load_in_4bit": spec.load_in_4bit,
             "precision": precision.reason,
+            "segment_kernel": kernel_reason,
             "matmul_gflops": precision.gflops,
         },
     )
