@@ -5,9 +5,11 @@
     make gpu-check OUT=/some/folder  # there: installs from .whl/, runs the plan, writes gpu-check.json + .log
     python3 bench/gpu_check.py --install-only   # there, first call: install the part carried in it
 
-The plan (about 6 minutes on an H200): the `gpu` tests; the seed job's training (60 steps) and evaluation in
-bf16 and in forced fp16 (the seed's T4 path); LoRA r=16, r=256 and full fine-tuning; and the bench's GPU
-columns, Unsloth against smoltune on both datasets. It runs the library's entry points, not Prefect (Prefect
+The plan (not yet run on a GPU; every step has a time limit, the whole check stops at DEADLINE_S): the `gpu`
+tests; the seed job's training (60 steps) and evaluation in bf16 and in forced fp16 (the seed's T4 path); LoRA
+r=16, r=256 and full fine-tuning; the hf backend's packed rows by per-row attention and by the kernel `auto`
+picks on the card (smoltune.train.segment_kernels); and the bench's GPU columns, Unsloth against smoltune on both
+datasets. It runs the library's entry points, not Prefect (Prefect
 and its server do not travel well as wheels).
 
 The seed weights (a 98 MB GGUF) do not fit the 64 MiB a call may carry, so on a machine without them the check
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WHEELS = ROOT / ".whl"
@@ -34,6 +37,9 @@ NEEDED = (
     "docstring_parser", "typeguard",
 )  # fmt: skip
 PART_MIB = 60
+HF = ["--set", "train.backend=hf", "--set"]
+# The plan's steps stop being started (and a running one is cut) at this many seconds.
+DEADLINE_S = 480  # the issue's 8 minutes
 
 
 def plan(out: Path, model: str) -> list[tuple[str, list[str], int]]:
@@ -51,12 +57,16 @@ def plan(out: Path, model: str) -> list[tuple[str, list[str], int]]:
         str(out / "bench.json"),
     ]
     return [
-        ("gpu tests", [*py, "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py"], 120),
+        ("gpu tests", [*py, "-m", "pytest", "-q", "-m", "gpu", "tests/test_gpu.py"], 150),
         ("seed job, bf16", [*job, "--name", "seed-bf16", "--set", "train.precision=bf16"], 60),
         ("seed job, forced fp16", [*job, "--name", "seed-fp16", "--set", "train.precision=fp16"], 60),
+        ("bench: unsloth vs smoltune", bench, 120),
         ("LoRA r=256", [*job, "--name", "lora-r256", "--set", "train.lora.r=256", "--set", "train.lora.alpha=256"], 60),
         ("full fine-tuning", [*job, "--name", "full", "--set", "train.mode=full"], 60),
-        ("bench: unsloth vs smoltune", bench, 120),
+        # smoltune's own fast path on CUDA: packed rows by one call per row vs the kernel `auto` picks there
+        # (flex_attention without flash-attn; its torch.compile time is inside the training time).
+        ("seed job, hf, per-row attention", [*job, "--name", "hf-rows", *HF, "train.speed.segment_kernel=rows"], 90),
+        ("seed job, hf, auto attention", [*job, "--name", "hf-auto", *HF, "train.speed.segment_kernel=auto"], 90),
     ]
 
 
@@ -84,6 +94,26 @@ def install() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
 
 
+def run_plan(steps: list[tuple[str, list[str], int]], env: dict, log: Any, deadline: float = DEADLINE_S) -> list[dict]:
+    """Run each step in turn, its output into `log`; each within its own limit and all within `deadline` seconds
+    (a step that would outlast it is cut, the ones after it are not started, so the check ends inside one call)."""
+    records = []
+    begun = time.perf_counter()
+    for name, command, limit in steps:
+        started = time.perf_counter()
+        limit = min(limit, int(deadline - (started - begun)))
+        try:
+            if limit <= 0:
+                raise subprocess.TimeoutExpired(command, 0)
+            done = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit)
+            status = "passed" if done.returncode == 0 else f"failed ({done.returncode})"
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {limit} s" if limit > 0 else f"not started: {deadline} s are up"
+        records.append({"step": name, "status": status, "seconds": round(time.perf_counter() - started)})
+        print(f"{name}: {status}", flush=True)
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry", action="store_true", help="list the plan and check the wheels; run nothing")
@@ -97,7 +127,7 @@ def main() -> None:
     if args.dry:
         for name, command, limit in steps:
             print(f"{name} (<= {limit} s): {' '.join(command)}")
-        print(f"total limit {sum(limit for _, _, limit in steps)} s")
+        print(f"total limit {sum(limit for _, _, limit in steps)} s, the whole check cut at {DEADLINE_S} s")
         if missing:
             sys.exit(f"gpu-check: .whl/ lacks {', '.join(missing)}: run `make gpu-wheels` (needs PyPI)")
         print(f"wheels: all {len(NEEDED)} present in .whl/")
@@ -119,15 +149,7 @@ def main() -> None:
     steps = plan(out, found.stdout.strip().splitlines()[-1])
     results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "steps": []}
     with (out / "gpu-check.log").open("w") as log:
-        for name, command, limit in steps:
-            started = time.perf_counter()
-            try:
-                done = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit)
-                status = "passed" if done.returncode == 0 else f"failed ({done.returncode})"
-            except subprocess.TimeoutExpired:
-                status = f"timed out after {limit} s"
-            results["steps"].append({"step": name, "status": status, "seconds": round(time.perf_counter() - started)})
-            print(f"{name}: {status}", flush=True)
+        results["steps"] = run_plan(steps, env, log)
     jobs = sorted(out.glob("job-*.json"))
     results["jobs"] = [json.loads(path.read_text()) for path in jobs]
     (out / "gpu-check.json").write_text(json.dumps(results, indent=2))

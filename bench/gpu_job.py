@@ -79,6 +79,8 @@ def main() -> None:
         "overrides": args.set,
         "train": {k: v for k, v in trained.to_dict().items() if k not in ("step_log", "settings")},
         "precision_reason": trained.settings["precision"],
+        "segment_kernel": trained.settings["fast_path"]["segment_kernel"],  # packed rows' attention (hf backend)
+        "segment_kernel_reason": trained.settings["segment_kernel"],
         "evaluate_seconds": round(time.perf_counter() - started, 2),
         "eval": figures.model_dump(),
     }
