@@ -7,8 +7,8 @@
 
 The plan (not yet run on a GPU; every step has a time limit, the whole check stops at DEADLINE_S): the `gpu`
 tests; the seed job's training (60 steps) and evaluation in bf16 and in forced fp16 (the seed's T4 path); LoRA
-r=16, r=256 and full fine-tuning; the hf backend's packed rows by per-row attention and by the kernel `auto`
-picks on the card (smoltune.train.segment_kernels); and the bench's GPU columns, Unsloth against smoltune on both
+r=16, r=256 and full fine-tuning; the hf backend's packed rows by per-row attention and by flex_attention
+(smoltune.train.segment_kernels); and the bench's GPU columns, Unsloth against smoltune on both
 datasets. It runs the library's entry points, not Prefect (Prefect
 and its server do not travel well as wheels).
 
@@ -63,10 +63,10 @@ def plan(out: Path, model: str) -> list[tuple[str, list[str], int]]:
         ("bench: unsloth vs smoltune", bench, 120),
         ("LoRA r=256", [*job, "--name", "lora-r256", "--set", "train.lora.r=256", "--set", "train.lora.alpha=256"], 60),
         ("full fine-tuning", [*job, "--name", "full", "--set", "train.mode=full"], 60),
-        # smoltune's own fast path on CUDA: packed rows by one call per row vs the kernel `auto` picks there
-        # (flex_attention without flash-attn; its torch.compile time is inside the training time).
+        # smoltune's own fast path on CUDA: packed rows by one call per row (auto without flash-attn) vs
+        # flex_attention, whose torch.compile time is inside the training time (smoltune.train.segment_kernels).
         ("seed job, hf, per-row attention", [*job, "--name", "hf-rows", *HF, "train.speed.segment_kernel=rows"], 90),
-        ("seed job, hf, auto attention", [*job, "--name", "hf-auto", *HF, "train.speed.segment_kernel=auto"], 90),
+        ("seed job, hf, flex attention", [*job, "--name", "hf-flex", *HF, "train.speed.segment_kernel=flex"], 90),
     ]
 
 

@@ -180,7 +180,7 @@ def test_gpu_check_dry_run_lists_the_plan_and_names_missing_wheels(
     for step in ("gpu tests", "seed job, bf16", "seed job, forced fp16", "LoRA r=256", "full fine-tuning", "bench"):
         assert step in printed
     assert "train.precision=fp16" in printed and f"all {len(gpu_check.NEEDED)} present" in printed
-    assert "segment_kernel=rows" in printed and "segment_kernel=auto" in printed
+    assert "segment_kernel=rows" in printed and "segment_kernel=flex" in printed
     assert gpu_check.DEADLINE_S <= 8 * 60 and f"cut at {gpu_check.DEADLINE_S} s" in printed  # the 8 minutes
     next(tmp_path.glob("1/unsloth-*.whl")).unlink()
     with pytest.raises(SystemExit, match="lacks unsloth"):

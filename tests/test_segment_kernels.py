@@ -36,8 +36,8 @@ def load(model_dir: Path, attention: str):  # noqa: ANN201
         ("auto", "cpu", "bf16", {"flash_attn", "triton"}, "rows"),
         ("auto", "cuda", "bf16", {"flash_attn", "triton"}, "flash"),
         ("auto", "cuda", "fp16", {"flash_attn", "triton"}, "flash"),
-        ("auto", "cuda", "fp32", {"flash_attn", "triton"}, "flex"),  # flash-attn has no fp32 kernel
-        ("auto", "cuda", "bf16", {"triton"}, "flex"),  # the H200 image: Triton, no flash-attn
+        ("auto", "cuda", "fp32", {"flash_attn", "triton"}, "rows"),  # flash-attn has no fp32 kernel
+        ("auto", "cuda", "bf16", {"triton"}, "rows"),  # the H200 image: Triton, no flash-attn; flex compiles
         ("auto", "cuda", "bf16", set(), "rows"),
         ("rows", "cuda", "bf16", {"flash_attn", "triton"}, "rows"),
         ("flex", "cuda", "fp32", {"triton"}, "flex"),

@@ -16,6 +16,14 @@ in both, as in the per-row path, never O(total squared):
 - flex: torch's `flex_attention` (compiled to a Triton kernel, through transformers' own wrapper) with a
   BlockMask that skips every 128x128 block outside a row; the mask is built once per batch on the device and
   shared by all layers.
+
+Why `auto` takes flash but not flex: flash-attn is a prebuilt kernel, ready at the first step. flex must be
+compiled, forward and backward, once per process and again when the packed length first changes (automatic
+dynamic shapes); that is seconds to tens of seconds of Triton compilation, against the per-row launches it
+saves: for the seed job (60 steps, about 500 tokens a step) about 480 small SDPA launches a step, microseconds
+each on a modern GPU, and with the edges already on the host they never wait. So flex is for long jobs and
+many rows a step, and is asked for by name until `make gpu-check` (which times both on the seed job) measures
+where it pays. (On a CPU the compiled forward also fails to recompile for a second length in torch 2.14.)
 """
 
 from __future__ import annotations
@@ -51,8 +59,8 @@ def kernel_problems(kernel: str, device: str, precision: str) -> list[str]:
 
 
 def resolve_segment_kernel(requested: str, device: str, precision: str) -> tuple[Kernel, str]:
-    """(kernel, reason) for packed rows. `auto`: on CUDA FlashAttention-2 when flash-attn is installed and the
-    training is 16-bit, else flex_attention when Triton is there, else per-row calls; on a CPU per-row calls.
+    """(kernel, reason) for packed rows. `auto`: FlashAttention-2 on CUDA when flash-attn is installed and the
+    training is 16-bit, else per-row calls (flex only by name: its compile time, above).
     A kernel set by name that cannot run here is a ConfigError naming why, before any model is loaded."""
     if requested != "auto":
         if problems := kernel_problems(requested, device, precision):
@@ -62,10 +70,8 @@ def resolve_segment_kernel(requested: str, device: str, precision: str) -> tuple
         return "rows", ROWS_ON_CPU
     if not kernel_problems("flash", device, precision):
         return "flash", "auto on CUDA: FlashAttention-2 varlen (flash-attn installed)"
-    if not kernel_problems("flex", device, precision):
-        why = "flash-attn not installed" if not installed("flash_attn") else f"flash-attn needs 16-bit, not {precision}"
-        return "flex", f"auto on CUDA: flex_attention with a document mask ({why})"
-    return "rows", "auto on CUDA: one SDPA call per row (neither flash-attn nor Triton installed)"
+    why = "flash-attn not installed" if not installed("flash_attn") else f"flash-attn needs 16-bit, not {precision}"
+    return "rows", f"auto on CUDA: one SDPA call per row ({why}; flex is asked for by name, see the module's doc)"
 
 
 def flash_rows(
