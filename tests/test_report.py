@@ -64,6 +64,15 @@ def test_report_shows_the_measured_figures() -> None:
     assert "![Loss curve](loss_curve.png)" in text
 
 
+def test_packed_attention_names_its_kernel_and_reason() -> None:
+    assert "| packed attention |" not in render_report(make_summary(), [])  # not packed
+    summary = make_summary()
+    summary["train"]["settings"] |= {"fast_path": {"padding_free": True, "segment_kernel": "flash"}}
+    summary["train"]["settings"]["segment_kernel"] = "auto on CUDA: FlashAttention-2 varlen (flash-attn installed)"
+    expected = "| packed attention | flash (auto on CUDA: FlashAttention-2 varlen (flash-attn installed)) |"
+    assert expected in render_report(summary, [])
+
+
 def test_a_data_parallel_training_says_so() -> None:
     assert "| processes |" not in render_report(make_summary(), [])
     summary = make_summary()

@@ -63,6 +63,15 @@ def _evaluation_time(ev: dict) -> str:
     return f" Evaluated in {took}, base and tuned, in {ev.get('eval_precision', 'fp32')})."
 
 
+def _packed_attention(train: dict) -> str | None:
+    """How packed rows attended (smoltune.train.segment_kernels) and why; None when rows were not packed."""
+    settings = train.get("settings", {})
+    fast = settings.get("fast_path", {})
+    if not fast.get("padding_free"):
+        return None
+    return f"{fast.get('segment_kernel', 'rows')} ({settings.get('segment_kernel', 'per-row')})"
+
+
 def _precision(train: dict) -> str:
     """'bf16 (auto on CPU: bf16 matmuls 4.4x fp32 here ...; measured GFLOP/s fp32 188, bf16 823)'."""
     settings = train.get("settings", {})
@@ -162,6 +171,7 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
                     else []
                 ),
                 ["precision", _precision(train)],
+                *([["packed attention", kernel]] if (kernel := _packed_attention(train)) else []),
                 [
                     "trainable parameters",
                     f"{train['trainable_params']:,} of {train['total_params']:,} ({percent:.2f}%)",
