@@ -47,8 +47,18 @@ def test_the_kernel_follows_device_precision_and_packages(
     monkeypatch: pytest.MonkeyPatch, requested: str, device: str, precision: str, packages: set, kernel: str
 ) -> None:
     monkeypatch.setattr(segment_kernels, "installed", lambda package: package in packages)
+    monkeypatch.setattr(segment_kernels, "cuda_capability", lambda: (9, 0))  # an H100 / H200
     chosen, reason = resolve_segment_kernel(requested, device, precision)
     assert chosen == kernel and reason
+
+
+def test_the_seeds_t4_has_no_flash_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(segment_kernels, "installed", lambda package: True)
+    monkeypatch.setattr(segment_kernels, "cuda_capability", lambda: (7, 5))
+    kernel, reason = resolve_segment_kernel("auto", "cuda", "fp16")
+    assert kernel == "rows" and "this card is 7.5" in reason
+    with pytest.raises(ConfigError, match="needs an Ampere or newer GPU"):
+        resolve_segment_kernel("flash", "cuda", "fp16")
 
 
 def test_a_kernel_that_cannot_run_here_is_refused_with_every_reason(monkeypatch: pytest.MonkeyPatch) -> None:

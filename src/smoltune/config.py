@@ -135,7 +135,7 @@ class SpeedConfig(_Section):
         "auto",
         description="With padding_free, how attention stays inside each packed row: 'rows' (one call per row, the "
         "CPU's), 'flex' (flex_attention with a document mask, CUDA + Triton), 'flash' (FlashAttention-2 varlen, "
-        "CUDA + flash-attn, 16-bit), or 'auto': flash, else flex on CUDA; rows on a CPU.",
+        "CUDA (Ampere+) + flash-attn, 16-bit), or 'auto': flash where it can run, else rows (flex compiles first).",
     )
     labelled_logits_only: bool = Field(
         True, description="Apply the LM head and cross-entropy only at positions whose next token has a label."

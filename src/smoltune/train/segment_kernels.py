@@ -12,7 +12,7 @@ the boundaries themselves are computed on the host by the collator (packing.Boun
 batch goes to the GPU, so no layer ever waits on a device-to-host read. Work is O(sum of row lengths squared)
 in both, as in the per-row path, never O(total squared):
 - flash: `flash_attn_varlen_func` with the cumulative row lengths (`cu_seqlens`), grouped-query attention
-  native. Needs the flash-attn package (CUDA only) and 16-bit inputs.
+  native. Needs the flash-attn package, an Ampere or newer card and 16-bit inputs.
 - flex: torch's `flex_attention` (compiled to a Triton kernel, through transformers' own wrapper) with a
   BlockMask that skips every 128x128 block outside a row; the mask is built once per batch on the device and
   shared by all layers.
@@ -44,6 +44,10 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+def cuda_capability() -> tuple[int, int]:
+    return torch.cuda.get_device_capability()
+
+
 def kernel_problems(kernel: str, device: str, precision: str) -> list[str]:
     """Why `kernel` cannot train here (empty when it can)."""
     problems = []
@@ -51,6 +55,12 @@ def kernel_problems(kernel: str, device: str, precision: str) -> list[str]:
         problems.append(f"train.speed.segment_kernel={kernel} needs a CUDA GPU; this machine trains on {device}")
     if kernel == "flash" and not installed("flash_attn"):
         problems.append("train.speed.segment_kernel=flash needs the flash-attn package (pip install flash-attn)")
+    if kernel == "flash" and device == "cuda" and (card := cuda_capability()) < (8, 0):
+        # FlashAttention-2 is built for Ampere and newer; the seed's T4 (7.5) and a V100 (7.0) have no kernel.
+        problems.append(
+            f"train.speed.segment_kernel=flash needs an Ampere or newer GPU (compute capability 8.0+); this card "
+            f"is {card[0]}.{card[1]}"
+        )
     if kernel == "flash" and precision not in ("bf16", "fp16"):
         problems.append(f"train.speed.segment_kernel=flash needs bf16 or fp16 training, not {precision}")
     if kernel == "flex" and device == "cuda" and not installed("triton"):
@@ -70,7 +80,7 @@ def resolve_segment_kernel(requested: str, device: str, precision: str) -> tuple
         return "rows", ROWS_ON_CPU
     if not kernel_problems("flash", device, precision):
         return "flash", "auto on CUDA: FlashAttention-2 varlen (flash-attn installed)"
-    why = "flash-attn not installed" if not installed("flash_attn") else f"flash-attn needs 16-bit, not {precision}"
+    why = "; ".join(kernel_problems("flash", device, precision))
     return "rows", f"auto on CUDA: one SDPA call per row ({why}; flex is asked for by name, see the module's doc)"
 
 
