@@ -118,6 +118,45 @@ def test_each_packed_kernel_gives_the_padded_loss_and_gradients(tiny_model_dir: 
         assert cosine > 0.99, name
 
 
+@pytest.mark.parametrize("kernel", ["rows", "flex", "flash"])
+def test_no_layers_attention_waits_for_the_gpu(
+    tiny_model_dir: Path, kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the boundaries from the collator, no layer's attention call synchronises with the device: torch's
+    sync debug mode turns any such call into an error (after a warm-up batch: the row kernels' one-off timing
+    and flex's compilation; the second batch has other row lengths, so flex builds a new mask)."""
+    import torch
+    from transformers import AttentionInterface, AutoModelForCausalLM
+
+    from smoltune.train.packing import (
+        ATTENTION_NAMES,
+        BoundaryCollator,
+        labelled_token_loss,
+        register_segment_attention,
+    )
+    from tests.test_packing import ROWS, packed_batch
+
+    if kernel == "flash":
+        pytest.importorskip("flash_attn")
+    name = register_segment_attention(kernel)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=name).cuda().train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        labelled_token_loss(model, on_cuda(BoundaryCollator(packed_batch)(ROWS))).backward()
+    original = AttentionInterface._global_mapping[ATTENTION_NAMES[kernel]]
+
+    def strict(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return original(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, ATTENTION_NAMES[kernel], strict)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = labelled_token_loss(model, on_cuda(BoundaryCollator(packed_batch)(list(reversed(ROWS)))))
+    assert torch.isfinite(loss)
+
+
 def test_training_with_one_call_per_layer_matches_per_row_training(tiny_model_dir: Path, tmp_path: Path) -> None:
     """flex_attention (and FlashAttention-2 where installed) trains the losses per-row attention trains."""
     from smoltune.train.segment_kernels import installed

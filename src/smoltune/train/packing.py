@@ -153,14 +153,17 @@ def labelled_token_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: 
     The model is called through its own forward (`logits_to_keep` = the positions where some row has a label),
     not decoder and head separately: a DistributedDataParallel wrapper syncs gradients only for what goes
     through its forward. A packed batch (one row) keeps exactly its labelled positions; a padded batch the
-    union over its rows, of which each row's labelled ones are then taken."""
+    union over its rows, where a row's unlabelled positions are ignored."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     targets = labels[:, 1:]
     labelled = targets != IGNORE_INDEX
     keep = labelled.any(dim=0).nonzero().reshape(-1)
     logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
-    chosen = labelled[:, keep]
-    loss_sum = F.cross_entropy(logits[chosen].float(), targets[:, keep][chosen], reduction="sum")
+    # Unlabelled targets among the kept positions (other rows' labels in a padded batch) are ignored rather
+    # than masked out: a boolean index has a data-dependent size, which on a GPU waits for the device.
+    loss_sum = F.cross_entropy(
+        logits.flatten(0, 1).float(), targets[:, keep].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     count = num_items_in_batch if num_items_in_batch is not None else labelled.sum().clamp(min=1)
     return loss_sum / count
