@@ -160,7 +160,7 @@ def labelled_token_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: 
     labelled = targets != IGNORE_INDEX
     keep = labelled.any(dim=0).nonzero().reshape(-1)
     logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
-    # Unlabelled targets among the kept positions (other rows' labels in a padded batch) are ignored rather
+    # Unlabelled targets among the kept positions (kept for another row of a padded batch) are ignored rather
     # than masked out: a boolean index has a data-dependent size, which on a GPU waits for the device.
     loss_sum = F.cross_entropy(
         logits.flatten(0, 1).float(), targets[:, keep].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
