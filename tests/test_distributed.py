@@ -32,6 +32,13 @@ SETTINGS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU (gloo) layout is what these tests check: on a machine with a GPU, the launched processes must
+    not see it (two ranks on one card would fail; tests/test_gpu.py is where CUDA is tested)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
 def prepare(folder: Path, rows: int) -> dict:
     raw = write_jsonl(folder / "raw.jsonl", generate_rows(80, seed=3))
     return prepare_dataset(raw, DataConfig(num_samples=rows + 8, eval_samples=8, seed=0), folder)

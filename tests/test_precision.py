@@ -107,7 +107,9 @@ def test_bf16_training_keeps_adapters_fp32_and_tracks_fp32(tiny_model_dir: Path,
     assert losses["bf16"] != losses["fp32"]  # really trained in another precision
 
 
-def test_qlora_and_gpu_kernels_are_refused_where_they_cannot_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_qlora_and_gpu_kernels_are_refused_where_they_cannot_run(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """4-bit needs bitsandbytes' CUDA kernels and an adapter, flex attention a GPU: a CPU run stops with the
     setting named (a config error, exit 2, from the training process), and full fine-tuning in 4-bit is refused
     before any run."""
@@ -115,6 +117,7 @@ def test_qlora_and_gpu_kernels_are_refused_where_they_cannot_run(tiny_model_dir:
     from smoltune.train.runner import train_in_subprocess
     from smoltune.train.spec import TrainSpec
 
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the training process sees no GPU, on any machine
     config = TrainConfig(max_steps=1, warmup_steps=0)
     spec = TrainSpec(str(tiny_model_dir), "unused.jsonl", str(tmp_path / "q"), config.model_dump(), load_in_4bit=True)
     with pytest.raises(ConfigError, match="load_in_4bit: 4-bit \\(QLoRA\\) training needs a CUDA GPU") as raised:
