@@ -20,7 +20,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from smoltune.config import load_config
 from smoltune.data.tokens import tokenize_rows
 from smoltune.files import read_jsonl
-from smoltune.train.packing import labelled_token_loss, with_segment_boundaries
+from smoltune.train.packing import labelled_token_loss
 from smoltune.train.precision import resolve_precision
 from smoltune.train.spec import TrainSpec
 from smoltune.train.trainer import FastPath, data_collator, load_for_training
@@ -78,7 +78,7 @@ def main() -> None:
     def step(index: int) -> int:
         group = rows[index * per_step : (index + 1) * per_step]
         for start in range(0, per_step, per_forward):
-            batch = with_segment_boundaries(collate(group[start : start + per_forward]))
+            batch = collate(group[start : start + per_forward])  # packed: boundaries added by the collator
             with torch.autocast("cpu", dtype=getattr(torch, autocast or "float32"), enabled=autocast is not None):
                 loss = labelled_token_loss(model, batch) if fast.labelled_logits_only else model(**batch).loss
             (loss * per_forward / per_step).backward()

@@ -79,7 +79,7 @@ def test_fast_path_loss_equals_the_models_own_on_cuda(tiny_model_dir: Path) -> N
 
     segments = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=register_segment_attention())
     packed = on_cuda(with_segment_boundaries(packed_batch(ROWS)))
-    padded = {k: v.cuda() for k, v in padded_batch(ROWS).items()}
+    padded = on_cuda(padded_batch(ROWS))
     model = segments.cuda().eval()
     with torch.no_grad():
         ours = labelled_token_loss(model, packed)

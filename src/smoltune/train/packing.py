@@ -93,7 +93,7 @@ def segment_attention(
 
 
 def register_segment_attention(kernel: str = "rows") -> str:
-    """Register `segment_attention` with `kernel` (smoltune.train.segment_kernels.KERNELS) with transformers
+    """Register `segment_attention` with `kernel` (a key of ATTENTION_NAMES) with transformers
     (idempotent); returns the name to load models with. SDPA's mask function goes with it, so unpacked batches
     (padding, generation) are masked exactly as with `sdpa`; a packed batch's kernels ignore that mask."""
     from transformers import AttentionInterface

@@ -36,8 +36,7 @@ import torch
 
 from smoltune.errors import ConfigError
 
-Kernel = Literal["rows", "flex", "flash"]
-KERNELS: tuple[Kernel, ...] = ("rows", "flex", "flash")
+Kernel = Literal["rows", "flex", "flash"]  # train.speed.segment_kernel without "auto"
 ROWS_ON_CPU = "on the CPU: one attention call per row (flex_attention has no CPU backward, flash-attn is CUDA only)"
 
 

@@ -248,8 +248,8 @@ def sft_trainer_class(
 
     TRL 1.15 computes the SFT loss with a Triton kernel whenever Triton is importable (Unsloth installs it);
     without a GPU that kernel fails with "0 active drivers". The model's own loss, or `labelled_token_loss`
-    (the same quantity, logits only where a label exists), replaces it; packed batches get their row
-    boundaries for segment attention.
+    (the same quantity, logits only where a label exists), replaces it. Packed batches arrive with their row
+    boundaries, added on the host by the collator (smoltune.train.packing.BoundaryCollator).
 
     accelerate applies 16-bit autocast by wrapping `model.forward`; `labelled_token_loss` calls the decoder and
     the LM head directly, so the subclass enters the same autocast around the whole loss (transformers' hook)."""
@@ -280,10 +280,8 @@ def sft_trainer_class(
             return torch.autocast(device, dtype=getattr(torch, autocast), cache_enabled=cache_enabled)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-            from smoltune.train.packing import labelled_token_loss, with_segment_boundaries
+            from smoltune.train.packing import labelled_token_loss
 
-            if fast.padding_free:
-                inputs = with_segment_boundaries(inputs)
             if fast.labelled_logits_only and not return_outputs:
                 loss = labelled_token_loss(model, inputs, num_items_in_batch)
                 if num_items_in_batch is not None and self.args.average_tokens_across_devices:
