@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The HTML report test drives Debian's Chromium (never a browser downloaded by a test tool).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test smoke compare bench bench-scaling bench-ablation bench-profile bench-serve rerun-matrix gpu-check gpu-wheels \
+.PHONY: run test test-fast smoke compare bench bench-scaling bench-ablation bench-profile bench-serve rerun-matrix gpu-check gpu-wheels \
 	lint install clean
 
 install: $(STAMP)
@@ -67,8 +67,24 @@ $(CHROMIUM):
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
+# The inner loop (a few minutes): no `slow` tests and nothing under tests/integration/ (servers, workers,
+# browsers, whole flows).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+# The documentation site (mkdocs.yml, docs/): strict, so a broken link or a warning fails; the configuration
+# reference is generated from smoltune.config by docs/hooks/config_reference.py. docs-serve: live reload on :8000.
+.PHONY: docs docs-serve
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve
+
+# ruff, and the import contracts of pyproject.toml's [tool.importlinter] (one-way layers, no cycles, Prefect
+# only above the core).
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 clean:
 	rm -rf runs .pytest_cache

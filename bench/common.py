@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-# The seed job (README): LoRA r=16 on the 7 projections, batch 2 x grad-accum 4, lr 2e-4, seed 3407.
+# The seed job (configs/default.yaml): LoRA r=16 on the 7 projections, batch 2 x grad-accum 4, lr 2e-4, seed 3407.
 SEED = 3407
 BATCH_SIZE, GRAD_ACCUM, LEARNING_RATE, WARMUP_STEPS, WEIGHT_DECAY = 2, 4, 2e-4, 5, 0.01
 

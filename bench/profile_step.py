@@ -20,10 +20,12 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from smoltune.config import load_config
 from smoltune.data.tokens import tokenize_rows
 from smoltune.files import read_jsonl
+from smoltune.train.fast_path import FastPath
 from smoltune.train.packing import labelled_token_loss
 from smoltune.train.precision import resolve_precision
+from smoltune.train.sft import data_collator
 from smoltune.train.spec import TrainSpec
-from smoltune.train.trainer import FastPath, data_collator, load_for_training
+from smoltune.train.trainer import load_for_training
 
 DEFAULT_JOB = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 GROUPS = {

@@ -6,7 +6,7 @@
 One invocation measures the machine's fp32 and bf16 matmul peaks and the precision smoltune's `auto` picks here,
 then, for each dataset, runs each contender in its own process, one after the other, on the same rows
 (tokenised identically, same labelled tokens), and prints real tokens/s, seconds per step, peak RSS, losses and
-utilisation; then smoltune's speed ratio against the fastest other contender and the verdicts of issue 14.
+utilisation; then smoltune's speed ratio against the fastest other contender and the goals' verdicts (verdicts.py).
 
 Contenders, each as its own users run it: (a) TRL's defaults; (b) PEFT + TRL configured for this CPU (no
 gradient checkpointing, the fastest precision, fused AdamW); (c) Unsloth with its notebook's settings, through

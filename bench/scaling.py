@@ -6,7 +6,7 @@
 Rank and mode points train the seed job (100 built-in rows, batch 2 x accumulation 4). Sequence-length points
 train rows stretched to 128, 512 and 2048 tokens (built-in rows concatenated into a long prompt, a short
 answer kept as the completion) with 2 rows per step. Every point is its own process; tokens/s include the
-first step, as in the benchmark. Prints a Markdown table for the README and writes JSON.
+first step, as in the benchmark. Prints a Markdown table for docs/benchmarks.md and writes JSON.
 """
 
 from __future__ import annotations

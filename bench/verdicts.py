@@ -1,6 +1,6 @@
 """Pure arithmetic of the benchmark: the FLOPs each contender really does, MFU against the measured peak of the
 precision it trained in, smoltune's ratio to the fastest contender, the loss comparison, and the verdicts against
-issue 14's goals. Tested in tests/test_bench.py.
+the benchmark's goals. Tested in tests/bench/test_bench.py.
 
     python -c "import sys; sys.path.insert(0, 'bench'); import verdicts; help(verdicts.summarise)"
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from smoltune.machine import cpu_flags, cpu_name
 
-# Issue 14's goals. On a CPU with bf16 matrix units (AMX): >= 3x the fastest contender on both datasets and >= 35%
+# The goals. On a CPU with bf16 matrix units (AMX): >= 3x the fastest contender on both datasets and >= 35%
 # of the bf16 matmul peak. Without them: >= 2x on the seed rows and >= 1.5x on the long-answer rows.
 SPEEDUP_GOAL_AMX, MFU_GOAL_AMX = 3.0, 0.35
 SPEEDUP_GOAL_OTHER = {"seed": 2.0, "long": 1.5}

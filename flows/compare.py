@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from smoltune.config import CompareConfig, check_config, variant_config
-from smoltune.pipeline.runs import create_run_dir, write_config
-from smoltune.pipeline.settings import use_hub_token
+from smoltune.config import CompareConfig, variant_config
+from smoltune.pipeline.runs import begin_flow_run
 from tasks.compare import VariantResult, compare_report_task
 from tasks.evaluate import evaluate_task
 from tasks.fetch import fetch_dataset_task
@@ -25,11 +24,9 @@ from tasks.validate import validate_dataset_task
 @flow(name="compare")
 def compare(config: CompareConfig) -> str:
     """Train and evaluate every variant of `config`; returns the run folder with the comparison report."""
-    shared = check_config(config.pipeline, "flow parameter config.pipeline")
+    # The same checks as the CLI's for runs started from the Prefect API or UI, before anything runs.
+    shared, run_dir = begin_flow_run(config.pipeline, "flow parameter config.pipeline")
     config = config.model_copy(update={"pipeline": shared})
-    use_hub_token(shared.model.hub_token_secret)
-    run_dir = create_run_dir(shared.output)
-    write_config(run_dir, shared)
     cache = shared.output.cache_root
 
     # Shared stages (cached like the finetune flow's): one model, one dataset, one gate, one split.

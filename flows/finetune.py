@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from smoltune.config import PipelineConfig, check_config
-from smoltune.pipeline.runs import RunRecords, StageTimer, build_summary, create_run_dir, write_config
-from smoltune.pipeline.settings import quiet_user_error_tracebacks, use_hub_token
+from smoltune.config import PipelineConfig
+from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, build_summary
 from tasks.evaluate import evaluate_task
 from tasks.export import export_task
 from tasks.fetch import fetch_dataset_task
@@ -34,11 +33,7 @@ STAGES = ("resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset
 def finetune(config: PipelineConfig = PipelineConfig(), refresh: list[str] | None = None) -> str:  # noqa: B008
     """Fine-tune `config.model.source` on `config.data.source`; returns the run folder's path."""
     # The same checks as the CLI's for runs started from the Prefect API or UI, before anything runs.
-    config = check_config(config, "flow parameter config")
-    quiet_user_error_tracebacks()
-    use_hub_token(config.model.hub_token_secret)
-    run_dir = create_run_dir(config.output)
-    write_config(run_dir, config)
+    config, run_dir = begin_flow_run(config, "flow parameter config")
     cache = config.output.cache_root
     redo = {stage: bool({stage, "all"} & set(refresh or [])) for stage in STAGES}
     timer = StageTimer()

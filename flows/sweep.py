@@ -18,6 +18,9 @@ from prefect import flow
 from prefect_dask import DaskTaskRunner
 
 from smoltune.config import PipelineConfig, build_config
+from smoltune.files import atomic_write_json
+from smoltune.pipeline.runs import begin_flow_run
+from smoltune.records import Evaluated, Trained
 from tasks.evaluate import evaluate_task
 from tasks.fetch import fetch_dataset_task
 from tasks.model import resolve_model_task
@@ -52,7 +55,10 @@ def sweep(
     ranks: list[int] = [8, 16],  # noqa: B006 - Prefect renders list defaults in the UI form
     learning_rates: list[float] = [2e-4],  # noqa: B006
 ) -> list[dict]:
-    """Train and evaluate every grid point; returns one row of figures per point."""
+    """Train and evaluate every grid point; returns one row of figures per point (also in the run folder's
+    sweep.json)."""
+    # The same checks as the CLI's for runs started from the Prefect API or UI, before anything runs.
+    config, run_dir = begin_flow_run(config, "flow parameter config")
     cache = config.output.cache_root
     model = resolve_model_task(config.model, cache)
     fetched = fetch_dataset_task(config.data, cache)
@@ -62,23 +68,25 @@ def sweep(
     jobs = grid_configs(config, ranks, learning_rates)
     trained = [train_task.submit(model, prepared, job, cache) for job in jobs]
     evaluated = [evaluate_task.submit(model, t, prepared, job, cache) for t, job in zip(trained, jobs, strict=True)]
-    rows = []
-    for job, t, e in zip(jobs, trained, evaluated, strict=True):
-        result, figures = t.result().result, e.result().figures
-        rows.append(
-            {
-                "rank": job.train.lora.r,
-                "host": result.host,
-                "started_at": result.started_at,
-                "learning_rate": job.train.learning_rate,
-                "train_seconds": result.train_seconds,
-                "final_train_loss": result.losses[-1],
-                "eval_loss": figures.eval_loss_tuned,
-                "accuracy": figures.accuracy_tuned,
-                "output_dir": result.output_dir,
-            }
-        )
+    rows = [sweep_row(job, t.result(), e.result()) for job, t, e in zip(jobs, trained, evaluated, strict=True)]
+    atomic_write_json(run_dir / "sweep.json", rows)
     return rows
+
+
+def sweep_row(job: PipelineConfig, trained: Trained, evaluated: Evaluated) -> dict:
+    """One grid point's figures."""
+    result, figures = trained.result, evaluated.figures
+    return {
+        "lora_rank": job.train.lora.r,
+        "host": result.host,
+        "started_at": result.started_at,
+        "learning_rate": job.train.learning_rate,
+        "train_seconds": result.train_seconds,
+        "final_train_loss": result.losses[-1],
+        "eval_loss": figures.eval_loss_tuned,
+        "accuracy": figures.accuracy_tuned,
+        "output_dir": result.output_dir,
+    }
 
 
 if __name__ == "__main__":

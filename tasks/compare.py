@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from smoltune.files import atomic_write_bytes_stream, atomic_write_json, atomic_write_text
-from smoltune.pipeline.records import Evaluated, Trained
+from smoltune.records import Evaluated, Trained
 from smoltune.report.compare import COMPARE_CURVES, check_claims, comparison_row, pick_pair, render_comparison
 from smoltune.report.html import inline_images, render_html
 from smoltune.report.plots import loss_curve_png

@@ -12,7 +12,7 @@ from smoltune.evaluate.stage import evaluate_tuned
 from smoltune.files import atomic_write_json
 from smoltune.pipeline.cache import Stage
 from smoltune.pipeline.keys import evaluate_parts
-from smoltune.pipeline.records import Evaluated, Prepared, ResolvedModel, Trained
+from smoltune.records import Evaluated, Prepared, ResolvedModel, Trained
 
 STAGE = Stage("evaluate", Evaluated, evaluate_parts, __name__)
 
@@ -46,7 +46,7 @@ def evaluate_task(
         )
 
     inputs = {"model": model, "trained": trained, "prepared": prepared, "config": config}
-    result = STAGE.run(STAGE.folder(cache_dir=cache_dir, **inputs), compute, refresh)
+    result = STAGE.run(STAGE.task_folder(cache_dir=cache_dir, **inputs), compute, refresh)
     figures, logger = result.figures, get_run_logger()
     logger.info("eval loss base %.4f -> tuned %.4f", figures.eval_loss_base, figures.eval_loss_tuned)
     if figures.accuracy_base is not None:

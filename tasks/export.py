@@ -10,7 +10,7 @@ from smoltune.config import PipelineConfig
 from smoltune.export.weights import export_gguf, export_merged
 from smoltune.pipeline.cache import Stage
 from smoltune.pipeline.keys import export_parts
-from smoltune.pipeline.records import Exported, ResolvedModel, Trained
+from smoltune.records import Exported, ResolvedModel, Trained
 
 STAGE = Stage("export", Exported, export_parts, __name__)
 
@@ -30,7 +30,7 @@ def export_task(
             gguf_file = str(export_gguf(whole_model, out / f"model-{gguf_type}.gguf", gguf_type))
         return Exported(merged_dir=merged_dir, gguf_file=gguf_file)
 
-    exported = STAGE.run(STAGE.folder(trained=trained, config=config, cache_dir=cache_dir), compute, refresh)
+    exported = STAGE.run(STAGE.task_folder(trained=trained, config=config, cache_dir=cache_dir), compute, refresh)
     for name, path in (("merged model", exported.merged_dir), ("GGUF", exported.gguf_file)):
         if path:
             get_run_logger().info("%s: %s", name, path)

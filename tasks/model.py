@@ -8,7 +8,7 @@ from smoltune.config import ModelConfig
 from smoltune.model import resolve_model
 from smoltune.pipeline.cache import Stage
 from smoltune.pipeline.keys import resolve_model_parts
-from smoltune.pipeline.records import ResolvedModel
+from smoltune.records import ResolvedModel
 
 STAGE = Stage("resolve_model", ResolvedModel, resolve_model_parts, __name__)
 
@@ -27,6 +27,6 @@ def resolve_model_task(model: ModelConfig, cache_dir: str, refresh: bool = False
         resolved = resolve_model(model.source, model.revision)
         return resolved.model_copy(update={"trust_remote_code": model.trust_remote_code})
 
-    result = STAGE.run(STAGE.folder(model=model, cache_dir=cache_dir), compute, refresh)
+    result = STAGE.run(STAGE.task_folder(model=model, cache_dir=cache_dir), compute, refresh)
     get_run_logger().info("model %s -> %s (sha256 %s)", model.source, result.path, result.sha256[:12])
     return result

@@ -11,7 +11,7 @@ from smoltune.data.stage import prepare_dataset
 from smoltune.data.tokens import load_tokenizer
 from smoltune.pipeline.cache import Stage
 from smoltune.pipeline.keys import prepare_parts
-from smoltune.pipeline.records import Fetched, Prepared, ResolvedModel, Validated
+from smoltune.records import Fetched, Prepared, ResolvedModel, Validated
 
 STAGE = Stage("prepare_dataset", Prepared, prepare_parts, __name__)
 
@@ -30,7 +30,7 @@ def prepare_dataset_task(
         return prepare_dataset(fetched.rows_file, data, out, tokenizer, validated_key=validated.key)
 
     inputs = {"fetched": fetched, "validated": validated, "model": model, "data": data}
-    prepared = STAGE.run(STAGE.folder(cache_dir=cache_dir, **inputs), compute, refresh)
+    prepared = STAGE.run(STAGE.task_folder(cache_dir=cache_dir, **inputs), compute, refresh)
     logger = get_run_logger()
     logger.info("prepared %d training and %d held-out rows", prepared.train_rows, prepared.eval_rows)
     if prepared.note:

@@ -7,11 +7,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from smoltune.config import PipelineConfig
-from smoltune.pipeline.records import Evaluated, PromotionDecision, Trained
-from smoltune.pipeline.registry import promote
+from smoltune.pipeline.registry import notify_server, promote
+from smoltune.records import Evaluated, PromotionDecision, Trained
 from smoltune.redaction import redact
 from smoltune.report.markdown import promotion_section
-from smoltune.serve.engine import notify_server
 
 PROMOTION_ARTIFACT_KEY = "smoltune-promotion"
 

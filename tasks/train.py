@@ -12,8 +12,8 @@ from smoltune.config import PipelineConfig
 from smoltune.model import check_lora_targets
 from smoltune.pipeline.cache import Stage
 from smoltune.pipeline.keys import train_parts
-from smoltune.pipeline.records import Prepared, ResolvedModel, Trained
 from smoltune.pipeline.slots import training_slot
+from smoltune.records import Prepared, ResolvedModel, Trained
 from smoltune.train.runner import train_in_subprocess
 from smoltune.train.spec import TrainSpec
 
@@ -27,7 +27,7 @@ def train_task(
     model: ResolvedModel, prepared: Prepared, config: PipelineConfig, cache_dir: str, refresh: bool = False
 ) -> Trained:
     """No retries: a failed training is a bug or bad config to fix. Rerunning resumes from its checkpoints."""
-    folder = STAGE.folder(model=model, prepared=prepared, config=config, cache_dir=cache_dir)
+    folder = STAGE.task_folder(cache_dir, model=model, prepared=prepared, config=config)
     return STAGE.run(folder, lambda out: _train(model, prepared, config, out), refresh)
 
 

@@ -16,7 +16,7 @@ from smoltune.data.tokens import load_tokenizer
 from smoltune.files import atomic_write_json
 from smoltune.pipeline.cache import Stage
 from smoltune.pipeline.keys import validate_parts
-from smoltune.pipeline.records import CheckSummary, Fetched, ResolvedModel, Validated
+from smoltune.records import CheckSummary, Fetched, ResolvedModel, Validated
 
 STAGE = Stage("validate_dataset", Validated, validate_parts, __name__)
 
@@ -54,6 +54,6 @@ def validate_dataset_task(
             report_file=str(report),
         )
 
-    result = STAGE.run(STAGE.folder(cache_dir=cache_dir, **inputs), compute, refresh)
+    result = STAGE.run(STAGE.task_folder(cache_dir=cache_dir, **inputs), compute, refresh)
     logger.info("validation passed: %d expectations on %d rows", len(result.checks), result.row_count)
     return result

@@ -1,7 +1,8 @@
 """Shared fixtures: a tiny random llama for fast training tests, and a Prefect test server.
 
-make test                       # everything
-.venv/bin/pytest -m "not slow"  # skip the tests that load the real SmolLM2 weights
+make test        # everything
+make test-fast   # the inner loop: no `slow` tests (real SmolLM2 weights, long trainings) and nothing under
+                 # tests/integration/ (servers, workers, browsers, whole flows), which is marked `integration`
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from smoltune.pipeline.settings import apply_prefect_defaults
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).parent / "fixtures"
+INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 # Tests run from the repository root so that relative paths in configs (configs/eval_prompts.yaml) resolve.
 os.chdir(REPO)
@@ -34,7 +35,11 @@ def free_port() -> int:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`gpu` tests run where CUDA is (`make gpu-check` on a GPU machine) and are skipped, saying so, elsewhere."""
+    """Tests under tests/integration/ are marked `integration` (the folder is the marker, so no file can forget
+    it). `gpu` tests run where CUDA is (`make gpu-check` on a GPU machine) and are skipped, saying so, elsewhere."""
+    for item in items:
+        if Path(item.path).is_relative_to(INTEGRATION):
+            item.add_marker(pytest.mark.integration)
     gpu_tests = [item for item in items if "gpu" in item.keywords]
     if not gpu_tests:
         return

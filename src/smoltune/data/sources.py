@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from smoltune.config import is_url
 from smoltune.errors import SourceError
 from smoltune.files import atomic_write_bytes_stream, atomic_write_json, sha256_file, smoltune_home
-from smoltune.hub import is_hub_id
+from smoltune.sources import source_kind
 
 Record = dict[str, Any]
 
@@ -45,15 +44,16 @@ def load_records(
     cache_dir: Path | None = None,
 ) -> list[Record]:
     """Records of an external `data.source`: a local file, an http(s) URL, or a hub dataset id."""
-    if is_url(source):
-        got = download(source, cache_dir or downloads_dir(), sha256, max_download_mb, deadline_s=download_timeout_s)
+    kind = source_kind(source)
+    if kind == "url":
+        got = download_source(source, sha256, max_download_mb, download_timeout_s, cache_dir)
         return read_file(got.path, label=source)
-    path = Path(source).expanduser()
-    if path.exists():
+    if kind == "local":
+        path = Path(source).expanduser()
         if sha256 is not None:
             check_sha256(path, sha256, label=source)
         return read_file(path)
-    if is_hub_id(source):
+    if kind == "hub":
         return read_hub_dataset(source, revision, subset, split)
     raise DataSourceError(
         f"{source}: no such file (data.source takes 'embedded', a {'/'.join(FILE_SUFFIXES)} file, "
@@ -160,6 +160,32 @@ class Download:
     fetched_at: str = ""
 
 
+def _copy_of(url: str, cache_dir: Path) -> Path:
+    """Where the copy of `url` lives: named by the URL's hash, with its suffix (which picks the reader)."""
+    return cache_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:24]}{Path(urlparse(url).path).suffix.lower()}"
+
+
+def _meta_of(target: Path) -> Path:
+    return target.with_name(target.name + ".meta.json")
+
+
+def downloaded_copy(url: str, cache_dir: Path | None = None) -> Download | None:
+    """The copy of `url` already on disk, as its last download left it (no network); None if there is none."""
+    target = _copy_of(url, cache_dir or downloads_dir())
+    if not target.is_file() or not _meta_of(target).is_file():
+        return None
+    meta = json.loads(_meta_of(target).read_text())
+    return Download(target, meta["sha256"], fetched_at=meta["fetched_at"])
+
+
+def download_source(
+    url: str, sha256: str | None, max_mb: float, deadline_s: float, cache_dir: Path | None = None
+) -> Download:
+    """A URL source's content, as every caller gets it (the fetch stage's key, its rows, `load_records`):
+    one download folder, one size limit, one deadline, the sha256 pin checked."""
+    return download(url, cache_dir or downloads_dir(), sha256, max_mb, deadline_s=deadline_s)
+
+
 def download(
     url: str, cache_dir: Path, sha256: str | None, max_mb: float, attempts: int = 4, deadline_s: float = 600
 ) -> Download:
@@ -170,9 +196,8 @@ def download(
     server stays unreachable an earlier copy is used and marked `offline`."""
     from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-    suffix = Path(urlparse(url).path).suffix.lower()
-    target = cache_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:24]}{suffix}"
-    meta_file = target.with_name(target.name + ".meta.json")
+    target = _copy_of(url, cache_dir)
+    meta_file = _meta_of(target)
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() and target.is_file() else None
     fetch = retry(
         retry=retry_if_exception_type(TransientDownloadError),

@@ -5,7 +5,7 @@
 Why: the built-in rows have short answers (about 10% of a row's tokens are the response), which flatters any
 trick that skips prompt positions. Real instruction sets with reasoning (Alpaca's longer answers, GSM8K-style
 worked solutions) are about half response. These rows are shaped like that: 150-400 SmolLM2 tokens a row in
-the Alpaca template, most of them the answer (tests/test_bench.py checks both). Alpaca-shaped like
+the Alpaca template, most of them the answer (tests/bench/test_bench.py checks both). Alpaca-shaped like
 `smoltune.data.builtin` (`check: open`: scored by ROUGE-L if evaluated). Deterministic for a seed.
 """
 

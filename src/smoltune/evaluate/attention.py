@@ -4,12 +4,12 @@
 
 Why: SmolLM2 has 9 query heads over 3 key/value heads. transformers' eager and (on the CPU, with a padding
 mask) SDPA paths first repeat each cached key and value head 3 times, a copy of the whole cache in every layer
-at every generated token: at 100 rows and ~100 cached tokens that is 11.5M values per layer per step, and it
-was 30% of evaluation's generation time (`aten::copy_` under `repeat_kv`, measured with torch.profiler).
+at every generated token: at 100 rows and ~100 cached tokens that is 11.5M values per layer per step, a large
+share of evaluation's generation time (`aten::copy_` under `repeat_kv` in torch.profiler; docs/benchmarks.md).
 A decode step has one query per row, so the query heads that share a key/value head can be stacked as rows of
 one matmul against the cache as it is: the same scores, the same softmax, no copy. Prompt processing (more
 than one query per row) keeps transformers' SDPA, which is efficient there. Equality with SDPA is tested in
-tests/test_evaluation_speed.py.
+tests/evaluate/test_evaluation_speed.py.
 """
 
 from __future__ import annotations

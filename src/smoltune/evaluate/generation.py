@@ -61,8 +61,8 @@ class BaseAndTuned:
     LoRA: one model whose adapter is switched off for the base figures. For the tuned ones, fp32 weights get the
     adapter merged in (no adapter matmuls per token; the same function up to fp32 rounding); 16-bit weights keep
     it beside them, each projection one fused addmm (smoltune.train.fused_lora): a LoRA update is far smaller
-    than a bf16 weight's rounding step, so merging would erase most of it (measured: the seed job's tuned eval
-    loss 1.87 merged vs 1.76 kept). Full fine-tuning: the base model is loaded beside the tuned one."""
+    than a bf16 weight's rounding step, so merging would erase most of it (docs/benchmarks.md, "Evaluation
+    speed"). Full fine-tuning: the base model is loaded beside the tuned one."""
 
     def __init__(self, tuned: Any, base: Any = None) -> None:
         self.tuned, self.base_model, self.model = tuned, base, tuned

@@ -12,7 +12,7 @@ the pieces (a `DynamicCache` passed to `generate`) but not the automation, hence
 Layout of a batch: `[shared prefix][left padding][rest of the row]`. The prefix comes from the cache; the
 padding is masked; position ids count only unmasked tokens (as `generate` derives them from the attention
 mask), so each row sees exactly the positions and keys it would see alone. Tested against plain padded
-batches in tests/test_evaluation_speed.py.
+batches in tests/evaluate/test_evaluation_speed.py.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from smoltune.evaluate.loss import mean_answer_loss
 from smoltune.evaluate.prompts import load_eval_prompts
 from smoltune.evaluate.scoring import MATCH_SCORES, score_answers
 from smoltune.files import read_jsonl
-from smoltune.pipeline.records import EvalFigures
+from smoltune.records import EvalFigures
 from smoltune.train.precision import DTYPES
 
 

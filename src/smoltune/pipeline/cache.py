@@ -3,7 +3,7 @@
     FETCH = Stage("fetch_dataset", Fetched, fetch_parts, __name__)
     @task(cache_policy=FETCH.cache_policy(), persist_result=True, result_serializer="json")
     def fetch_dataset_task(data, cache_dir, refresh=False) -> Fetched:
-        return FETCH.run(FETCH.folder(data=data, cache_dir=cache_dir), compute, refresh)
+        return FETCH.run(FETCH.task_folder(data=data, cache_dir=cache_dir), compute, refresh)
 
 A stage's key covers what really changes its output: its settings and the identity of its inputs (content
 hashes, URL content, hub commits: `smoltune.pipeline.keys`) and the code it runs (`smoltune.pipeline.versions`).
@@ -14,6 +14,12 @@ never trusted. A folder is reused only while it is complete and every output its
 The Prefect cache key is `<stage>-<key>-<token>`. While the folder is complete its token gives the same key,
 so Prefect reports the task Cached without running it. When the folder is incomplete (deleted, never made,
 an output removed) a fresh token is reserved, which Prefect has never seen: the stage runs again.
+
+The key is computed once per task run, by the cache policy, which hands the folder (or the error that
+stopped it) to the task run it computed it for (`Stage.task_folder`): hashing inputs, hub lookups and a
+URL's conditional request happen once, and the folder the task fills is the one its Prefect key names.
+Only a task run that was handed nothing (outside Prefect, or Prefect ran a task whose folder was complete
+because its own result was gone) computes the folder itself.
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ from typing import Any, Generic, TypeVar
 from prefect.cache_policies import CachePolicy
 from pydantic import ValidationError
 
+from smoltune.errors import SmoltuneError
 from smoltune.files import atomic_write_json, atomic_write_text, fingerprint, waiting_lock
-from smoltune.pipeline.records import StageRecord
 from smoltune.pipeline.versions import stage_code_version
+from smoltune.records import StageRecord
 
 COMPLETE = "_complete.json"
 RECORD = "record.json"
@@ -145,6 +152,14 @@ class Stage(Generic[R]):
         cache_dir, parts = self.parts(inputs)
         return Path(cache_dir).resolve() / self.name / self.key(parts)
 
+    def task_folder(self, cache_dir: str, **inputs: Any) -> Path:
+        """The running task's stage folder: the one its cache policy computed for this task run (or the error
+        that stopped it), computed here only when the policy handed over nothing."""
+        handed = _take_handoff()
+        if isinstance(handed, Exception):
+            raise handed
+        return handed or self.folder(cache_dir=cache_dir, **inputs)
+
     def run(self, folder: Path, compute: Callable[[Path], R], refresh: bool = False) -> R:
         return run_stage(folder, self.record, compute, refresh, self.resumable)
 
@@ -162,10 +177,33 @@ class StageCache(CachePolicy):
         self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kw: Any
     ) -> str | None:
         assert self.stage is not None
+        run_id = task_ctx.task_run.id if task_ctx is not None else None
         try:
             folder = self.stage.folder(**inputs)
-        except Exception:  # noqa: BLE001 - the task computes the same folder and raises the error with its message
+        except SmoltuneError as err:
+            # The task raises it with its message: a 404 or a sha256 mismatch costs one request, not two.
+            _hand_over(run_id, err)
             return None  # no caching for this call
         # A refresh, like an incomplete folder, gets a key Prefect has never seen: the task runs again.
         token = None if inputs.get("refresh") else complete_token(folder, self.stage.record)
+        if token is None:
+            _hand_over(run_id, folder)  # the task will run: it fills this folder, without computing it again
         return f"{self.stage.name}-{folder.name}-{token or reserve_token(folder)}"
+
+
+# What a cache policy computed, for the task run it computed it for; taken (and so cleared) by that task run
+# when it starts. Only handed over when the task will run (an incomplete folder or an error): a complete
+# folder is a Prefect cache hit, whose task never starts to take it.
+_handoffs: dict[Any, Path | SmoltuneError] = {}
+
+
+def _hand_over(run_id: Any, value: Path | SmoltuneError) -> None:
+    if run_id is not None:
+        _handoffs[run_id] = value
+
+
+def _take_handoff() -> Path | SmoltuneError | None:
+    from prefect.context import TaskRunContext
+
+    context = TaskRunContext.get()
+    return _handoffs.pop(context.task_run.id, None) if context is not None else None

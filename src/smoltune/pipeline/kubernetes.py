@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 # Where the volume is mounted; the Dockerfile's SMOLTUNE_HOME / HF_HOME and deploy/kubernetes.yaml's
-# output.runs_dir live under it (tests/test_kubernetes.py checks that they agree).
+# output.runs_dir live under it (tests/pipeline/test_kubernetes.py checks that they agree).
 DATA_MOUNT = "/var/lib/smoltune"
 VOLUME = "smoltune-data"
 

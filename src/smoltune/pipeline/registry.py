@@ -19,7 +19,7 @@ from typing import Any
 from filelock import FileLock
 
 from smoltune.files import atomic_write_json
-from smoltune.pipeline.records import EvalFigures, PromotionDecision
+from smoltune.records import EvalFigures, PromotionDecision
 
 SEPARATOR = " | "
 
@@ -97,3 +97,17 @@ def promote(
         reason=reason,
         not_compared=not_compared,
     )
+
+
+def notify_server(server_url: str, name: str, adapter_dir: str, timeout_s: float = 120) -> str:
+    """Hand a promoted adapter to a running `smoltune serve` (POST /v1/adapters, `output.notify_server`);
+    returns what it answered."""
+    import httpx
+
+    try:
+        response = httpx.post(
+            f"{server_url.rstrip('/')}/v1/adapters", json={"name": name, "path": adapter_dir}, timeout=timeout_s
+        )
+    except httpx.HTTPError as err:
+        return f"could not reach {server_url}: {type(err).__name__}"
+    return f"{server_url} answered {response.status_code}: {response.text[:200]}"

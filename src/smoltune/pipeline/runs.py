@@ -18,10 +18,11 @@ from typing import Any
 
 import yaml
 
-from smoltune.config import OutputConfig, PipelineConfig
+from smoltune.config import OutputConfig, PipelineConfig, check_config
 from smoltune.errors import ConfigError
 from smoltune.files import atomic_write_text
-from smoltune.pipeline.records import (
+from smoltune.pipeline.settings import quiet_user_error_tracebacks, use_hub_token
+from smoltune.records import (
     Evaluated,
     Exported,
     Fetched,
@@ -60,6 +61,19 @@ def write_config(run_dir: Path, config: PipelineConfig) -> Path:
     """The exact configuration of the run, reloadable with `smoltune run --config` (a source URL that carried
     a token is written redacted: put the token back, or better, serve the data without one)."""
     return atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(redacted_dump(config), sort_keys=False))
+
+
+def begin_flow_run(config: PipelineConfig, source: str) -> tuple[PipelineConfig, Path]:
+    """What every flow does first, so that a run started from the Prefect API, the UI or a schedule is the run
+    the CLI would start: the CLI's cross-field checks (every problem at once, before anything runs) and
+    absolute paths, one-line user errors in Prefect's logs, the hub token from its Secret block, and the run
+    folder holding the exact configuration. Returns the checked config and the run folder."""
+    config = check_config(config, source)
+    quiet_user_error_tracebacks()
+    use_hub_token(config.model.hub_token_secret)
+    run_dir = create_run_dir(config.output)
+    write_config(run_dir, config)
+    return config, run_dir
 
 
 class StageTimer:

@@ -10,7 +10,7 @@ changed there (a change is kept: the setting only sizes a limit that does not ex
 over N machines (flows/sweep.py on a Dask cluster) trains N points at once, one per machine. Slots are leased:
 the server takes back a SIGKILLed holder's slot when its lease runs out (measured: 74 s with LEASE_S = 60).
 
-Without a server (`smoltune run` on Prefect's temporary one, the bench, library calls) a slot is one of N file
+Without a server (`smoltune run` on Prefect's temporary one) a slot is one of N file
 locks in $SMOLTUNE_HOME: each run's temporary server keeps its leases in its own memory, so a killed run's
 slot would never come back (measured: a new run waited its full limit), whereas the OS frees a file lock at once.
 """

@@ -8,9 +8,15 @@ from the source with `ast` (imports inside functions count too): every project m
 (`smoltune`, `tasks`, `data_checks`), plus the installed versions of the numeric libraries those modules
 import (and the ones those pull in under the hood, e.g. tokenizers under transformers).
 
+A file is versioned by its normalised syntax tree, not its text: comments, blank lines, formatting,
+docstrings and `description=` strings (pydantic field and Prefect artifact descriptions) never change what a
+stage computes, so editing them reruns nothing; any change to code does.
+
 Modules of `smoltune.pipeline` count with their own source but are not followed further: they are the
 cache's machinery and look into every stage (to probe a URL, say), which must not make every stage depend on
-every other stage's code.
+every other stage's code. `smoltune.config` and `smoltune.records` are not code a stage runs but the shapes of
+the values it is given and hands on: a changed default reaches exactly the stages whose settings (in their
+keys) it changes, and a record that no longer parses is recomputed (smoltune.pipeline.cache).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 
 PROJECT_PACKAGES = ("smoltune", "tasks", "data_checks", "flows")
 NOT_FOLLOWED = "smoltune.pipeline"
+VALUES_NOT_CODE = ("smoltune.config", "smoltune.records")
 # Import name -> distribution: the libraries whose upgrade can change a stage's output.
 TRACKED_LIBRARIES = {
     "torch": "torch",
@@ -98,8 +105,29 @@ def imported_names(source: str, module: str, is_package: bool) -> set[str]:
 
 
 def _source_bytes(path: Path) -> bytes:
-    """The bytes that version a file (a seam for tests that simulate an edit)."""
+    """A file's source as it is on disk (a seam for tests that simulate an edit)."""
     return path.read_bytes()
+
+
+def _without_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
+    first = body[0] if body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        return body[1:] or [ast.Pass()]
+    return body
+
+
+def normalised_code(source: bytes) -> bytes:
+    """What versions a file: its syntax tree without docstrings and `description=` strings. Comments and
+    formatting never reach the tree; line numbers are left out of the dump."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            node.body = _without_docstring(node.body)
+        elif isinstance(node, ast.Call):
+            node.keywords = [
+                k for k in node.keywords if not (k.arg == "description" and isinstance(k.value, ast.Constant))
+            ]
+    return ast.dump(tree, include_attributes=False).encode()
 
 
 def closure(entry: str) -> tuple[dict[str, Path], set[str]]:
@@ -112,7 +140,7 @@ def closure(entry: str) -> tuple[dict[str, Path], set[str]]:
         if name in files:
             continue
         path = module_file(name)
-        if path is None:
+        if path is None or name in VALUES_NOT_CODE:
             continue
         files[name] = path
         parent = name.rpartition(".")[0]
@@ -153,7 +181,7 @@ def stage_code(entry: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]
         path = files[name]
         shown = path.resolve().relative_to(root).as_posix() if path.resolve().is_relative_to(root) else name
         names.append(shown)
-        digest.update(name.encode() + b"\0" + hashlib.sha256(_source_bytes(path)).digest())
+        digest.update(name.encode() + b"\0" + hashlib.sha256(normalised_code(_source_bytes(path))).digest())
     libs = libraries(external)
     digest.update(repr(sorted(libs.items())).encode())
     return tuple(names), tuple(sorted(libs.items())), digest.hexdigest()[:16]

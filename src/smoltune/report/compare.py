@@ -16,7 +16,7 @@ def comparison_row(name: str, summary_train: dict, evaluation: dict, saved_mb: f
     return {
         "variant": name,
         "mode": summary_train["mode"],
-        "rank": summary_train["rank"],
+        "lora_rank": summary_train["lora_rank"],
         "trainable_params": summary_train["trainable_params"],
         "total_params": summary_train["total_params"],
         "train_seconds": summary_train["train_seconds"],
@@ -56,11 +56,11 @@ def check_claims(lora: dict[str, Any], full: dict[str, Any]) -> list[dict[str, A
 
 def pick_pair(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(LoRA r=16 or the smallest-rank LoRA, full fine-tuning or else the largest-rank LoRA), or None."""
-    loras = sorted((r for r in rows if r["mode"] == "lora"), key=lambda r: r["rank"])
+    loras = sorted((r for r in rows if r["mode"] == "lora"), key=lambda r: r["lora_rank"])
     fulls = [r for r in rows if r["mode"] == "full"]
     if not loras or (not fulls and len(loras) < 2):
         return None
-    lora = next((r for r in loras if r["rank"] == 16), loras[0])
+    lora = next((r for r in loras if r["lora_rank"] == 16), loras[0])
     return lora, fulls[0] if fulls else loras[-1]
 
 

@@ -7,6 +7,7 @@ print(render_report(json.load(open('runs/<run>/summary.json')), []))"
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -82,7 +83,7 @@ def _precision(train: dict) -> str:
 
 
 def _backend_mode(train: dict[str, Any]) -> str:
-    mode = f"lora (r={train['rank']})" if train["mode"] == "lora" else train["mode"]
+    mode = f"lora (r={train['lora_rank']})" if train["mode"] == "lora" else train["mode"]
     reason = f" — {train['backend_reason']}" if train.get("backend_reason") else ""
     resumed = f"; resumed from step {train['resumed_from_step']}" if train.get("resumed_from_step") else ""
     return f"{train['backend']} / {mode}{reason}{resumed}"
@@ -126,113 +127,109 @@ def _accuracy_section(ev: dict[str, Any]) -> str:
     )
 
 
-def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) -> str:
-    """Markdown report of one run. Pure: same inputs, same text."""
-    model, data, train, ev = summary["model"], summary["data"], summary["train"], summary["eval"]
-    artifacts = summary.get("artifacts", {})
-    percent = 100.0 * train["trainable_params"] / train["total_params"]
-    delta = ev["eval_loss_tuned"] - ev["eval_loss_base"]
-    losses = train.get("losses", [])
-    sections = [
-        f"# smoltune run `{summary.get('run_name', '?')}`",
-        "## Model\n\n"
-        + markdown_table(
-            ["field", "value"],
-            [
-                ["source", model["source"]],
-                ["weights", model.get("description", "")],
-                ["sha256", model["sha256"]],
-                *([["note", model["note"]]] if model.get("note") else []),
-            ],
-        ),
-        "## Data\n\n"
-        + markdown_table(
-            ["field", "value"],
-            [
-                ["source", data["source"]],
-                *([["content", data["identity"]]] if data.get("identity") else []),
-                *([["note", data["note"]]] if data.get("note") else []),
-                ["training rows", data["train_rows"]],
-                ["held-out rows", data["eval_rows"]],
-                *([["fewer rows", data["split_note"]]] if data.get("split_note") else []),
-            ],
-        )
-        + "\n\n"
-        + _validation_section(summary.get("validation", {})),
-        "## Training\n\n"
-        + markdown_table(
-            ["figure", "value"],
-            [
-                ["backend / mode", _backend_mode(train)],
-                ["device", train.get("device", "?")],
-                *(
-                    [["processes", f"{train['processes']} data-parallel (torchrun); peak memory is rank 0's"]]
-                    if train.get("processes", 1) > 1
-                    else []
-                ),
-                ["precision", _precision(train)],
-                *([["packed attention", kernel]] if (kernel := _packed_attention(train)) else []),
-                [
-                    "trainable parameters",
-                    f"{train['trainable_params']:,} of {train['total_params']:,} ({percent:.2f}%)",
-                ],
-                ["steps", train["steps"]],
-                ["training time", f"{train['train_seconds']:.1f} s"],
-                ["real tokens / s", f"{train['tokens_per_second']:.1f}"],
-                ["peak memory", f"{train['peak_memory_mb']:.0f} MiB"],
-                ["saved size", f"{artifacts.get('saved_mb', 0):.2f} MiB"],
-                ["final train loss", f"{losses[-1]:.4f}" if losses else "—"],
-            ],
-        )
-        + (
-            f"\n\n![Loss curve]({LOSS_CURVE})\n\nLoss by step:\n\n"
-            + markdown_table(["step", "loss"], _loss_rows(losses))
-            if losses
-            else ""
-        ),
-        "## Held-out evaluation\n\n"
-        + markdown_table(
-            ["metric", "base", "tuned"],
-            [
-                ["eval loss", f"{ev['eval_loss_base']:.4f}", f"{ev['eval_loss_tuned']:.4f}"],
-                [
-                    "accuracy (checkable rows)",
-                    as_percent(ev.get("accuracy_base")),
-                    as_percent(ev.get("accuracy_tuned")),
-                ],
-                ["exact match", as_percent(ev.get("exact_match_base")), as_percent(ev.get("exact_match_tuned"))],
-                [
-                    "normalised match",
-                    as_percent(ev.get("normalised_match_base")),
-                    as_percent(ev.get("normalised_match_tuned")),
-                ],
-                ["ROUGE-L (F1)", _ratio(ev.get("rouge_l_base")), _ratio(ev.get("rouge_l_tuned"))],
-                [
-                    "perplexity",
-                    f"{ev.get('perplexity_base', float('nan')):.2f}",
-                    f"{ev.get('perplexity_tuned', float('nan')):.2f}",
-                ],
-            ],
-        )
-        + f"\n\nThe adapter {'lowered' if delta < 0 else 'did not lower'} the held-out loss "
-        f"({delta:+.4f} over {data['eval_rows']} rows never seen in training)."
-        + _evaluation_time(ev)
-        + _accuracy_section(ev),
+def _model_section(model: dict[str, Any]) -> str:
+    """Which weights were trained: the report must name them (source, hash, "dequantised Q4_1")."""
+    rows = [
+        ["source", model["source"]],
+        ["weights", model.get("description", "")],
+        ["sha256", model["sha256"]],
+        *([["note", model["note"]]] if model.get("note") else []),
     ]
-    if generations:
-        rows = [
-            [g["instruction"] + (f" — {g['input']}" if g.get("input") else ""), g["base"], g["tuned"]]
-            for g in generations
-        ]
-        sections.append("## Prompts (greedy)\n\n" + markdown_table(["prompt", "base", "tuned"], rows))
-    if summary.get("promotion"):
-        sections.append(promotion_section(summary["promotion"]))
-    timings = summary.get("stage_seconds") or {}
-    if timings:
-        sections.append(
-            "## Stage wall time\n\n"
-            + markdown_table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()])
-        )
+    return "## Model\n\n" + markdown_table(["field", "value"], rows)
+
+
+def _data_section(data: dict[str, Any], validation: dict[str, Any]) -> str:
+    """The data and its split, then the validation gate it passed (or the warnings it let through)."""
+    rows = [
+        ["source", data["source"]],
+        *([["content", data["identity"]]] if data.get("identity") else []),
+        *([["note", data["note"]]] if data.get("note") else []),
+        ["training rows", data["train_rows"]],
+        ["held-out rows", data["eval_rows"]],
+        *([["fewer rows", data["split_note"]]] if data.get("split_note") else []),
+    ]
+    return "## Data\n\n" + markdown_table(["field", "value"], rows) + "\n\n" + _validation_section(validation)
+
+
+def _training_rows(train: dict[str, Any], artifacts: dict[str, Any]) -> list[list[Any]]:
+    losses = train.get("losses", [])
+    percent = 100.0 * train["trainable_params"] / train["total_params"]
+    processes = train.get("processes", 1)
+    return [
+        ["backend / mode", _backend_mode(train)],
+        ["device", train.get("device", "?")],
+        *([["processes", f"{processes} data-parallel (torchrun); peak memory is rank 0's"]] if processes > 1 else []),
+        ["precision", _precision(train)],
+        *([["packed attention", kernel]] if (kernel := _packed_attention(train)) else []),
+        ["trainable parameters", f"{train['trainable_params']:,} of {train['total_params']:,} ({percent:.2f}%)"],
+        ["steps", train["steps"]],
+        ["training time", f"{train['train_seconds']:.1f} s"],
+        ["real tokens / s", f"{train['tokens_per_second']:.1f}"],
+        ["peak memory", f"{train['peak_memory_mb']:.0f} MiB"],
+        ["saved size", f"{artifacts.get('saved_mb', 0):.2f} MiB"],
+        ["final train loss", f"{losses[-1]:.4f}" if losses else "—"],
+    ]
+
+
+def _training_section(train: dict[str, Any], artifacts: dict[str, Any]) -> str:
+    """The training figures, then the loss curve (a plot the report task writes beside it) and a sample of it."""
+    text = "## Training\n\n" + markdown_table(["figure", "value"], _training_rows(train, artifacts))
+    losses = train.get("losses", [])
+    if not losses:
+        return text
+    loss_table = markdown_table(["step", "loss"], _loss_rows(losses))
+    return f"{text}\n\n![Loss curve]({LOSS_CURVE})\n\nLoss by step:\n\n{loss_table}"
+
+
+def _evaluation_rows(ev: dict[str, Any]) -> list[list[Any]]:
+    def pair(metric: str, show: Callable[[float | None], str]) -> list[str]:
+        return [show(ev.get(f"{metric}_base")), show(ev.get(f"{metric}_tuned"))]
+
+    return [
+        ["eval loss", f"{ev['eval_loss_base']:.4f}", f"{ev['eval_loss_tuned']:.4f}"],
+        ["accuracy (checkable rows)", *pair("accuracy", as_percent)],
+        ["exact match", *pair("exact_match", as_percent)],
+        ["normalised match", *pair("normalised_match", as_percent)],
+        ["ROUGE-L (F1)", *pair("rouge_l", _ratio)],
+        [
+            "perplexity",
+            f"{ev.get('perplexity_base', float('nan')):.2f}",
+            f"{ev.get('perplexity_tuned', float('nan')):.2f}",
+        ],
+    ]
+
+
+def _evaluation_section(ev: dict[str, Any], eval_rows: int) -> str:
+    """Base against tuned on the held-out rows, whether the adapter helped, and accuracy by task family."""
+    table = markdown_table(["metric", "base", "tuned"], _evaluation_rows(ev))
+    delta = ev["eval_loss_tuned"] - ev["eval_loss_base"]
+    verdict = (
+        f"The adapter {'lowered' if delta < 0 else 'did not lower'} the held-out loss "
+        f"({delta:+.4f} over {eval_rows} rows never seen in training)."
+    )
+    return f"## Held-out evaluation\n\n{table}\n\n{verdict}" + _evaluation_time(ev) + _accuracy_section(ev)
+
+
+def _generations_section(generations: list[dict[str, str]]) -> str:
+    """The sample prompts answered greedily by base and tuned; empty without any."""
+    if not generations:
+        return ""
+    rows = [
+        [g["instruction"] + (f" — {g['input']}" if g.get("input") else ""), g["base"], g["tuned"]] for g in generations
+    ]
+    return "## Prompts (greedy)\n\n" + markdown_table(["prompt", "base", "tuned"], rows)
+
+
+def _timings_section(timings: dict[str, float]) -> str:
+    if not timings:
+        return ""
+    rows = [[stage, f"{seconds:.1f}"] for stage, seconds in timings.items()]
+    return "## Stage wall time\n\n" + markdown_table(["stage", "seconds"], rows)
+
+
+def _artifacts_section(summary: dict[str, Any]) -> str:
+    """Where the outputs are, and for an adapter the command that serves it."""
+    artifacts = summary.get("artifacts", {})
     saved = [
         f"- {name}: `{artifacts[name]}`"
         for name in ("adapter_dir", "model_dir", "merged_dir", "gguf_file")
@@ -242,8 +239,29 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
         saved.append(
             f"- serve it: `smoltune serve --adapter {summary.get('run_name', 'tuned')}={summary.get('run_dir', '.')}`"
         )
-    sections.append("## Artifacts\n\n" + "\n".join(saved))
-    if summary.get("config"):
-        config_yaml = yaml.safe_dump(summary["config"], sort_keys=False)
-        sections.append(f"## Run configuration\n\n```yaml\n{config_yaml}```")
-    return "\n\n".join(sections) + "\n"
+    return "## Artifacts\n\n" + "\n".join(saved)
+
+
+def _config_section(config: dict[str, Any] | None) -> str:
+    """The whole configuration as YAML, in its own field order, so the run can be repeated."""
+    if not config:
+        return ""
+    return f"## Run configuration\n\n```yaml\n{yaml.safe_dump(config, sort_keys=False)}```"
+
+
+def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) -> str:
+    """Markdown report of one run. Pure: same inputs, same text."""
+    sections = [
+        f"# smoltune run `{summary.get('run_name', '?')}`",
+        _model_section(summary["model"]),
+        _data_section(summary["data"], summary.get("validation", {})),
+        _training_section(summary["train"], summary.get("artifacts", {})),
+        _evaluation_section(summary["eval"], summary["data"]["eval_rows"]),
+        _generations_section(generations),
+        promotion_section(summary["promotion"]) if summary.get("promotion") else "",
+        _timings_section(summary.get("stage_seconds") or {}),
+        _artifacts_section(summary),
+        _config_section(summary.get("config")),
+    ]
+    # A section with nothing to say ("") leaves no gap.
+    return "\n\n".join(section for section in sections if section) + "\n"

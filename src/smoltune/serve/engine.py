@@ -258,16 +258,3 @@ def load_engine(base_source: str, adapters: dict[str, str], max_batch: int = 8, 
     for name, path in adapters.items():
         engine.add_adapter(adapter_source(name, path))
     return engine
-
-
-def notify_server(server_url: str, name: str, adapter_dir: str, timeout_s: float = 120) -> str:
-    """Ask a running `smoltune serve` to attach an adapter (POST /v1/adapters); returns what it answered."""
-    import httpx
-
-    try:
-        response = httpx.post(
-            f"{server_url.rstrip('/')}/v1/adapters", json={"name": name, "path": adapter_dir}, timeout=timeout_s
-        )
-    except httpx.HTTPError as err:
-        return f"could not reach {server_url}: {type(err).__name__}"
-    return f"{server_url} answered {response.status_code}: {response.text[:200]}"

@@ -1,5 +1,5 @@
 """The fast CPU training path: padding-free packed batches, attention kept inside each row, and the LM head
-applied only where a label exists. Measured by `make bench` (README, "Performance").
+applied only where a label exists. Measured by `make bench` (docs/benchmarks.md).
 
     python -c "from smoltune.train.packing import labelled_token_loss; help(labelled_token_loss)"
 

@@ -2,16 +2,15 @@
 
     python -c "from smoltune.train.row_attention import faster_kernel; help(faster_kernel)"
 
-Why: torch's CPU SDPA (its flash-attention kernel) is the faster choice in fp32 but was 1.6-3x slower than three
-plain ops in bf16 on an AMD EPYC with AVX512-BF16 (forward + backward of one row, 9 query / 3 key-value heads of
-64: 1.32 vs 0.42 ms at 67 tokens, 5.8 vs 3.6 ms at 297), because its bf16 path does not reach the matrix units
+Why: torch's CPU SDPA (its flash-attention kernel) is the faster choice in fp32 but can be slower than three
+plain ops in bf16 (docs/benchmarks.md has the figures), because its bf16 path does not reach the matrix units
 the way a bf16 matmul does. Machines differ (AMX, GPUs), so neither is hard-coded: the first packed row of each
 (dtype, shape) times both, forward and backward, at the row's length class and keeps the faster for the process
 (about 50 ms, once).
 
 The matmul kernel: the query heads that share a key/value head are stacked into one matmul against it (no copy
 of keys or values per head), scores masked causally, softmax in fp32, then the values. Equal to SDPA within
-rounding (tests/test_packing.py).
+rounding (tests/train/test_packing.py).
 """
 
 from __future__ import annotations

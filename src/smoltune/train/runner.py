@@ -14,7 +14,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO
@@ -22,9 +22,9 @@ from typing import IO
 from smoltune.config import TrainConfig
 from smoltune.errors import ConfigError, TrainingError
 from smoltune.files import atomic_write_json
-from smoltune.pipeline.slots import machine_slot
+from smoltune.records import TrainResult
 from smoltune.train.distributed import join_commands, launch_command, launch_env
-from smoltune.train.spec import RESULT_FILE, TrainResult, TrainSpec, finished_result
+from smoltune.train.spec import RESULT_FILE, TrainSpec, finished_result
 from smoltune.train.worker import ERROR_PREFIX, STEP_PREFIX
 
 STDERR_TAIL_LINES = 40
@@ -53,8 +53,9 @@ def train_in_subprocess(
     slot: AbstractContextManager | None = None,
 ) -> TrainResult:
     """Train in a fresh Python process (torchrun's N with `train.num_processes` > 1) while holding `slot`
-    (the train task passes `training_slot()`; default: one of this machine's file-lock slots); returns the
-    result, or raises TrainingError with the stderr tail. A rerun after a crash resumes from the last
+    (the train task passes its machine's training slot; the library itself takes none: how many trainings
+    share a machine is the orchestrator's decision); returns the result, or raises TrainingError with the
+    stderr tail. A rerun after a crash resumes from the last
     complete checkpoint in `spec.work_dir`."""
     work_dir = Path(spec.work_dir)
     if (finished := finished_result(work_dir)) is not None:
@@ -65,7 +66,7 @@ def train_in_subprocess(
     command = launch_command(spec_file, train)
     for node, join in enumerate(join_commands(spec_file, train), start=1):
         _log.warning("training waits for machine %d of %d to join; run there: %s", node + 1, train.nnodes, join)
-    with slot if slot is not None else machine_slot():
+    with slot if slot is not None else nullcontext():
         _run_worker(command, work_dir, on_step, launch_env(train, env))
     return load_result(work_dir)
 

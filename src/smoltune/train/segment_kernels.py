@@ -19,8 +19,8 @@ in both, as in the per-row path, never O(total squared):
 
 Why `auto` takes flash but not flex: flash-attn is a prebuilt kernel, ready at the first step. flex must be
 compiled, forward and backward, once per process and again when the packed length first changes (automatic
-dynamic shapes); not yet measured on a GPU (the tiny model's forward alone took 12-17 s to compile on a 2-core
-AMD EPYC), against the per-row launches it saves: for the seed job (60 steps, about 500 tokens a step) about
+dynamic shapes); not yet measured on a GPU (its compile time on a CPU: docs/benchmarks.md), against the
+per-row launches it saves: for the seed job (60 steps, about 500 tokens a step) about
 480 small SDPA launches a step, microseconds each on a modern GPU, and with the edges already on the host they
 never wait. So flex is for long jobs and many rows a step, and is asked for by name until `make gpu-check`
 (which times both on the seed job) measures where it pays. (On a CPU the compiled forward also fails to

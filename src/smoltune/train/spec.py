@@ -1,12 +1,14 @@
-"""What the training stage is given (`TrainSpec`, written as JSON for the worker process) and what it
-returns (`TrainResult`, stored as `result.json` in the stage folder)."""
+"""What the training stage is given (`TrainSpec`, written as JSON for the worker process), and where what it
+returns (`smoltune.records.TrainResult`) is stored in the stage folder (`result.json`)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from smoltune.records import TrainResult
 
 RESULT_FILE = "result.json"
 
@@ -22,41 +24,6 @@ class TrainSpec:
     trust_remote_code: bool = False
     base_model_id: str | None = None  # recorded in adapter_config.json instead of this machine's cache path
     load_in_4bit: bool = False  # QLoRA: the frozen base quantised to 4-bit NF4 (CUDA only)
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced and measured; every field is JSON-serialisable."""
-
-    backend: str
-    backend_reason: str
-    mode: str
-    rank: int | None
-    device: str
-    trainable_params: int
-    total_params: int
-    steps: int
-    train_seconds: float
-    tokens_seen: int
-    tokens_per_second: float
-    peak_memory_mb: float
-    losses: list[float]
-    step_log: list[dict[str, float]]
-    output_dir: str
-    saved_mb: float
-    resumed_from_step: int = 0
-    settings: dict[str, Any] = field(default_factory=dict)
-    precision: str = "fp32"  # the compute precision trained in (smoltune.train.precision); evaluation uses it too
-    processes: int = 1  # data-parallel processes (torchrun); peak_memory_mb is rank 0's
-    host: str = ""  # the machine that trained (rank 0's), e.g. which Dask worker's host in a sweep
-    started_at: str = ""  # when the training loop started (UTC, ISO 8601); it ran train_seconds from there
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def trainable_percent(self) -> float:
-        return 100.0 * self.trainable_params / self.total_params
 
 
 def finished_result(work_dir: str | Path) -> TrainResult | None:

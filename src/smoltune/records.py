@@ -1,0 +1,193 @@
+"""Typed stage records: what each stage hands to the next, stored as JSON in its stage folder and as the
+Prefect task result (Prefect's JSON serializer, never pickle).
+
+    python -c "from smoltune.records import Prepared; print(Prepared.model_json_schema()['required'])"
+
+A record names its files by absolute path; `outputs()` lists the ones that must still exist for the record
+to be trusted. The cache checks them before every reuse, so a deleted adapter, merged model or answers file
+makes its stage run again instead of a summary pointing at nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Record(BaseModel):
+    # Frozen: a record is a fact about a finished stage; extra="forbid": no bookkeeping keys sneak in.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StageRecord(_Record):
+    key: str = Field("", description="The stage folder's name: a hash of everything the stage depends on.")
+    folder: str = Field("", description="The stage folder (under output.cache_dir).")
+
+    def outputs(self) -> list[str]:
+        """Paths that must exist for this record to be reused."""
+        return []
+
+
+class ResolvedModel(StageRecord):
+    source: str = Field(description="model.source as configured.")
+    kind: Literal["embedded", "local", "hub"]
+    path: str = Field(description="Local Hugging Face folder to load with from_pretrained.")
+    sha256: str = Field(description="Content hash of the weights (the embedded GGUF, or every file).")
+    description: str = Field(description="What the weights are, for the report.")
+    revision: str | None = Field(None, description="Hub commit the weights came from.")
+    hub_id: str | None = Field(
+        None, description="The hub id these weights are (adapters record it as their base, loadable anywhere)."
+    )
+    trust_remote_code: bool = False
+    note: str | None = Field(None, description="Anything the report must say (e.g. used offline).")
+
+    def outputs(self) -> list[str]:
+        return [self.path]
+
+
+class Fetched(StageRecord):
+    source: str = Field(description="data.source as configured (URL credentials removed).")
+    rows_file: str = Field(description="The normalised rows as JSON Lines.")
+    sha256: str = Field(description="Content hash of rows_file.")
+    rows: int
+    identity: str = Field(description="What identified the source's content: file hash, URL content, hub commit.")
+    note: str | None = Field(None, description="Anything the report must say (e.g. offline: cached copy).")
+
+    def outputs(self) -> list[str]:
+        return [self.rows_file]
+
+
+class CheckSummary(_Record):
+    """One Great Expectations check as the report shows it (mirrors data_checks.suite.CheckResult)."""
+
+    check_id: str
+    name: str
+    expectation: str
+    severity: Literal["critical", "warning"]
+    success: bool
+    unexpected_count: int = 0
+    example_rows: list[int] = Field(default_factory=list)
+    observed: Any = None
+    error: str | None = None
+
+
+class Validated(StageRecord):
+    success: bool
+    row_count: int
+    checks: list[CheckSummary]
+    data_docs: str | None = Field(None, description="Great Expectations Data Docs (index.html).")
+    report_file: str = Field(description="validation.json with every check's outcome.")
+
+    def outputs(self) -> list[str]:
+        return [self.report_file, *([self.data_docs] if self.data_docs else [])]
+
+
+class Prepared(StageRecord):
+    validated_key: str = Field("", description="Key of the gate that passed these rows: a stricter gate retrains.")
+    train_file: str
+    eval_file: str
+    train_sha256: str
+    eval_sha256: str = Field(description="Identity of the held-out set: promotion compares only runs sharing it.")
+    train_rows: int
+    eval_rows: int
+    note: str | None = Field(None, description="Fewer rows than asked for, if so (the report says it).")
+
+    def outputs(self) -> list[str]:
+        return [self.train_file, self.eval_file]
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced and measured; every field is JSON-serialisable."""
+
+    backend: str
+    backend_reason: str
+    mode: str
+    lora_rank: int | None  # the LoRA rank (train.lora.r); None in full fine-tuning
+    device: str
+    trainable_params: int
+    total_params: int
+    steps: int
+    train_seconds: float
+    tokens_seen: int
+    tokens_per_second: float
+    peak_memory_mb: float
+    losses: list[float]
+    step_log: list[dict[str, float]]
+    output_dir: str
+    saved_mb: float
+    resumed_from_step: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # the compute precision trained in (smoltune.train.precision); evaluation uses it too
+    processes: int = 1  # data-parallel processes (torchrun); peak_memory_mb is rank 0's
+    host: str = ""  # the machine that trained (rank 0's), e.g. which Dask worker's host in a sweep
+    started_at: str = ""  # when the training loop started (UTC, ISO 8601); it ran train_seconds from there
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_params / self.total_params
+
+
+class Trained(StageRecord):
+    result: TrainResult
+
+    def outputs(self) -> list[str]:
+        return [self.result.output_dir]
+
+
+class Exported(StageRecord):
+    merged_dir: str | None = None
+    gguf_file: str | None = None
+
+    def outputs(self) -> list[str]:
+        return [p for p in (self.merged_dir, self.gguf_file) if p]
+
+
+class EvalFigures(_Record):
+    """Base vs tuned on the held-out rows (None where the data has no checkable answers)."""
+
+    eval_rows: int
+    eval_seconds: float | None = Field(None, description="Wall time of the evaluation, base and tuned, when computed.")
+    eval_precision: str = Field("fp32", description="The precision it ran in (the training's).")
+    eval_loss_base: float
+    eval_loss_tuned: float
+    perplexity_base: float
+    perplexity_tuned: float
+    checked_rows: int
+    accuracy_base: float | None = None
+    accuracy_tuned: float | None = None
+    exact_match_base: float | None = None
+    exact_match_tuned: float | None = None
+    normalised_match_base: float | None = None
+    normalised_match_tuned: float | None = None
+    rouge_l_base: float | None = None
+    rouge_l_tuned: float | None = None
+    accuracy_by_family: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+class Evaluated(StageRecord):
+    figures: EvalFigures
+    heldout_sha256: str = Field(description="The held-out rows these figures were measured on.")
+    generations_file: str = Field(description="Eval prompts answered by base and tuned.")
+    answers_file: str = Field(description="Held-out rows answered by base and tuned.")
+
+    def outputs(self) -> list[str]:
+        return [self.generations_file, self.answers_file]
+
+
+class PromotionDecision(_Record):
+    promoted: bool
+    key: str = Field(description="Registry entry: model, data source, held-out set and metric.")
+    metric: str
+    value: float
+    current_value: float | None = None
+    current_run: str | None = None
+    reason: str
+    not_compared: list[str] = Field(
+        default_factory=list, description="Entries for the same model and data not compared, and why."
+    )

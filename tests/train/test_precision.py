@@ -1,0 +1,132 @@
+"""Precision: `train.precision` auto follows the card on CUDA (the seed's T4 has no bf16: fp16 with loss scaling)
+and a measurement on a CPU (bf16 only where this machine's bf16 matmuls are clearly faster); LoRA keeps the frozen
+base in the compute precision, full fine-tuning fp32 master weights; impossible requests fail up front; the
+measurement runs once per machine; training in bf16 keeps adapters fp32 and tracks the fp32 losses."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from smoltune.config import TrainConfig
+from smoltune.errors import ConfigError
+from smoltune.train import precision as precision_module
+from smoltune.train import sft
+from smoltune.train.precision import BF16_MARGIN, precision_for
+
+AMX_LIKE = {"fp32": 320.0, "bf16": 2300.0}  # an Intel Xeon with AMX, as measured in issue 14
+AVX2_ONLY = {"fp32": 250.0, "bf16": 90.0}  # an AVX2-only AMD EPYC: bf16 emulated
+
+
+@pytest.mark.parametrize(
+    ("device", "mode", "bf16_ok", "requested", "gflops", "expected"),
+    [
+        ("cuda", "lora", False, "auto", None, ("fp16", "float16", False, True)),  # T4, V100
+        ("cuda", "full", False, "auto", None, ("fp16", "float32", False, True)),  # fp16 autocast, fp32 master
+        ("cuda", "lora", True, "auto", None, ("bf16", "bfloat16", True, False)),  # A100 / H100 / H200
+        ("cuda", "full", True, "auto", None, ("bf16", "float32", True, False)),  # never pure-bf16 weights
+        ("cuda", "lora", True, "fp16", None, ("fp16", "float16", False, True)),
+        ("cpu", "lora", False, "auto", AMX_LIKE, ("bf16", "bfloat16", True, False)),
+        ("cpu", "full", False, "auto", AMX_LIKE, ("bf16", "float32", True, False)),
+        ("cpu", "lora", False, "auto", AVX2_ONLY, ("fp32", "float32", False, False)),
+        ("cpu", "lora", False, "auto", {"fp32": 100.0, "bf16": 100.0 * BF16_MARGIN - 1}, ("fp32", "float32", 0, 0)),
+        ("cpu", "lora", False, "auto", None, ("fp32", "float32", False, False)),  # not measured
+        ("cpu", "lora", False, "bf16", AVX2_ONLY, ("bf16", "bfloat16", True, False)),  # forced, even if slower
+        ("cpu", "lora", False, "fp32", AMX_LIKE, ("fp32", "float32", False, False)),
+    ],
+)
+def test_precision_rule(device, mode, bf16_ok, requested, gflops, expected) -> None:  # noqa: ANN001
+    chosen = precision_for(device, mode, bf16_ok, requested, gflops)
+    assert (chosen.name, chosen.load_dtype, chosen.bf16, chosen.fp16) == expected
+    assert chosen.reason and (requested == "auto") == chosen.reason.startswith("auto")
+
+
+def test_impossible_requests_fail_up_front() -> None:
+    with pytest.raises(ConfigError, match="this GPU has no bf16"):
+        precision_for("cuda", "lora", False, "bf16")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        precision_for("cpu", "lora", False, "fp16")
+
+
+def test_the_trainer_settings_on_a_t4() -> None:
+    t4 = precision_for("cuda", "lora", bf16_supported=False)
+    settings = sft.sft_settings(TrainConfig(), "cuda", "/tmp/x", precision=t4)
+    assert (settings["bf16"], settings["fp16"]) == (False, True)
+
+
+def test_the_cpu_is_measured_once_per_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list = []
+    monkeypatch.setenv("SMOLTUNE_HOME", str(tmp_path))
+    monkeypatch.setattr(precision_module, "measure_gflops", lambda shapes: calls.append(shapes) or dict(AMX_LIKE))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden_size": 64, "intermediate_size": 128}')
+    first = precision_module.resolve_precision("cpu", "lora", "auto", model)
+    again = precision_module.resolve_precision("cpu", "lora", "auto", model)
+    assert calls == [[(64, 64), (64, 128), (128, 64)]]  # the model's shapes, measured once
+    assert first == again and first.name == "bf16" and first.gflops == AMX_LIKE
+    assert precision_module.resolve_precision("cpu", "lora", "fp32", model).gflops == {}  # forced: no measuring
+    monkeypatch.setattr(precision_module, "_machine_key", lambda shapes: "another machine")
+    precision_module.resolve_precision("cpu", "lora", "auto", model)
+    assert len(calls) == 2
+
+
+def test_measurement_reports_each_precision() -> None:
+    rates = precision_module.measure_gflops([(32, 32)], ("fp32", "bf16"), tokens=16)
+    assert set(rates) == {"fp32", "bf16"} and all(rate > 0 for rate in rates.values())
+
+
+def test_bf16_training_keeps_adapters_fp32_and_tracks_fp32(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The fast path (packing, fused LoRA, labelled-only loss) under bf16 autocast, over a bf16 base: the
+    adapter stays fp32 and the losses stay within bf16's tolerance of the fp32 run's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from smoltune.data.builtin import generate_rows
+    from smoltune.data.prompts import to_prompt_completion
+    from smoltune.files import write_jsonl
+    from smoltune.train.runner import train_in_subprocess
+    from smoltune.train.spec import TrainSpec
+
+    rows = write_jsonl(tmp_path / "train.jsonl", [to_prompt_completion(r) for r in generate_rows(24, seed=2)])
+    losses = {}
+    for name in ("fp32", "bf16"):
+        config = TrainConfig(max_steps=4, warmup_steps=0, batch_size=2, grad_accum=2, precision=name)
+        spec = TrainSpec(str(tiny_model_dir), str(rows), str(tmp_path / name), config.model_dump())
+        result = train_in_subprocess(spec)
+        assert result.precision == name and result.settings["bf16"] is (name == "bf16")
+        assert all(math.isfinite(x) for x in result.losses)
+        assert result.settings["fast_path"]["fused_lora"] and result.settings["fast_path"]["labelled_logits_only"]
+        saved = load_file(Path(result.output_dir) / "adapter_model.safetensors")
+        assert {t.dtype for t in saved.values()} == {torch.float32}
+        losses[name] = result.losses
+    # bf16 keeps 8 bits of mantissa: activations round at ~0.4% each; the tiny model's losses are ~6.
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
+    assert losses["bf16"] != losses["fp32"]  # really trained in another precision
+
+
+def test_qlora_and_gpu_kernels_are_refused_where_they_cannot_run(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """4-bit needs bitsandbytes' CUDA kernels and an adapter, flex attention a GPU: a CPU run stops with the
+    setting named (a config error, exit 2, from the training process), and full fine-tuning in 4-bit is refused
+    before any run."""
+    from smoltune.config import PipelineConfig, semantic_problems
+    from smoltune.train.runner import train_in_subprocess
+    from smoltune.train.spec import TrainSpec
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the training process sees no GPU, on any machine
+    config = TrainConfig(max_steps=1, warmup_steps=0)
+    spec = TrainSpec(str(tiny_model_dir), "unused.jsonl", str(tmp_path / "q"), config.model_dump(), load_in_4bit=True)
+    with pytest.raises(ConfigError, match="load_in_4bit: 4-bit \\(QLoRA\\) training needs a CUDA GPU") as raised:
+        train_in_subprocess(spec)
+    assert raised.value.exit_code == 2
+    forced = TrainConfig(max_steps=1, warmup_steps=0, speed={"segment_kernel": "flex"}).model_dump()
+    with pytest.raises(ConfigError, match="segment_kernel=flex needs a CUDA GPU") as raised:  # the same for a kernel
+        train_in_subprocess(TrainSpec(str(tiny_model_dir), "unused.jsonl", str(tmp_path / "f"), forced))
+    assert raised.value.exit_code == 2
+    full = PipelineConfig(model={"load_in_4bit": True}, train={"mode": "full"})
+    assert any("cannot be fully fine-tuned" in p for p in semantic_problems(full))
+    assert not any("load_in_4bit" in p for p in semantic_problems(PipelineConfig(model={"load_in_4bit": True})))
