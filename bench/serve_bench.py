@@ -42,6 +42,7 @@ def train_adapters(work: Path) -> dict[str, str]:
     from smoltune.data.stage import load_rows, prepare_dataset
     from smoltune.files import write_jsonl
     from smoltune.model import resolve_model
+    from smoltune.pipeline.slots import machine_slot
     from smoltune.train.runner import train_in_subprocess
     from smoltune.train.spec import TrainSpec
 
@@ -52,7 +53,9 @@ def train_adapters(work: Path) -> dict[str, str]:
         raw = write_jsonl(work / f"{name}.jsonl", rows[index::2][:200])
         prepared = prepare_dataset(raw, DataConfig(num_samples=40, eval_samples=4), work / name)
         config = TrainConfig(max_steps=5, warmup_steps=1).model_dump(mode="json")
-        result = train_in_subprocess(TrainSpec(model.path, prepared.train_file, str(work / name / "train"), config))
+        spec = TrainSpec(model.path, prepared.train_file, str(work / name / "train"), config)
+        # This machine's training slot, as a pipeline run takes it: never beside another training.
+        result = train_in_subprocess(spec, slot=machine_slot())
         adapters[name] = result.output_dir
     return adapters
 

@@ -7,7 +7,7 @@ cached data, the trainings spread over a Dask cluster through Prefect's DaskTask
 Each training holds a slot of its machine's Prefect concurrency limit (`smoltune-training-<host>`, one
 training per machine by default; smoltune.pipeline.slots): a cluster of N machines trains N points at once,
 two workers on one machine take turns. The workers must reach the same Prefect API (PREFECT_API_URL) and
-the same runs folder (shared storage) as the flow; README, "Scale out".
+the same runs folder (shared storage) as the flow; docs/operations.md, "Scale out".
 """
 
 from __future__ import annotations

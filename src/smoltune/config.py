@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from smoltune.errors import ConfigError
 from smoltune.sources import missing_path, source_kind
@@ -94,10 +94,16 @@ class ValidationConfig(_Section):
         0.05, ge=0, le=1, description="Largest share of rows that repeat an earlier (instruction, input)."
     )
     severity: dict[str, Severity] = Field(
-        default_factory=dict,
+        default_factory=lambda: dict(DEFAULT_SEVERITY),
         description="Per-check severity overrides; checks: " + ", ".join(CHECK_IDS) + ". "
         "Critical failures stop the run; warnings go into the report. Default: duplicates warn, the rest stop.",
     )
+
+    @field_validator("severity")
+    @classmethod
+    def _with_defaults(cls, value: dict[str, Severity]) -> dict[str, Severity]:
+        # The defaults are part of the value, so they reach the gate's cache key: a stricter default re-gates.
+        return {**DEFAULT_SEVERITY, **value}
 
 
 class LoraConfig(_Section):
@@ -193,7 +199,8 @@ class TrainConfig(_Section):
         1,
         ge=1,
         description="Machines in the training; above 1 every other machine joins with the torchrun command the "
-        "README gives (same paths on shared storage) and train.rdzv_endpoint is required.",
+        "documentation gives (docs/pipeline/training.md, 'Several machines'; same paths on shared storage) "
+        "and train.rdzv_endpoint is required.",
     )
     rdzv_endpoint: str | None = Field(
         None,

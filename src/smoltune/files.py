@@ -71,6 +71,17 @@ def smoltune_home() -> Path:
     return Path(os.environ.get("SMOLTUNE_HOME", Path.home() / ".cache" / "smoltune"))
 
 
+def link_or_copy(source: Path, target: Path) -> Path:
+    """`target` holding `source`'s bytes as they are now: a hard link (no copy, and a later atomic replace of
+    `source` leaves it alone), or a copy where the two sit on different file systems."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return target
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

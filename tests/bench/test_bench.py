@@ -92,8 +92,8 @@ def test_summary_without_baselines_gives_utilisation_only() -> None:
 
 
 def test_long_answer_rows_are_long_and_mostly_answer(tiny_model_dir: Path) -> None:
-    """150-400 tokens a row with the seed model's tokenizer (checked in the README's bench run); here the shape
-    that makes that true: multi-step answers, longer than their prompts, deterministic for a seed."""
+    """150-400 tokens a row with the seed model's tokenizer (checked in the bench run of docs/benchmarks.md); here
+    the shape that makes that true: multi-step answers, longer than their prompts, deterministic for a seed."""
     from smoltune.data.worked import worked_rows
 
     rows = worked_rows(30, seed=5)

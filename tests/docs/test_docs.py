@@ -137,3 +137,41 @@ def test_reference_page_lost_marker_is_an_error() -> None:
         raise AssertionError("a configuration page without its marker must fail the build")
     filled = hook.on_page_markdown(f"# Configuration reference\n\n{hook.MARKER}\n", Page, None, None)
     assert "| `train.lora.r` |" in filled and hook.MARKER not in filled
+
+
+def _load_graph_hook():
+    spec = importlib.util.spec_from_file_location("import_graph_hook", REPO / "docs" / "hooks" / "import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+graph_hook = _load_graph_hook()
+
+
+def test_the_import_drawing_counts_imports_between_layers() -> None:
+    edges = graph_hook.layer_edges(
+        [
+            ("flows.finetune", "tasks.train"),
+            ("flows.finetune", "tasks.fetch"),
+            ("tasks.train", "smoltune.pipeline.cache"),
+            ("smoltune.train.runner", "smoltune.pipeline.slots"),  # an upward import: drawn, so it shows
+            ("smoltune.train.runner", "smoltune.config"),  # inside one layer: no arrow
+            ("smoltune.cli", "flows.finetune"),
+        ]
+    )
+    assert edges == {
+        ("flows", "tasks"): 2,
+        ("tasks", "pipeline"): 1,
+        ("core library", "pipeline"): 1,
+        ("entry points", "flows"): 1,
+    }
+    assert "L4 -->|1| L3" in graph_hook.mermaid(edges)
+
+
+def test_no_arrow_of_the_real_drawing_points_up() -> None:
+    order = [*graph_hook.LAYERS, graph_hook.CORE]
+    edges = graph_hook.layer_edges(graph_hook.project_imports())
+    assert ("tasks", "core library") in edges and ("pipeline", "core library") in edges
+    upward = [(a, b) for a, b in edges if order.index(a) > order.index(b)]
+    assert upward == []

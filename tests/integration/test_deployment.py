@@ -80,7 +80,7 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         spawn("server", "start", "--host", "127.0.0.1", "--port", str(port), log="server.log")
         wait_for(lambda: healthy(api), 180, "Prefect server")
         subprocess.run([PREFECT, "work-pool", "create", "smoltune", "--type", "process"], env=env, check=True)
-        # Exactly what the README says: every deployment of prefect.yaml (the Kubernetes one is opt-in).
+        # Exactly what docs/operations.md says: every deployment of prefect.yaml (the Kubernetes one is opt-in).
         deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env=env, capture_output=True, text=True)
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         deployments = httpx.post(f"{api}/deployments/filter", json={}).json()

@@ -393,3 +393,22 @@ def test_the_key_is_computed_once_per_task_run(prefect_server: None, tmp_path: P
     with pytest.raises(SourceError, match="no such source"):
         once(-1)
     assert len(PARTS_CALLS) == 1  # the policy's error is the one the task raises: a bad source is asked once
+
+
+def test_a_stricter_default_severity_regates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.py is not code a stage runs, so the gate's defaults reach its key as values."""
+    from smoltune import config as config_module
+    from smoltune.config import PipelineConfig
+    from smoltune.pipeline.keys import validate_parts
+    from smoltune.records import Fetched, ResolvedModel
+
+    def gate_key() -> dict:
+        config = PipelineConfig()
+        model = ResolvedModel(source="m", kind="local", path="/m", sha256="0", description="m")
+        fetched = Fetched(source="s", rows_file="r", sha256="1", rows=1, identity="i")
+        inputs = {"cache_dir": "c", "fetched": fetched, "model": model, "data": config.data}
+        return validate_parts({**inputs, "validation": config.validation, "train": config.train})[1]
+
+    before = gate_key()
+    monkeypatch.setitem(config_module.DEFAULT_SEVERITY, "duplicates", "critical")
+    assert gate_key() != before

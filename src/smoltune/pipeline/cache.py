@@ -36,7 +36,6 @@ from typing import Any, Generic, TypeVar
 from prefect.cache_policies import CachePolicy
 from pydantic import ValidationError
 
-from smoltune.errors import SmoltuneError
 from smoltune.files import atomic_write_json, atomic_write_text, fingerprint, waiting_lock
 from smoltune.pipeline.versions import stage_code_version
 from smoltune.records import StageRecord
@@ -180,8 +179,8 @@ class StageCache(CachePolicy):
         run_id = task_ctx.task_run.id if task_ctx is not None else None
         try:
             folder = self.stage.folder(**inputs)
-        except SmoltuneError as err:
-            # The task raises it with its message: a 404 or a sha256 mismatch costs one request, not two.
+        except Exception as err:  # noqa: BLE001 - handed to the task, which raises it (a bug keeps its traceback)
+            # Raised once, by the task: a 404 or a sha256 mismatch costs one request, not two.
             _hand_over(run_id, err)
             return None  # no caching for this call
         # A refresh, like an incomplete folder, gets a key Prefect has never seen: the task runs again.
@@ -194,15 +193,15 @@ class StageCache(CachePolicy):
 # What a cache policy computed, for the task run it computed it for; taken (and so cleared) by that task run
 # when it starts. Only handed over when the task will run (an incomplete folder or an error): a complete
 # folder is a Prefect cache hit, whose task never starts to take it.
-_handoffs: dict[Any, Path | SmoltuneError] = {}
+_handoffs: dict[Any, Path | Exception] = {}
 
 
-def _hand_over(run_id: Any, value: Path | SmoltuneError) -> None:
+def _hand_over(run_id: Any, value: Path | Exception) -> None:
     if run_id is not None:
         _handoffs[run_id] = value
 
 
-def _take_handoff() -> Path | SmoltuneError | None:
+def _take_handoff() -> Path | Exception | None:
     from prefect.context import TaskRunContext
 
     context = TaskRunContext.get()

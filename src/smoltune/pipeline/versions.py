@@ -9,8 +9,8 @@ from the source with `ast` (imports inside functions count too): every project m
 import (and the ones those pull in under the hood, e.g. tokenizers under transformers).
 
 A file is versioned by its normalised syntax tree, not its text: comments, blank lines, formatting,
-docstrings and `description=` strings (pydantic field and Prefect artifact descriptions) never change what a
-stage computes, so editing them reruns nothing; any change to code does.
+docstrings and the `description=` strings of pydantic fields and Prefect artifacts never change what a stage
+computes, so editing them reruns nothing; any change to code does.
 
 Modules of `smoltune.pipeline` count with their own source but are not followed further: they are the
 cache's machinery and look into every stage (to probe a URL, say), which must not make every stage depend on
@@ -116,6 +116,13 @@ def _without_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
     return body
 
 
+def _describes(call: ast.Call) -> bool:
+    """A call whose `description=` is documentation: pydantic's `Field` (the UI's help text) and Prefect's
+    `create_*_artifact` (the artifact's caption). Elsewhere a description may be data a stage writes."""
+    name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
+    return name == "Field" or (name.startswith("create_") and name.endswith("_artifact"))
+
+
 def normalised_code(source: bytes) -> bytes:
     """What versions a file: its syntax tree without docstrings and `description=` strings. Comments and
     formatting never reach the tree; line numbers are left out of the dump."""
@@ -123,7 +130,7 @@ def normalised_code(source: bytes) -> bytes:
     for node in ast.walk(tree):
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             node.body = _without_docstring(node.body)
-        elif isinstance(node, ast.Call):
+        elif isinstance(node, ast.Call) and _describes(node):
             node.keywords = [
                 k for k in node.keywords if not (k.arg == "description" and isinstance(k.value, ast.Constant))
             ]

@@ -30,11 +30,13 @@ from smoltune.train.precision import DTYPES, Precision, resolve_precision
 from smoltune.train.sft import data_collator, sft_settings, sft_trainer_class
 from smoltune.train.spec import RESULT_FILE, TrainSpec, finished_result
 
-# `make bench` (README, "Performance"): on the CPU the hf backend with its fast path (smoltune.train.packing) trains
-# 1.9-2.8x as fast as Unsloth's own CPU path with the same per-step losses (2026-11-29, AMD EPYC with
-# AVX512-BF16), and Unsloth's import patches trl process-wide; so auto picks hf on the CPU.
+# On the CPU the hf backend with its fast path (smoltune.train.packing) trains faster than Unsloth's own CPU path
+# with the same per-step losses (`make bench`; figures and machines in docs/benchmarks.md, "Backend choice"),
+# and Unsloth's import patches trl process-wide; so auto picks hf on the CPU.
 CPU_AUTO_BACKEND = "hf"
-CPU_AUTO_REASON = "auto on CPU: hf with its fast path, faster than Unsloth's CPU path in `make bench` (README)"
+CPU_AUTO_REASON = (
+    "auto on CPU: hf with its fast path, faster than Unsloth's CPU path (`make bench`, docs/benchmarks.md)"
+)
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
