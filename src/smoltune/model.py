@@ -19,6 +19,7 @@ from typing import Any
 from smoltune.errors import ModelError, SourceError
 from smoltune.files import atomic_dir, atomic_write_json, sha256_dir, sha256_file, smoltune_home
 from smoltune.hub import hub_commit
+from smoltune.machine import cuda_capability, has_bf16
 from smoltune.records import ResolvedModel
 from smoltune.sources import source_kind
 
@@ -167,7 +168,7 @@ def load_model_and_tokenizer(
     tokenizer = load_tokenizer(model_path, trust_remote_code)
     if dtype_name is None:
         on_cuda = device == "cuda"
-        dtype_name = "float32" if not on_cuda else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        dtype_name = "float32" if not on_cuda else "bfloat16" if has_bf16(cuda_capability()) else "float16"
     dtype = getattr(torch, dtype_name)
     model = AutoModelForCausalLM.from_pretrained(
         model_path,

@@ -38,7 +38,7 @@ def test_auto_precision_follows_this_card(tiny_model_dir: Path) -> None:
     from smoltune.train.precision import resolve_precision
 
     chosen = resolve_precision("cuda", "lora", "auto", tiny_model_dir)
-    assert chosen.name == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    assert chosen.name == ("bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16")
     assert resolve_precision("cuda", "full", "auto", tiny_model_dir).load_dtype == "float32"
 
 

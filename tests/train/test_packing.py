@@ -262,3 +262,29 @@ def test_row_boundaries_reach_every_layer_as_host_integers(models: tuple, monkey
     with torch.no_grad():
         segments(**{k: v for k, v in batch.items() if k != "labels"})
     assert seen == [(0, 6, 9, 14)] * segments.config.num_hidden_layers
+
+
+def test_labelled_positions_come_from_the_host_and_change_nothing(
+    models: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collator finds where labels are while the batch is on the host; the loss then never calls `nonzero`
+    (on a GPU a wait for the device per forward) and computes what it computes without them."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from smoltune.train.packing import LABELLED_POSITIONS, BoundaryCollator
+
+    segments, _ = models
+    collate = BoundaryCollator(
+        DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True), labelled_positions=True
+    )
+    batch = collate(ROWS)
+    assert batch[LABELLED_POSITIONS].tolist() == [2, 3, 4, 6, 7, 10, 11, 12]  # each row's answer, shifted by one
+    with torch.no_grad():
+        reference = labelled_token_loss(segments, with_segment_boundaries(packed_batch(ROWS)))
+
+        def no_nonzero(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            raise AssertionError("labelled_token_loss looked for labels itself")
+
+        monkeypatch.setattr(torch.Tensor, "nonzero", no_nonzero)
+        given = labelled_token_loss(segments, batch)
+    assert given.item() == pytest.approx(reference.item(), abs=1e-7)

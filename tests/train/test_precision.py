@@ -12,46 +12,74 @@ import pytest
 
 from smoltune.config import TrainConfig
 from smoltune.errors import ConfigError
+from smoltune.machine import has_bf16
 from smoltune.train import precision as precision_module
 from smoltune.train import sft
 from smoltune.train.precision import BF16_MARGIN, precision_for
 
-AMX_LIKE = {"fp32": 320.0, "bf16": 2300.0}  # an Intel Xeon with AMX, as measured in issue 14
+AMX_LIKE = {"fp32": 320.0, "bf16": 2300.0}  # an Intel Xeon with AMX (docs/benchmarks.md)
 AVX2_ONLY = {"fp32": 250.0, "bf16": 90.0}  # an AVX2-only AMD EPYC: bf16 emulated
 
 
+T4, V100, A10G, L4, A100, H100 = (7, 5), (7, 0), (8, 6), (8, 9), (8, 0), (9, 0)  # real cards' capabilities
+
+
 @pytest.mark.parametrize(
-    ("device", "mode", "bf16_ok", "requested", "gflops", "expected"),
+    ("device", "mode", "card", "requested", "gflops", "expected"),
     [
-        ("cuda", "lora", False, "auto", None, ("fp16", "float16", False, True)),  # T4, V100
-        ("cuda", "full", False, "auto", None, ("fp16", "float32", False, True)),  # fp16 autocast, fp32 master
-        ("cuda", "lora", True, "auto", None, ("bf16", "bfloat16", True, False)),  # A100 / H100 / H200
-        ("cuda", "full", True, "auto", None, ("bf16", "float32", True, False)),  # never pure-bf16 weights
-        ("cuda", "lora", True, "fp16", None, ("fp16", "float16", False, True)),
-        ("cpu", "lora", False, "auto", AMX_LIKE, ("bf16", "bfloat16", True, False)),
-        ("cpu", "full", False, "auto", AMX_LIKE, ("bf16", "float32", True, False)),
-        ("cpu", "lora", False, "auto", AVX2_ONLY, ("fp32", "float32", False, False)),
-        ("cpu", "lora", False, "auto", {"fp32": 100.0, "bf16": 100.0 * BF16_MARGIN - 1}, ("fp32", "float32", 0, 0)),
-        ("cpu", "lora", False, "auto", None, ("fp32", "float32", False, False)),  # not measured
-        ("cpu", "lora", False, "bf16", AVX2_ONLY, ("bf16", "bfloat16", True, False)),  # forced, even if slower
-        ("cpu", "lora", False, "fp32", AMX_LIKE, ("fp32", "float32", False, False)),
+        ("cuda", "lora", T4, "auto", None, ("fp16", "float16", False, True)),  # the seed's card: no bf16 units
+        ("cuda", "lora", V100, "auto", None, ("fp16", "float16", False, True)),
+        ("cuda", "full", T4, "auto", None, ("fp16", "float32", False, True)),  # fp16 autocast, fp32 master
+        ("cuda", "lora", A100, "auto", None, ("bf16", "bfloat16", True, False)),
+        ("cuda", "lora", A10G, "auto", None, ("bf16", "bfloat16", True, False)),
+        ("cuda", "lora", L4, "auto", None, ("bf16", "bfloat16", True, False)),
+        ("cuda", "lora", H100, "auto", None, ("bf16", "bfloat16", True, False)),  # H100 / H200
+        ("cuda", "full", H100, "auto", None, ("bf16", "float32", True, False)),  # never pure-bf16 weights
+        ("cuda", "lora", H100, "fp16", None, ("fp16", "float16", False, True)),
+        ("cpu", "lora", None, "auto", AMX_LIKE, ("bf16", "bfloat16", True, False)),
+        ("cpu", "full", None, "auto", AMX_LIKE, ("bf16", "float32", True, False)),
+        ("cpu", "lora", None, "auto", AVX2_ONLY, ("fp32", "float32", False, False)),
+        ("cpu", "lora", None, "auto", {"fp32": 100.0, "bf16": 100.0 * BF16_MARGIN - 1}, ("fp32", "float32", 0, 0)),
+        ("cpu", "lora", None, "auto", None, ("fp32", "float32", False, False)),  # not measured
+        ("cpu", "lora", None, "bf16", AVX2_ONLY, ("bf16", "bfloat16", True, False)),  # forced, even if slower
+        ("cpu", "lora", None, "fp32", AMX_LIKE, ("fp32", "float32", False, False)),
     ],
 )
-def test_precision_rule(device, mode, bf16_ok, requested, gflops, expected) -> None:  # noqa: ANN001
-    chosen = precision_for(device, mode, bf16_ok, requested, gflops)
+def test_precision_rule(device, mode, card, requested, gflops, expected) -> None:  # noqa: ANN001
+    chosen = precision_for(device, mode, card, requested, gflops)
     assert (chosen.name, chosen.load_dtype, chosen.bf16, chosen.fp16) == expected
     assert chosen.reason and (requested == "auto") == chosen.reason.startswith("auto")
 
 
+@pytest.mark.parametrize(
+    ("card", "bf16"), [(T4, False), (V100, False), (A10G, True), (L4, True), (A100, True), (H100, True)]
+)
+def test_bf16_is_decided_by_compute_capability(card: tuple[int, int], bf16: bool) -> None:
+    assert has_bf16(card) is bf16
+
+
 def test_impossible_requests_fail_up_front() -> None:
-    with pytest.raises(ConfigError, match="this GPU has no bf16"):
-        precision_for("cuda", "lora", False, "bf16")
+    with pytest.raises(ConfigError, match=r"this GPU \(compute capability 7.5\) has no bf16 units"):
+        precision_for("cuda", "lora", T4, "bf16")
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
-        precision_for("cpu", "lora", False, "fp16")
+        precision_for("cpu", "lora", None, "fp16")
+
+
+def test_on_a_simulated_t4_auto_is_fp16_and_bf16_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """What resolve_precision asks of the card: its capability, never torch's is_bf16_supported (True on a T4)."""
+    import torch
+
+    monkeypatch.setattr(precision_module, "cuda_capability", lambda: T4)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what torch says on a real T4
+    assert precision_module.resolve_precision("cuda", "lora", "auto", tmp_path).name == "fp16"
+    with pytest.raises(ConfigError, match="compute capability 7.5"):
+        precision_module.resolve_precision("cuda", "lora", "bf16", tmp_path)
+    monkeypatch.setattr(precision_module, "cuda_capability", lambda: H100)
+    assert precision_module.resolve_precision("cuda", "lora", "auto", tmp_path).name == "bf16"
 
 
 def test_the_trainer_settings_on_a_t4() -> None:
-    t4 = precision_for("cuda", "lora", bf16_supported=False)
+    t4 = precision_for("cuda", "lora", T4)
     settings = sft.sft_settings(TrainConfig(), "cuda", "/tmp/x", precision=t4)
     assert (settings["bf16"], settings["fp16"]) == (False, True)
 

@@ -142,3 +142,40 @@ def test_flash_varlen_gets_the_packed_rows_in_its_layout(tiny_model_dir: Path, m
     head_dim = flash.config.hidden_size // flash.config.num_attention_heads
     assert call["softmax_scale"] == pytest.approx(head_dim**-0.5)
     torch.testing.assert_close(ours.float(), theirs.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_q_k_v_reach_the_kernels_in_one_dtype() -> None:
+    """Under autocast PEFT's upcast norms hand q and k over in fp32 beside a 16-bit v: the kernels get the
+    autocast dtype, as transformers casts for its own; without autocast, the widest."""
+    from smoltune.train.segment_kernels import attention_dtype
+
+    fp32, bf16 = torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attention_dtype(fp32, fp32, bf16) == torch.bfloat16
+        assert attention_dtype(bf16, bf16, bf16) == torch.bfloat16
+    assert attention_dtype(fp32, fp32, fp32) == torch.float32
+    assert attention_dtype(fp32, bf16, bf16) == torch.float32
+
+
+def test_flex_gets_one_dtype_under_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in for transformers' flex_attention_forward that refuses mixed dtypes as torch's flex_attention does
+    ("Expected query, key, and value to have the same dtype"); flex_rows must never trip it."""
+    import transformers.integrations.flex_attention as flex_module
+
+    from smoltune.train import segment_kernels
+
+    seen = []
+
+    def flex_attention_forward(module, query, key, value, mask, scaling):  # noqa: ANN001, ANN202
+        if not query.dtype == key.dtype == value.dtype:
+            raise ValueError("Expected query, key, and value to have the same dtype")
+        seen.append(query.dtype)
+        return query.transpose(1, 2), None
+
+    monkeypatch.setattr(flex_module, "flex_attention_forward", flex_attention_forward)
+    monkeypatch.setattr(segment_kernels.DOCUMENT_MASKS, "for_rows", lambda boundaries, length: None)
+    q = k = torch.randn(1, 2, 6, 8)
+    v = torch.randn(1, 2, 6, 8, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = segment_kernels.flex_rows(None, q, k, v, torch.tensor([0, 2, 6]), 0.35)
+    assert seen == [torch.bfloat16] and out.dtype == torch.float32

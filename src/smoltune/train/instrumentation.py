@@ -63,11 +63,13 @@ class PeakMemory:
 
 
 class StepLog(TrainerCallback):
-    """Collects one record per logged optimizer step: loss, learning rate, grad norm, real tokens so far."""
+    """Collects one record per logged optimizer step: loss, learning rate, grad norm, real tokens so far; and
+    stops a run that diverged (`FiniteGuard`). `loss_scaling`: the run trains in fp16 with a loss scaler."""
 
-    def __init__(self, on_step: Any = None) -> None:
+    def __init__(self, on_step: Any = None, loss_scaling: bool = False) -> None:
         self.steps: list[dict[str, float]] = []
         self.on_step = on_step
+        self.guard = FiniteGuard(loss_scaling)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
         if not logs or "loss" not in logs:
@@ -82,16 +84,42 @@ class StepLog(TrainerCallback):
         self.steps.append(record)
         if self.on_step is not None:
             self.on_step(record, state.max_steps)
-        check_finite(record)
+        self.guard.check(record, grad_norm_logged="grad_norm" in logs)
 
 
-def check_finite(record: dict[str, float]) -> None:
-    """A NaN or infinite loss (or gradient) never recovers: stop at once with the step and what to try, instead
-    of spending the remaining steps on a model that is already ruined. (A NaN gradient norm alone is not
-    checked: it is also what an untracked norm is recorded as.)"""
-    if not math.isfinite(record["loss"]) or math.isinf(record["grad_norm"]):
-        raise TrainingError(
-            f"training loss became {record['loss']} (gradient norm {record['grad_norm']}) at step {record['step']}; "
-            "lower train.learning_rate "
-            "(or raise train.warmup_steps), and check that rows keep answer tokens within train.max_seq_length"
-        )
+# Under fp16 loss scaling a step whose gradients overflow is skipped by the scaler, which halves its scale and
+# goes on: routine early in training. Only a run of them means the gradients overflow at any scale (after ten
+# the scale has fallen 1024x).
+MAX_SKIPPED_IN_A_ROW = 10
+
+
+class FiniteGuard:
+    """A NaN or infinite loss never recovers: stop at once with the step and what to try, instead of spending
+    the remaining steps on a model that is already ruined. An infinite gradient norm stops the run too, except
+    under fp16 loss scaling, where a non-finite norm is the skipped step it is, unless MAX_SKIPPED_IN_A_ROW come
+    in a row. (Outside fp16 a NaN norm alone is not checked: it is also what an untracked norm is recorded as.)"""
+
+    def __init__(self, loss_scaling: bool = False) -> None:
+        self.loss_scaling = loss_scaling
+        self.skipped_in_a_row = 0
+
+    def check(self, record: dict[str, float], grad_norm_logged: bool = True) -> None:
+        norm = record["grad_norm"]
+        if not math.isfinite(record["loss"]):
+            raise _diverged(record, "")
+        if not self.loss_scaling:
+            if math.isinf(norm):
+                raise _diverged(record, "")
+            return
+        overflow = grad_norm_logged and not math.isfinite(norm)
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if overflow else 0
+        if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise _diverged(record, f"{self.skipped_in_a_row} fp16 steps in a row overflowed and were skipped; ")
+
+
+def _diverged(record: dict[str, float], why: str) -> TrainingError:
+    return TrainingError(
+        f"{why}training loss became {record['loss']} (gradient norm {record['grad_norm']}) at step {record['step']}; "
+        "lower train.learning_rate (or raise train.warmup_steps), and check that rows keep answer tokens within "
+        "train.max_seq_length" + ("; or train in bf16 or fp32 (train.precision)" if why else "")
+    )

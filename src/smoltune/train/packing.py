@@ -30,6 +30,9 @@ SEGMENT_ATTENTION = "smoltune_segments"  # the per-row kernel's name
 # The other kernels' names. Not "flash"/"flex": transformers treats a name containing those as its own kernels.
 ATTENTION_NAMES = {"rows": SEGMENT_ATTENTION, "flex": "smoltune_segments_doc_mask", "flash": "smoltune_segments_varlen"}
 ROW_EDGES = "smoltune_row_edges"  # the boundaries as Python ints, handed to every layer's attention call
+# Where some row's next token has a label: found by the collator on the host, so the loss never asks the device
+# (a `nonzero` there has a data-dependent size: on a GPU it waits for the device once per forward).
+LABELLED_POSITIONS = "smoltune_labelled_positions"
 
 
 def segment_boundaries(position_ids: torch.Tensor) -> torch.Tensor:
@@ -131,11 +134,15 @@ class BoundaryCollator:
     the batch is still on the host: the Trainer then moves `cu_seq_lens_q` to the device with the rest, and no
     kernel waits for a device-to-host read."""
 
-    def __init__(self, collate: Any) -> None:
+    def __init__(self, collate: Any, labelled_positions: bool = False) -> None:
         self.collate = collate
+        self.labelled_positions = labelled_positions  # for `labelled_token_loss`, also found on the host
 
     def __call__(self, rows: list[dict]) -> dict[str, Any]:
-        return with_segment_boundaries(self.collate(rows))
+        batch = with_segment_boundaries(self.collate(rows))
+        if self.labelled_positions:
+            batch[LABELLED_POSITIONS] = labelled_positions(batch["labels"])
+        return batch
 
 
 def backbone_and_head(model: Any) -> tuple[Any, Any]:
@@ -143,6 +150,11 @@ def backbone_and_head(model: Any) -> tuple[Any, Any]:
     live inside the decoder's modules, so calling the decoder directly still trains them)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), base.get_output_embeddings()
+
+
+def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions whose next token has a label in some row of the batch."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().reshape(-1)
 
 
 def labelled_token_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
@@ -156,9 +168,11 @@ def labelled_token_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: 
     union over its rows, where a row's unlabelled positions are ignored."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
+    keep = inputs.pop(LABELLED_POSITIONS, None)
+    if keep is None:  # a batch from another collator: found here (on a GPU, one wait for the device)
+        keep = labelled_positions(labels)
     targets = labels[:, 1:]
     labelled = targets != IGNORE_INDEX
-    keep = labelled.any(dim=0).nonzero().reshape(-1)
     logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
     # Unlabelled targets among the kept positions (kept for another row of a padded batch) are ignored rather
     # than masked out: a boolean index has a data-dependent size, which on a GPU waits for the device.

@@ -2,14 +2,15 @@
 
     python -m smoltune.train.precision MODEL_DIR      # what `auto` picks on this machine, with its figures
 
-`auto` on CUDA follows the card: bf16 where `torch.cuda.is_bf16_supported()` (A100, H100, H200), else fp16
-with loss scaling (the seed's Colab T4, V100; transformers refuses bf16 there). `auto` on a CPU measures:
-CPUs differ by 7x in bf16 matmul speed (native AMX or AVX512-BF16 units vs emulation on AVX2-only parts), so
-a constant is wrong on some machine. It times matmuls at the model's own shapes in fp32 and bf16 (about a
-second, once per machine: cached under $SMOLTUNE_HOME by CPU, flags, torch version, threads and shapes) and
-picks bf16 only when it beats fp32 by BF16_MARGIN, because the rest of a step (casts, norms, optimizer) does not
-speed up. fp16 is never picked on a CPU: no CPU this project has met has fast fp16 matmuls, and transformers'
-fp16 loss scaling needs CUDA.
+`auto` on CUDA follows the card: bf16 at compute capability 8.0 or newer (A100, A10G, L4, H100, H200), else fp16
+with loss scaling (the seed's Colab T4, V100), by `smoltune.machine.has_bf16` (not
+`torch.cuda.is_bf16_supported()`, which counts emulation and says yes on a T4); a forced bf16 there is refused.
+`auto` on a CPU measures: CPUs differ by 7x in bf16 matmul speed (native AMX or AVX512-BF16 units vs emulation on
+AVX2-only parts), so a constant is wrong on some machine. It times matmuls at the model's own shapes in fp32 and
+bf16 (about a second, once per machine: cached under $SMOLTUNE_HOME by CPU, flags, torch version, threads and
+shapes) and picks bf16 only when it beats fp32 by BF16_MARGIN, because the rest of a step (casts, norms, optimizer)
+does not speed up. fp16 is never picked on a CPU: no CPU this project has met has fast fp16 matmuls, and
+transformers' fp16 loss scaling needs CUDA.
 
 Whatever the precision, LoRA keeps the frozen base weights in it (no per-step casts) while the adapter weights,
 their gradients and the optimizer state stay fp32 (PEFT upcasts adapters); full fine-tuning keeps fp32 master
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from smoltune.errors import ConfigError
+from smoltune.machine import card_name, cuda_capability, has_bf16
 
 Name = Literal["fp32", "bf16", "fp16"]
 DTYPES: dict[str, Literal["float32", "bfloat16", "float16"]] = {
@@ -59,23 +61,31 @@ FP32 = Precision("fp32", "float32", False, False, "fp32")
 def precision_for(
     device: str,
     mode: str,
-    bf16_supported: bool,
+    capability: tuple[int, int] | None,
     requested: str = "auto",
     gflops: dict[str, float] | None = None,
 ) -> Precision:
     """The precision for training `mode` ('lora' or 'full') on `device`. Pure: every device is testable here.
-    `bf16_supported` is the card's capability (CUDA only); `gflops` the CPU's measured matmul rates."""
+    `capability` is the card's compute capability (CUDA only); `gflops` the CPU's measured matmul rates."""
     gflops = gflops or {}
+    bf16_supported = capability is not None and has_bf16(capability)
     if requested != "auto":
         if device == "cuda" and requested == "bf16" and not bf16_supported:
-            raise ConfigError(["train.precision=bf16: this GPU has no bf16 (T4, V100); use fp16 or auto"])
+            card = card_name(capability) if capability else "unknown card"
+            raise ConfigError(
+                [
+                    f"train.precision=bf16: this GPU ({card}) has no bf16 units, which need 8.0 or newer "
+                    "(A100, A10G, L4, H100); use fp16 (loss scaling) or auto"
+                ]
+            )
         if device != "cuda" and requested == "fp16":
             raise ConfigError(["train.precision=fp16 needs a CUDA GPU (loss scaling); on a CPU use auto, bf16 or fp32"])
         return _build(requested, mode, "set by train.precision", gflops)
     if device == "cuda":
         if bf16_supported:
             return _build("bf16", mode, "auto on CUDA with bf16", gflops)
-        return _build("fp16", mode, "auto on CUDA without bf16 (T4/V100): fp16 with loss scaling", gflops)
+        card = card_name(capability) if capability else "unknown card"
+        return _build("fp16", mode, f"auto on CUDA without bf16 ({card}): fp16 with loss scaling", gflops)
     fp32, bf16 = gflops.get("fp32"), gflops.get("bf16")
     if fp32 and bf16 and bf16 >= BF16_MARGIN * fp32:
         return _build("bf16", mode, f"auto on CPU: bf16 matmuls {bf16 / fp32:.1f}x fp32 here", gflops)
@@ -160,12 +170,11 @@ def cpu_matmul_gflops(model_path: str | Path) -> dict[str, float]:
 
 def resolve_precision(device: str, mode: str, requested: str, model_path: str | Path) -> Precision:
     """`train.precision` resolved on this device (measuring the CPU when `auto` needs to)."""
-    import torch
 
     if device == "cuda":
-        return precision_for(device, mode, torch.cuda.is_bf16_supported(), requested)
+        return precision_for(device, mode, cuda_capability(), requested)
     gflops = cpu_matmul_gflops(model_path) if requested == "auto" else {}
-    return precision_for(device, mode, False, requested, gflops)
+    return precision_for(device, mode, None, requested, gflops)
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 
 from smoltune.errors import ConfigError
+from smoltune.machine import AMPERE, cuda_capability
 
 Kernel = Literal["rows", "flex", "flash"]  # train.speed.segment_kernel without "auto"
 ROWS_ON_CPU = "on the CPU: one attention call per row (flex_attention has no CPU backward, flash-attn is CUDA only)"
@@ -44,10 +45,6 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
-def cuda_capability() -> tuple[int, int]:
-    return torch.cuda.get_device_capability()
-
-
 def kernel_problems(kernel: str, device: str, precision: str) -> list[str]:
     """Why `kernel` cannot train here (empty when it can)."""
     problems = []
@@ -55,7 +52,7 @@ def kernel_problems(kernel: str, device: str, precision: str) -> list[str]:
         problems.append(f"train.speed.segment_kernel={kernel} needs a CUDA GPU; this machine trains on {device}")
     if kernel == "flash" and not installed("flash_attn"):
         problems.append("train.speed.segment_kernel=flash needs the flash-attn package (pip install flash-attn)")
-    if kernel == "flash" and device == "cuda" and (card := cuda_capability()) < (8, 0):
+    if kernel == "flash" and device == "cuda" and (card := cuda_capability()) < AMPERE:
         # FlashAttention-2 is built for Ampere and newer; the seed's T4 (7.5) and a V100 (7.0) have no kernel.
         problems.append(
             f"train.speed.segment_kernel=flash needs an Ampere or newer GPU (compute capability 8.0+); this card "
@@ -84,6 +81,19 @@ def resolve_segment_kernel(requested: str, device: str, precision: str) -> tuple
     return "rows", f"auto on CUDA: one SDPA call per row ({why}; flex is asked for by name, see the module's doc)"
 
 
+def attention_dtype(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.dtype:
+    """The one dtype a kernel gets q, k and v in. Under autocast they can differ (PEFT upcasts norms, so q and k
+    may arrive fp32 beside a 16-bit v), which flex_attention refuses and flash-attn cannot take: the autocast
+    dtype then, as transformers casts for its own kernels; without autocast the widest of the three."""
+    dtypes = {query.dtype, key.dtype, value.dtype}
+    device = query.device.type
+    if torch.is_autocast_enabled(device) and (len(dtypes) > 1 or torch.float32 in dtypes):
+        return torch.get_autocast_dtype(device)
+    if len(dtypes) == 1:
+        return query.dtype
+    return torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
+
+
 def flash_rows(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -97,9 +107,9 @@ def flash_rows(
     Inputs that arrive in fp32 (norms upcast by PEFT) are cast to the autocast dtype, as transformers does."""
     from flash_attn import flash_attn_varlen_func
 
-    dtype = query.dtype
-    if dtype == torch.float32:
-        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
+    dtype = attention_dtype(query, key, value)
+    if dtype == torch.float32:  # flash-attn computes in 16 bits only
+        dtype = torch.bfloat16
     q, k, v = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))  # (T, heads, d): flash's layout
     out = flash_attn_varlen_func(
         q,
@@ -155,5 +165,7 @@ def flex_rows(
     from transformers.integrations.flex_attention import flex_attention_forward
 
     mask = DOCUMENT_MASKS.for_rows(boundaries, query.shape[2])
-    out, _ = flex_attention_forward(module, query, key, value, mask, scaling=scale)
-    return out
+    dtype = attention_dtype(query, key, value)
+    q, k, v = (t.to(dtype) for t in (query, key, value))
+    out, _ = flex_attention_forward(module, q, k, v, mask, scaling=scale)
+    return out.to(query.dtype)

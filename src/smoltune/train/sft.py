@@ -106,7 +106,7 @@ class FastLoss:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
         from transformers import Trainer
 
-        from smoltune.train.packing import labelled_token_loss
+        from smoltune.train.packing import LABELLED_POSITIONS, labelled_token_loss
 
         if self.fast_path.labelled_logits_only and not return_outputs:
             loss = labelled_token_loss(model, inputs, num_items_in_batch)
@@ -115,6 +115,7 @@ class FastLoss:
                 # back by the rank count, as Trainer.compute_loss does for a model's own loss.
                 loss = loss * self.accelerator.num_processes
             return loss
+        inputs = {k: v for k, v in inputs.items() if k != LABELLED_POSITIONS}  # for labelled_token_loss only
         return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
 
@@ -155,4 +156,5 @@ def data_collator(tokenizer: Any, fast: FastPath) -> Any:
 
     from smoltune.train.packing import BoundaryCollator
 
-    return BoundaryCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True))
+    collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+    return BoundaryCollator(collate, labelled_positions=fast.labelled_logits_only)

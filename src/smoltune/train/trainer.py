@@ -305,7 +305,7 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
     setup = set_up(spec, work_dir)
     resume = latest_complete_checkpoint(work_dir / "checkpoints")
     earlier = logged_steps(resume) if resume else []
-    step_log = StepLog(on_step)
+    step_log = StepLog(on_step, loss_scaling=setup.precision.fp16)
     trainer = build_trainer(setup, SFTConfig(**setup.settings), Dataset.from_list(setup.rows), step_log)
     with PeakMemory(cuda=setup.device == "cuda") as peak:
         started_at, started = datetime.now(UTC).isoformat(timespec="milliseconds"), time.perf_counter()
