@@ -39,29 +39,26 @@ def model_folder(choice: str) -> tuple[str, str]:
         return str(target), "SmolLM2-135M shapes and tokenizer, random weights"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--model", default="auto")
-    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE overrides of configs/default.yaml")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+def run_job(name: str, model_choice: str, overrides: list[str], out: Path) -> dict:
+    """Train (in its own process, as the pipeline does) and evaluate one job; its record."""
+    import sys
+
     from smoltune.config import load_config
-    from smoltune.data.stage import prepare_dataset
+    from smoltune.data.stage import load_rows, prepare_dataset
     from smoltune.evaluate.stage import evaluate_tuned
     from smoltune.files import write_jsonl
+    from smoltune.train.runner import train_in_subprocess
     from smoltune.train.spec import TrainSpec
-    from smoltune.train.trainer import train
 
-    config = load_config(ROOT / "configs" / "default.yaml", args.set)
-    work = Path(args.out) / args.name
+    config = load_config(ROOT / "configs" / "default.yaml", overrides)
+    work = out / name
     work.mkdir(parents=True, exist_ok=True)
-    model, what = model_folder(args.model)
-    from smoltune.data.stage import load_rows
-
-    raw = write_jsonl(work / "raw.jsonl", load_rows(config.data))
-    prepared = prepare_dataset(raw, config.data, work)
-    trained = train(TrainSpec(model, prepared.train_file, str(work / "train"), config.train.model_dump(mode="json")))
+    model, what = model_folder(model_choice)
+    prepared = prepare_dataset(write_jsonl(work / "raw.jsonl", load_rows(config.data)), config.data, work)
+    # Training in a child process: Unsloth (the CUDA backend) patches transformers' Llama classes process-wide,
+    # and the evaluation below needs them as transformers made them (its prefix cache is a DynamicCache).
+    spec = TrainSpec(model, prepared.train_file, str(work / "train"), config.train.model_dump(mode="json"))
+    trained = train_in_subprocess(spec)
     started = time.perf_counter()
     figures, _, _ = evaluate_tuned(
         model,
@@ -73,19 +70,31 @@ def main() -> None:
         config.train.max_seq_length,
         precision=trained.precision,
     )
-    record = {
-        "name": args.name,
+    return {
+        "name": name,
         "model": what,
-        "overrides": args.set,
+        "overrides": overrides,
         "train": {k: v for k, v in trained.to_dict().items() if k not in ("step_log", "settings")},
         "precision_reason": trained.settings["precision"],
         "segment_kernel": trained.settings["fast_path"]["segment_kernel"],  # packed rows' attention (hf backend)
         "segment_kernel_reason": trained.settings["segment_kernel"],
         "evaluate_seconds": round(time.perf_counter() - started, 2),
+        "evaluated_beside_unsloth": "unsloth" in sys.modules,
         "eval": figures.model_dump(),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--model", default="auto")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE overrides of configs/default.yaml")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    record = run_job(args.name, args.model, args.set, Path(args.out))
     (Path(args.out) / f"job-{args.name}.json").write_text(json.dumps(record, indent=2))
-    print(json.dumps({k: record[k] for k in ("name", "evaluate_seconds")} | {"train_s": trained.train_seconds}))
+    summary = {"name": args.name, "evaluate_seconds": record["evaluate_seconds"]}
+    print(json.dumps(summary | {"train_s": record["train"]["train_seconds"]}))
 
 
 if __name__ == "__main__":

@@ -185,3 +185,27 @@ def test_gpu_check_dry_run_lists_the_plan_and_names_missing_wheels(
     next(tmp_path.glob("1/unsloth-*.whl")).unlink()
     with pytest.raises(SystemExit, match="lacks unsloth"):
         gpu_check.main()
+
+
+@pytest.mark.slow
+def test_gpu_job_evaluates_in_a_process_unsloth_never_patched(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Unsloth (the CUDA backend) patches transformers' Llama classes process-wide: the GPU job trains in its own
+    process, as the pipeline does, so its evaluation runs on unpatched classes (here with Unsloth on the CPU)."""
+    overrides = [
+        "train.backend=unsloth",
+        "train.max_steps=2",
+        "train.warmup_steps=1",
+        "train.max_seq_length=256",
+        "data.num_samples=12",
+        "data.eval_samples=4",
+        "eval.max_new_tokens=3",
+        "eval.answer_max_new_tokens=3",
+    ]
+    command = [sys.executable, str(BENCH / "gpu_job.py"), "--name", "t", "--model", str(tiny_model_dir)]
+    command += [*(f"--set={o}" for o in overrides), "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "job-t.json").read_text())
+    assert record["train"]["backend"] == "unsloth" and record["train"]["steps"] == 2
+    assert record["evaluated_beside_unsloth"] is False
+    assert record["eval"]["eval_rows"] == 4
