@@ -209,3 +209,15 @@ def test_gpu_job_evaluates_in_a_process_unsloth_never_patched(tiny_model_dir: Pa
     assert record["train"]["backend"] == "unsloth" and record["train"]["steps"] == 2
     assert record["evaluated_beside_unsloth"] is False
     assert record["eval"]["eval_rows"] == 4
+
+
+def test_the_matmul_peak_skips_sizes_that_would_outlast_its_budget() -> None:
+    """An emulated precision (bf16 on an AVX2-only CPU: a few GFLOP/s) times only the sizes that fit its budget."""
+    import matmul_peak
+
+    fast_run, fast_skipped = matmul_peak.sizes_within(200.0, (1024, 2048, 3072), budget_s=30)
+    assert fast_run == [1024, 2048, 3072] and fast_skipped == {}
+    slow_run, slow_skipped = matmul_peak.sizes_within(5.0, (1024, 2048, 3072), budget_s=30)
+    assert slow_run == [1024] and set(slow_skipped) == {2048, 3072}
+    assert slow_skipped[3072] > 30  # said, with the time it would have taken
+    assert matmul_peak.sizes_within(0.5, (1024,), budget_s=30) == ([], {1024: pytest.approx(77.3, abs=0.1)})
