@@ -17,7 +17,7 @@ from smoltune.config import (
 )
 
 CONFIGS = Path("configs")
-PIPELINE_CONFIGS = ["default.yaml", "smoke.yaml"]
+PIPELINE_CONFIGS = ["default.yaml", "smoke.yaml", "t4.yaml"]
 
 
 def test_defaults_are_the_seed_job() -> None:
