@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "unsloth")
+VERSIONS_ONLY = ("typing_extensions", "pydantic", "bitsandbytes", "triton", "flash_attn")
 
 
 def import_seconds(name: str) -> float | str:
@@ -58,7 +59,7 @@ def main() -> None:
 
     probe = {
         "python": sys.version.split()[0],
-        "versions": {name: version(name) for name in LIBRARIES},
+        "versions": {name: version(name) for name in (*LIBRARIES, *VERSIONS_ONLY)},
         "cuda": torch.version.cuda,
         "card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "import_seconds": {name: import_seconds(name) for name in LIBRARIES[1:]},

@@ -186,7 +186,7 @@ def test_gpu_check_dry_run_lists_the_plan_and_checks_the_one_carry(
     monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--dry"])
     gpu_check.main()
     printed = capsys.readouterr().out
-    for step in ("versions, card", "5 steps, unsloth", "gpu tests", "seed job, forced fp16", "LoRA r=256", "bench"):
+    for step in ("versions, card", "5 steps, unsloth", "gpu tests", "seed job, forced fp16", "flex attention", "bench"):
         assert step in printed
     assert "train.precision=fp16" in printed and f"all {len(gpu_check.NEEDED)} wheels" in printed
     assert "segment_kernel=rows" in printed and "segment_kernel=flex" in printed

@@ -23,11 +23,13 @@ def test_a_nan_loss_stops_every_run(loss_scaling: bool) -> None:
         FiniteGuard(loss_scaling).check(step(3, loss=NAN))
 
 
-def test_without_loss_scaling_an_infinite_norm_stops_the_run() -> None:
+def test_without_loss_scaling_a_non_finite_norm_stops_the_run() -> None:
     guard = FiniteGuard(loss_scaling=False)
-    guard.check(step(1, grad_norm=NAN))  # an untracked norm is recorded as NaN
+    guard.check(step(1, grad_norm=NAN), grad_norm_logged=False)  # an untracked norm is recorded as NaN
     with pytest.raises(TrainingError, match="gradient norm inf"):
         guard.check(step(2, grad_norm=INF))
+    with pytest.raises(TrainingError, match="gradient norm nan"):
+        FiniteGuard(loss_scaling=False).check(step(3, grad_norm=NAN))
 
 
 def test_under_fp16_an_overflow_is_a_skipped_step() -> None:

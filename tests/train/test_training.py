@@ -99,6 +99,19 @@ def test_auto_backend_follows_the_device() -> None:
         resolve_backend("unsloth", "cuda", processes=2)
 
 
+def test_fp32_on_a_gpu_is_the_hf_backends() -> None:
+    """Unsloth turns bf16 autocast on when neither bf16 nor fp16 is set: an fp32 run recorded as fp32 must not
+    train in bf16."""
+    from smoltune.errors import ConfigError
+    from smoltune.train.trainer import resolve_backend
+
+    assert resolve_backend("auto", "cuda", precision="fp32")[0] == "hf"
+    assert resolve_backend("auto", "cuda", precision="fp16")[0] == "unsloth"
+    assert resolve_backend("unsloth", "cpu", precision="fp32")[0] == "unsloth"  # on a CPU it trains as told
+    with pytest.raises(ConfigError, match="Unsloth trains in 16 bits there"):
+        resolve_backend("unsloth", "cuda", precision="fp32")
+
+
 def test_trainable_parameters_match_the_lora_formula(trained: TrainResult) -> None:
     # hidden 64, intermediate 128, 4 heads x 16 = 64 for q/o, 2 kv heads x 16 = 32 for k/v; r = 16
     r, h, i, kv = 16, 64, 128, 32

@@ -97,7 +97,7 @@ class FiniteGuard:
     """A NaN or infinite loss never recovers: stop at once with the step and what to try, instead of spending
     the remaining steps on a model that is already ruined. An infinite gradient norm stops the run too, except
     under fp16 loss scaling, where a non-finite norm is the skipped step it is, unless MAX_SKIPPED_IN_A_ROW come
-    in a row. (Outside fp16 a NaN norm alone is not checked: it is also what an untracked norm is recorded as.)"""
+    in a row. A NaN norm counts only when the trainer logged one (an untracked norm is recorded as NaN too)."""
 
     def __init__(self, loss_scaling: bool = False) -> None:
         self.loss_scaling = loss_scaling
@@ -108,7 +108,7 @@ class FiniteGuard:
         if not math.isfinite(record["loss"]):
             raise _diverged(record, "")
         if not self.loss_scaling:
-            if math.isinf(norm):
+            if math.isinf(norm) or (grad_norm_logged and math.isnan(norm)):
                 raise _diverged(record, "")
             return
         overflow = grad_norm_logged and not math.isfinite(norm)

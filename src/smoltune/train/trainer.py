@@ -34,6 +34,10 @@ from smoltune.train.spec import RESULT_FILE, TrainSpec, finished_result
 # with the same per-step losses (`make bench`; figures and machines in docs/benchmarks.md, "Backend choice"),
 # and Unsloth's import patches trl process-wide; so auto picks hf on the CPU.
 CPU_AUTO_BACKEND = "hf"
+UNSLOTH_FP32 = (
+    "train.backend=unsloth with train.precision=fp32 on a GPU: Unsloth trains in 16 bits there; use "
+    "train.backend=hf (or auto) for fp32, or train.precision=auto"
+)
 CPU_AUTO_REASON = (
     "auto on CPU: hf with its fast path, faster than Unsloth's CPU path (`make bench`, docs/benchmarks.md)"
 )
@@ -52,14 +56,21 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def resolve_backend(requested: str, device: str, processes: int = 1) -> tuple[str, str]:
-    """(backend, reason) for `train.backend`; data-parallel training (torchrun) runs the hf backend."""
+def resolve_backend(requested: str, device: str, processes: int = 1, precision: str = "bf16") -> tuple[str, str]:
+    """(backend, reason) for `train.backend`; data-parallel training (torchrun) runs the hf backend. On CUDA
+    Unsloth trains in 16 bits whatever it is told (its trainer turns bf16 autocast on when neither bf16 nor
+    fp16 is set), so an fp32 training there is the hf backend's."""
     if processes > 1:
         if requested == "unsloth":
             raise ConfigError([UNSLOTH_ONE_PROCESS])
         return "hf", f"{processes} data-parallel processes: hf (torchrun + DistributedDataParallel)"
+    unsloth_16_bit = device == "cuda" and precision == "fp32"
+    if requested == "unsloth" and unsloth_16_bit:
+        raise ConfigError([UNSLOTH_FP32])
     if requested != "auto":
         return requested, "set by train.backend"
+    if unsloth_16_bit:
+        return "hf", "auto on CUDA in fp32: hf (Unsloth trains in 16 bits on a GPU)"
     if device == "cuda":
         return "unsloth", "auto on CUDA: Unsloth's kernels"
     return CPU_AUTO_BACKEND, CPU_AUTO_REASON
@@ -190,11 +201,11 @@ def set_up(spec: TrainSpec, work_dir: Path) -> Setup:
     device = pick_device()
     check_quantisation(spec, config.mode, device)
     rank = join(device)
-    backend, reason = resolve_backend(config.backend, device, rank.world)
-    fast = FastPath.for_run(config, backend)
     # Measured once, by rank 0: every rank must train in the same precision.
     measured = resolve_precision(device, config.mode, config.precision, spec.model_path) if rank.is_main else None
     precision = from_rank_zero(measured, rank)
+    backend, reason = resolve_backend(config.backend, device, rank.world, precision.name)
+    fast = FastPath.for_run(config, backend)
     fast, kernel_reason = with_kernel(fast, config, device, precision)
     torch.manual_seed(config.seed)
     model, tokenizer = load_for_training(backend, spec, config, device, fast, precision)
