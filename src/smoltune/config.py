@@ -267,6 +267,78 @@ class OutputConfig(_Section):
         return self.registry or str(Path(self.runs_dir) / "registry.json")
 
 
+# TRL's DPOConfig.loss_type values (trl 1.15); any of them passes through to DPOTrainer.
+DPO_LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
+PAIR_SHAPES = ("standard", "conversational", "implicit_prompt", "alpaca")
+
+
+class PreferenceConfig(_Section):
+    """Preference tuning (DPO) after SFT: the SFT adapter trained further on (prompt, chosen, rejected) pairs."""
+
+    source: str = Field(
+        "embedded",
+        description="'embedded': pairs built from the built-in checkable questions (chosen: the reference answer; "
+        "rejected: the SFT model's own wrong greedy answer, else a plausible wrong one); or a local "
+        ".json/.jsonl/.csv/.parquet file, an http(s) URL of one, or a hub dataset id of preference pairs.",
+    )
+    shape: Literal["auto", "standard", "conversational", "implicit_prompt", "alpaca"] = Field(
+        "auto",
+        description="Rows' shape: 'standard' (prompt/chosen/rejected text), 'conversational' (chosen/rejected "
+        "message lists, as UltraFeedback binarized), 'implicit_prompt' (full chosen/rejected texts sharing a "
+        "prefix, as Anthropic HH), 'alpaca' (instruction/input with chosen/rejected outputs); 'auto' detects it.",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Your column names mapped to ours, e.g. {question: prompt, good: chosen}."
+    )
+    revision: str | None = Field(None, description="Hub dataset revision (branch, tag or commit).")
+    subset: str | None = Field(None, description="Hub dataset configuration name.")
+    split: str = Field("train", description="Hub dataset split to read.")
+    sha256: str | None = Field(None, description="Expected sha256 of a file or URL source; a mismatch stops the run.")
+    max_download_mb: float = Field(512, gt=0, description="A URL source larger than this is refused.")
+    download_timeout_s: float = Field(600, gt=0, description="Overall deadline of a URL download, retries included.")
+    num_pairs: int = Field(64, ge=1, description="Training pairs, sampled deterministically by `seed`.")
+    eval_pairs: int = Field(32, ge=1, description="Held-out pairs for reward accuracy; never trained on.")
+    min_pairs: int = Field(8, ge=1, description="The gate stops a run with fewer pairs than this.")
+    generation_max_new_tokens: int = Field(
+        24, ge=1, description="Greedy answer length when the SFT model answers the built-in questions (on-policy)."
+    )
+    seed: int = Field(3407, description="Seed for sampling pairs, the held-out split and training order.")
+    beta: float = Field(0.1, gt=0, description="DPO's beta: how far the policy may move from the reference.")
+    loss_type: str = Field("sigmoid", description=f"TRL's DPO loss: one of {', '.join(DPO_LOSS_TYPES)}.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    max_steps: int = Field(12, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(2, ge=1, description="Pairs per forward pass (chosen and rejected in one forward).")
+    grad_accum: int = Field(4, ge=1, description="Forward passes per optimizer step.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    max_length: int = Field(512, ge=16, description="Prompt + answer tokens; the gate stops longer pairs.")
+    precompute_reference: bool = Field(
+        True,
+        description="Reference (SFT) log-probs computed once, in their own cached stage, instead of a second "
+        "forward pass every step (the same loss: tests/preference).",
+    )
+    save_steps: int = Field(10, ge=1, description="Checkpoint every this many steps; a rerun resumes from the last.")
+
+    @field_validator("loss_type")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        if value not in DPO_LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {value!r}; TRL's are {', '.join(DPO_LOSS_TYPES)}")
+        return value
+
+    def as_data_config(self) -> DataConfig:
+        """The source fields as a DataConfig: the pairs are downloaded and read by the same code as rows."""
+        return DataConfig(
+            **self.model_dump(
+                include={
+                    "source", "revision", "subset", "split", "sha256", "max_download_mb", "download_timeout_s"
+                }
+            )
+        )  # fmt: skip
+
+
 class PipelineConfig(_Section):
     """The whole job. Every section has working defaults: `PipelineConfig()` is the seed job."""
 
@@ -277,6 +349,11 @@ class PipelineConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    preference: PreferenceConfig | None = Field(
+        None,
+        description="Preference tuning (DPO) after SFT; when set, `smoltune run` runs the preference flow "
+        "(configs/dpo.yaml).",
+    )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -342,7 +419,10 @@ def semantic_problems(config: PipelineConfig) -> list[str]:
         problems.append(f"validation.severity: unknown check(s) {unknown}; known: {list(CHECK_IDS)}")
     if not Path(config.eval.prompts_file).expanduser().is_file():
         problems.append(f"eval.prompts_file: {config.eval.prompts_file} does not exist")
-    for field, source in (("data.source", config.data.source), ("model.source", config.model.source)):
+    sources = [("data.source", config.data.source), ("model.source", config.model.source)]
+    if config.preference is not None:
+        sources.append(("preference.source", config.preference.source))
+    for field, source in sources:
         if missing_path(source):
             problems.append(f"{field}: {source} does not exist (relative paths are taken from {Path.cwd()})")
     return problems
@@ -388,6 +468,8 @@ def with_absolute_paths(config: PipelineConfig) -> PipelineConfig:
     data["model"]["source"] = local(config.model.source)
     data["data"]["source"] = local(config.data.source)
     data["eval"]["prompts_file"] = _absolute(config.eval.prompts_file)
+    if data.get("preference"):
+        data["preference"]["source"] = local(config.preference.source)  # type: ignore[union-attr]
     output = data["output"]
     output.update(runs_dir=_absolute(output["runs_dir"]), cache_dir=_absolute(output["cache_dir"]))
     output["registry"] = _absolute(output["registry"])

@@ -191,3 +191,78 @@ class PromotionDecision(_Record):
     not_compared: list[str] = Field(
         default_factory=list, description="Entries for the same model and data not compared, and why."
     )
+
+
+class PreferencePairs(StageRecord):
+    """The fetched preference pairs, normalised to instruction / input / chosen / rejected (+ source row)."""
+
+    source: str = Field(description="preference.source as configured (URL credentials removed).")
+    shape: str = Field(description="The rows' shape as detected (or set): standard, conversational, ...")
+    pairs_file: str = Field(description="The normalised pairs as JSON Lines.")
+    sha256: str = Field(description="Content hash of pairs_file.")
+    pairs: int
+    identity: str = Field(description="What identified the pairs: file hash, URL content, hub commit, SFT run.")
+    on_policy: int = Field(0, description="Built-in pairs whose rejected answer is the SFT model's own wrong one.")
+    note: str | None = None
+
+    def outputs(self) -> list[str]:
+        return [self.pairs_file]
+
+
+class PreferencePrepared(StageRecord):
+    validated_key: str = Field("", description="Key of the pair gate that passed these pairs.")
+    train_file: str = Field(description="Training pairs: prompt (formatted), chosen, rejected.")
+    eval_file: str = Field(description="Held-out pairs, never trained on.")
+    train_sha256: str
+    eval_sha256: str
+    train_pairs: int
+    eval_pairs: int
+    note: str | None = None
+
+    def outputs(self) -> list[str]:
+        return [self.train_file, self.eval_file]
+
+
+class ReferenceScored(StageRecord):
+    """The reference (SFT) model's log-probabilities of each training pair's chosen and rejected answer."""
+
+    train_file: str = Field(description="The training pairs with ref_chosen_logps / ref_rejected_logps added.")
+    pairs: int
+    precision: str = Field(description="The precision they were computed in (the SFT training's).")
+    seconds: float
+
+    def outputs(self) -> list[str]:
+        return [self.train_file]
+
+
+class PreferenceFigures(_Record):
+    """DPO against its reference (the SFT model) on held-out pairs, and base / SFT / DPO on the SFT held-out rows."""
+
+    eval_pairs: int
+    beta: float
+    reward_accuracy: float = Field(description="Held-out pairs whose chosen answer gains more reward than rejected.")
+    reward_margin: float = Field(description="Mean of beta * (chosen log-ratio - rejected log-ratio).")
+    chosen_logp_change: float = Field(description="Mean change of log p(chosen) from SFT to DPO.")
+    rejected_logp_change: float = Field(description="Mean change of log p(rejected) from SFT to DPO.")
+    eval_loss: dict[str, float] = Field(description="Eval loss on the SFT held-out rows: base, sft, dpo.")
+    accuracy: dict[str, float | None] = Field(description="Checkable accuracy on the SFT held-out rows.")
+    checked_rows: int
+    eval_seconds: float
+
+
+class PreferenceEvaluated(StageRecord):
+    figures: PreferenceFigures
+    heldout_sha256: str = Field(description="The SFT held-out rows these figures were measured on.")
+    generations_file: str = Field(description="Eval prompts answered by base, SFT and DPO.")
+    pairs_file: str = Field(description="Held-out pairs with their log-probabilities under SFT and DPO.")
+
+    def outputs(self) -> list[str]:
+        return [self.generations_file, self.pairs_file]
+
+
+class PreferenceTrained(StageRecord):
+    result: TrainResult
+    sft_key: str = Field(description="The SFT training this preference tuning started from (its reference).")
+
+    def outputs(self) -> list[str]:
+        return [self.result.output_dir]

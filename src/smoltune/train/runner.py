@@ -67,11 +67,11 @@ def train_in_subprocess(
     for node, join in enumerate(join_commands(spec_file, train), start=1):
         _log.warning("training waits for machine %d of %d to join; run there: %s", node + 1, train.nnodes, join)
     with slot if slot is not None else nullcontext():
-        _run_worker(command, work_dir, on_step, launch_env(train, env))
+        run_worker(command, work_dir, on_step, launch_env(train, env))
     return load_result(work_dir)
 
 
-def _run_worker(command: list[str], work_dir: Path, on_step: Callable[[dict], None] | None, env: dict) -> None:
+def run_worker(command: list[str], work_dir: Path, on_step: Callable[[dict], None] | None, env: dict) -> None:
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     reported: list[dict] = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:

@@ -1,0 +1,212 @@
+"""DPO after SFT with TRL's DPOTrainer: the policy starts as the SFT model and the reference *is* the SFT model.
+
+    python -m smoltune.preference.worker WORK_DIR/spec.json     # what the preference stages run, in a process
+
+How the adapters relate: after LoRA SFT the DPO stage trains **the SFT adapter itself, further** (loaded
+trainable; TRL keeps a frozen copy as the reference). The DPO adapter is then one ordinary adapter over the
+hub base, of the SFT adapter's rank: `PeftModel.from_pretrained(base, dpo_adapter)`, `smoltune serve` and
+`smoltune chat` load it as they load any adapter, and at step 0 the policy equals the reference exactly
+(sigmoid loss log 2). Merging SFT into the base and adding a new adapter would give the same reference but an
+adapter that needs the merged model beside it to be used. After full SFT, a new LoRA adapter (train.lora) is
+added over the fully tuned model, and disabling it gives the reference.
+
+Fast path on the CPU (TRL 1.15 already runs chosen and rejected in one forward and projects only answer
+positions through the LM head): with `preference.precompute_reference` the reference log-probs are computed
+once, by TRL's own code, in a stage of their own (phase 'reference', cached), and training reads them from
+the pairs file instead of a second forward every step (`StoredReference`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from smoltune.config import LoraConfig, PreferenceConfig, TrainConfig
+from smoltune.files import atomic_write_json, read_jsonl, write_jsonl
+from smoltune.model import load_model_and_tokenizer, pick_device
+from smoltune.preference.cpu_logprobs import install as install_cpu_logprobs
+from smoltune.preference.spec import REFERENCE_FILE, PreferenceSpec
+from smoltune.records import TrainResult
+from smoltune.train.precision import Precision, precision_for
+from smoltune.train.spec import RESULT_FILE, finished_result
+
+REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def dpo_settings(pref: PreferenceConfig, device: str, output_dir: str, precision: Precision) -> dict[str, Any]:
+    """DPOConfig arguments. TRL's defaults are for a GPU: gradient checkpointing (off: a 135M model does not need
+    it) and bf16 (here the SFT training's precision, measured on a CPU)."""
+    on_cuda = device == "cuda"
+    return {
+        "output_dir": output_dir,
+        "max_steps": pref.max_steps,
+        "per_device_train_batch_size": pref.batch_size,
+        "gradient_accumulation_steps": pref.grad_accum,
+        "learning_rate": pref.learning_rate,
+        "warmup_steps": pref.warmup_steps,
+        "lr_scheduler_type": "linear",
+        "seed": pref.seed,
+        "data_seed": pref.seed,
+        "max_length": pref.max_length,
+        "beta": pref.beta,
+        "loss_type": [pref.loss_type],
+        "precompute_ref_log_probs": pref.precompute_reference,
+        "precompute_ref_batch_size": 8,
+        "optim": "adamw_8bit" if on_cuda else "adamw_torch",
+        "bf16": precision.bf16,
+        "fp16": precision.fp16,
+        "use_cpu": not on_cuda,
+        "gradient_checkpointing": False,
+        "logging_steps": 1,
+        "logging_nan_inf_filter": False,  # a NaN step loss must show (FiniteGuard stops the run)
+        "save_strategy": "steps",
+        "save_steps": pref.save_steps,
+        "save_total_limit": 2,
+        "report_to": "none",
+        "include_num_input_tokens_seen": "non_padding",
+        "dataloader_num_workers": 0,
+        "disable_tqdm": False,
+    }
+
+
+def stored_reference_class() -> type:
+    """DPOTrainer that reads the reference log-probs the pairs file already holds (the cached 'reference'
+    stage's output) instead of computing them again when it is built."""
+    from trl import DPOTrainer
+
+    class StoredReference(DPOTrainer):
+        # TRL's hook for the precomputation; its result is what the pairs already carry.
+        def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+            if set(REFERENCE_COLUMNS) <= set(dataset.column_names):
+                return dataset
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    return StoredReference
+
+
+def spec_precision(spec: PreferenceSpec, device: str) -> Precision:
+    from smoltune.machine import cuda_capability
+
+    capability = cuda_capability() if device == "cuda" else None
+    chosen = precision_for(device, "lora", capability, spec.precision)
+    return replace(chosen, reason=f"the SFT training's precision ({spec.precision}): the reference ran in it")
+
+
+def load_policy(spec: PreferenceSpec, device: str, precision: Precision) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, peft_config): the SFT adapter loaded trainable over the base, or (full SFT) the tuned
+    model with a new adapter config for TRL to add."""
+    from smoltune.train.trainer import peft_lora_config
+
+    if spec.sft_mode == "full":
+        model, tokenizer = load_model_and_tokenizer(
+            spec.sft_output, device, spec.trust_remote_code, None, precision.load_dtype
+        )
+        lora = TrainConfig(lora=LoraConfig.model_validate(spec.lora)) if spec.lora else TrainConfig()
+        return model, tokenizer, peft_lora_config(lora)
+    from peft import PeftModel
+
+    base, tokenizer = load_model_and_tokenizer(spec.model_path, device, spec.trust_remote_code, None, precision.load_dtype)
+    model = PeftModel.from_pretrained(base, spec.sft_output, is_trainable=True, autocast_adapter_dtype=False)
+    return model, tokenizer, None
+
+
+def build_trainer(spec: PreferenceSpec, callbacks: list[Any] | None = None) -> tuple[Any, Precision, str]:
+    """(trainer, precision, device) over the spec's pairs."""
+    import torch
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    pref = PreferenceConfig.model_validate(spec.settings)
+    device = pick_device()
+    precision = spec_precision(spec, device)
+    torch.manual_seed(pref.seed)
+    model, tokenizer, peft_config = load_policy(spec, device, precision)
+    install_cpu_logprobs(device)
+    args = DPOConfig(**dpo_settings(pref, device, str(Path(spec.work_dir) / "checkpoints"), precision))
+    trainer = stored_reference_class()(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(read_jsonl(spec.train_file)),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks or [],
+    )
+    return trainer, precision, device
+
+
+def score_reference(spec: PreferenceSpec) -> Path:
+    """The training pairs with the reference's log-probs added (REFERENCE_FILE in the work folder), computed by
+    DPOTrainer's own precomputation, before any step, so they are the SFT model's."""
+    target = Path(spec.work_dir) / REFERENCE_FILE
+    if target.is_file():
+        return target
+    spec = replace(spec, settings={**spec.settings, "precompute_reference": True})
+    trainer, _, _ = build_trainer(spec)
+    columns = {name: trainer.train_dataset[name] for name in REFERENCE_COLUMNS}
+    pairs = read_jsonl(spec.train_file)
+    return write_jsonl(
+        target, [{**pair, **{k: float(v[i]) for k, v in columns.items()}} for i, pair in enumerate(pairs)]
+    )
+
+
+def train_preference(spec: PreferenceSpec, on_step: Any = None) -> TrainResult:
+    """Train per `spec`, resuming from the last complete checkpoint; a finished folder returns its result."""
+    from smoltune.train.checkpoints import (
+        MarkCompleteCheckpoints,
+        NoFinalCheckpoint,
+        latest_complete_checkpoint,
+        logged_steps,
+    )
+    from smoltune.train.instrumentation import PeakMemory, StepLog
+    from smoltune.train.trainer import count_parameters, save_trained
+
+    work_dir = Path(spec.work_dir)
+    if (finished := finished_result(work_dir)) is not None:
+        return finished
+    resume = latest_complete_checkpoint(work_dir / "checkpoints")
+    earlier = logged_steps(resume) if resume else []
+    step_log = StepLog(on_step, loss_scaling=spec.precision == "fp16")
+    trainer, precision, device = build_trainer(spec, [step_log, MarkCompleteCheckpoints(), NoFinalCheckpoint()])
+    trainable, total = count_parameters(trainer.model)
+    with PeakMemory(cuda=device == "cuda") as peak:
+        started_at, started = datetime.now(UTC).isoformat(timespec="milliseconds"), time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        seconds = time.perf_counter() - started
+    output_dir = save_trained(trainer, trainer.processing_class, "lora", work_dir, spec.base_model_id)
+    history = earlier + step_log.steps
+    tokens = int(trainer.state.num_input_tokens_seen)
+    tokens_this_run = tokens - (earlier[-1]["tokens_seen"] if earlier else 0)
+    settings = dpo_settings(PreferenceConfig.model_validate(spec.settings), device, "", precision)
+    result = TrainResult(
+        backend="hf",
+        backend_reason="TRL DPOTrainer (Unsloth's DPO patch needs a GPU)",
+        mode="lora",
+        lora_rank=_adapter_rank(output_dir),
+        device=device,
+        trainable_params=trainable,
+        total_params=total,
+        steps=int(trainer.state.global_step),
+        train_seconds=round(seconds, 3),
+        tokens_seen=tokens,
+        tokens_per_second=round(tokens_this_run / seconds, 2) if seconds > 0 else 0.0,
+        peak_memory_mb=round(peak.megabytes, 1),
+        losses=[s["loss"] for s in history],
+        step_log=history,
+        output_dir=str(output_dir),
+        saved_mb=round(sum(f.stat().st_size for f in output_dir.rglob("*") if f.is_file()) / 2**20, 3),
+        resumed_from_step=int(earlier[-1]["step"]) if earlier else 0,
+        settings={**{k: v for k, v in settings.items() if k != "output_dir"}, "precision": precision.reason},
+        precision=precision.name,
+        started_at=started_at,
+    )
+    atomic_write_json(work_dir / RESULT_FILE, result.to_dict())
+    return result
+
+
+def _adapter_rank(adapter_dir: Path) -> int | None:
+    import json
+
+    return json.loads((adapter_dir / "adapter_config.json").read_text()).get("r")

@@ -1,0 +1,48 @@
+"""The preference process: `python -m smoltune.preference.worker SPEC.json` (phase 'reference' or 'train').
+
+Prints one `SMOLTUNE_STEP {json}` line per logged step, like the SFT worker (smoltune.train.worker), whose
+parent side (`smoltune.train.runner.run_worker`) relays them and turns a failure into one error.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import sys
+from pathlib import Path
+
+from smoltune.train.worker import ERROR_PREFIX, STEP_PREFIX
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m smoltune.preference.worker SPEC.json", file=sys.stderr)
+        return 2
+    faulthandler.enable()
+    from smoltune.errors import SmoltuneError
+    from smoltune.preference.spec import PreferenceSpec
+    from smoltune.preference.train import score_reference, train_preference
+
+    spec = PreferenceSpec(**json.loads(Path(args[0]).read_text()))
+
+    def on_step(record: dict, max_steps: int) -> None:
+        print(STEP_PREFIX + json.dumps({**record, "max_steps": max_steps}), flush=True)
+
+    try:
+        if spec.phase == "reference":
+            score_reference(spec)
+        else:
+            train_preference(spec, on_step)
+    except SmoltuneError as err:
+        problems = getattr(err, "problems", None)
+        print(
+            ERROR_PREFIX + json.dumps({"type": type(err).__name__, "message": str(err), "problems": problems}),
+            flush=True,
+        )
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
