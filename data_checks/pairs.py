@@ -91,7 +91,7 @@ def with_pair_columns(rows: list[Row], lengths: list[int], held_out_prompts: set
     """The rows as a frame (object dtype: rows may hold anything, which the suite must report rather than pandas
     refuse) with lone surrogates made U+FFFD, plus the derived columns, computed from the rows themselves so
     that they exist even when a pair column is missing."""
-    frame = pd.DataFrame(rows, dtype=object).reset_index(drop=True).map(replace_invalid_unicode)
+    frame = pd.DataFrame(rows, dtype=object).reset_index(drop=True).map(_frame_value)
     stripped = [{k: v.strip() if isinstance(v, str) else v for k, v in r.items()} for r in rows]
     seen: set[str] = set()
     repeats = []
@@ -110,6 +110,12 @@ def with_pair_columns(rows: list[Row], lengths: list[int], held_out_prompts: set
     ]
     frame["n_tokens"] = lengths
     return frame
+
+
+def _frame_value(value: Any) -> Any:
+    """A cell as the suite can check it: lone surrogates become U+FFFD (see `data_checks.suite`), and a dict is
+    wrapped in a list, because Great Expectations fails to list unexpected values that mix dicts with others."""
+    return [value] if isinstance(value, dict) else replace_invalid_unicode(value)
 
 
 def build_pair_expectations(settings: PairSettings) -> list[tuple[str, str, Any]]:

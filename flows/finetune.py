@@ -27,17 +27,10 @@ from tasks.validate import validate_dataset_task
 STAGES = ("resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "export", "evaluate")
 
 
-# log_prints stays off: dill (used by `datasets` to fingerprint functions) captures `dis` output via print,
-# which Prefect would otherwise log line by line.
-@flow(name="finetune")
-def finetune(config: PipelineConfig = PipelineConfig(), refresh: list[str] | None = None) -> str:  # noqa: B008
-    """Fine-tune `config.model.source` on `config.data.source`; returns the run folder's path."""
-    # The same checks as the CLI's for runs started from the Prefect API or UI, before anything runs.
-    config, run_dir = begin_flow_run(config, "flow parameter config")
+def sft_stages(config: PipelineConfig, redo: dict[str, bool], timer: StageTimer) -> RunRecords:
+    """Resolve, fetch, gate, prepare, train, [export], evaluate: each a cached task (the preference flow
+    starts from them)."""
     cache = config.output.cache_root
-    redo = {stage: bool({stage, "all"} & set(refresh or [])) for stage in STAGES}
-    timer = StageTimer()
-
     # Model first: a missing or unreachable model fails in seconds, before any data work.
     with timer("resolve_model"):
         model = resolve_model_task(config.model, cache, redo["resolve_model"])
@@ -64,15 +57,29 @@ def finetune(config: PipelineConfig = PipelineConfig(), refresh: list[str] | Non
     with timer("evaluate"):
         evaluated = evaluate_task(model, trained, prepared, config, cache, redo["evaluate"])
 
+    return RunRecords(model, fetched, validated, prepared, trained, evaluated, exported)
+
+
+# log_prints stays off: dill (used by `datasets` to fingerprint functions) captures `dis` output via print,
+# which Prefect would otherwise log line by line.
+@flow(name="finetune")
+def finetune(config: PipelineConfig = PipelineConfig(), refresh: list[str] | None = None) -> str:  # noqa: B008
+    """Fine-tune `config.model.source` on `config.data.source`; returns the run folder's path."""
+    # The same checks as the CLI's for runs started from the Prefect API or UI, before anything runs.
+    config, run_dir = begin_flow_run(config, "flow parameter config")
+    redo = {stage: bool({stage, "all"} & set(refresh or [])) for stage in STAGES}
+    timer = StageTimer()
+
+    sft = sft_stages(config, redo, timer)
+
     # Promotion: the registry keeps the best adapter per (model, data, held-out set); this run replaces it
     # only if better on the same held-out rows.
     with timer("promote"):
-        promotion = promote_task(config, run_dir.name, trained, evaluated)
+        promotion = promote_task(config, run_dir.name, sft.trained, sft.evaluated)
 
     # Report: the run folder (links to the stage folders, summary, report.md / .html) and the artifacts.
-    records = RunRecords(model, fetched, validated, prepared, trained, evaluated, exported)
-    summary = build_summary(run_dir, config, records, promotion, timer.seconds)
-    report_task(summary, evaluated.generations_file, records.stage_folders())
+    summary = build_summary(run_dir, config, sft, promotion, timer.seconds)
+    report_task(summary, sft.evaluated.generations_file, sft.stage_folders())
     return str(run_dir)
 
 

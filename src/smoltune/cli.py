@@ -84,15 +84,21 @@ def run(
         list[str] | None, typer.Option("--refresh", help="Recompute this stage even if cached (repeatable).")
     ] = None,
 ) -> None:
-    """Run the finetune flow and print the run folder. Stages whose inputs did not change come from the cache."""
+    """Run the finetune flow (the preference flow when the job has a `preference` section: SFT then DPO) and
+    print the run folder. Stages whose inputs did not change come from the cache."""
     pipeline = guarded(lambda: load_config(config, overrides or []))
     apply_prefect_defaults()
-    from flows.finetune import STAGES, finetune  # heavy: imports prefect
+    if pipeline.preference is not None:
+        from flows.preference import STAGES
+        from flows.preference import preference as job  # heavy: imports prefect
+    else:
+        from flows.finetune import STAGES
+        from flows.finetune import finetune as job
 
     unknown = sorted(set(refresh or []) - set(STAGES))
     if unknown:
         raise fail(f"--refresh takes stages {', '.join(STAGES)}; got {', '.join(unknown)}")
-    run_dir = guarded(lambda: finetune(config=pipeline, refresh=["all"] if no_cache else list(refresh or [])))
+    run_dir = guarded(lambda: job(config=pipeline, refresh=["all"] if no_cache else list(refresh or [])))
     typer.echo(run_dir)
 
 

@@ -422,6 +422,8 @@ def semantic_problems(config: PipelineConfig) -> list[str]:
     sources = [("data.source", config.data.source), ("model.source", config.model.source)]
     if config.preference is not None:
         sources.append(("preference.source", config.preference.source))
+        if config.train.mode != "lora":
+            problems.append("preference: DPO trains the SFT adapter further; set train.mode=lora")
     for field, source in sources:
         if missing_path(source):
             problems.append(f"{field}: {source} does not exist (relative paths are taken from {Path.cwd()})")

@@ -252,6 +252,7 @@ class PreferenceFigures(_Record):
 
 class PreferenceEvaluated(StageRecord):
     figures: PreferenceFigures
+    as_tuned: EvalFigures = Field(description="The SFT evaluation's figures with DPO as the tuned model (promotion).")
     heldout_sha256: str = Field(description="The SFT held-out rows these figures were measured on.")
     generations_file: str = Field(description="Eval prompts answered by base, SFT and DPO.")
     pairs_file: str = Field(description="Held-out pairs with their log-probabilities under SFT and DPO.")

@@ -129,3 +129,79 @@ def evaluate_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "template": config.data.template,
         "max_seq_length": config.train.max_seq_length,
     }
+
+
+# Preference tuning (DPO): every stage's key includes the SFT training's key (its reference and start), so a
+# retrained SFT reruns them; changing only `preference.beta` reruns training and what follows it.
+PAIR_SOURCE_FIELDS = {"source", "shape", "columns", "revision", "subset", "split", "sha256"}
+
+
+def fetch_preferences_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    pref = inputs["pref"]
+    parts: dict[str, Any] = {"pairs": pref.model_dump(mode="json", include=PAIR_SOURCE_FIELDS)}
+    if source_kind(pref.source) == "embedded":  # on-policy: the SFT model's own answers
+        parts |= {
+            "sft": inputs["trained"].key,
+            "count": pref.num_pairs + pref.eval_pairs,
+            "seed": pref.seed,
+            "max_new_tokens": pref.generation_max_new_tokens,
+            "template": inputs["template"],
+        }
+    else:
+        parts["identity"] = data_identity(pref.as_data_config())
+    return inputs["cache_dir"], parts
+
+
+def validate_preferences_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    pref = inputs["pref"]
+    return inputs["cache_dir"], {
+        "pairs": inputs["pairs"].sha256,
+        "tokenizer": inputs["model"].sha256,
+        "held_out": inputs["prepared"].eval_sha256,
+        "template": inputs["template"],
+        "settings": pref.model_dump(mode="json", include={"max_length", "min_pairs"}),
+    }
+
+
+def prepare_preferences_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    pref = inputs["pref"]
+    return inputs["cache_dir"], {
+        "pairs": inputs["pairs"].sha256,
+        "validated": inputs["validated"].key,
+        "split": pref.model_dump(mode="json", include={"num_pairs", "eval_pairs", "seed"}),
+        "template": inputs["template"],
+        "tokenizer": inputs["model"].sha256 if inputs["template"] == "chat" else None,
+    }
+
+
+def reference_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return inputs["cache_dir"], {
+        "sft": inputs["trained"].key,
+        "pairs": inputs["pairs_prepared"].train_sha256,
+        "max_length": inputs["pref"].max_length,
+    }
+
+
+def train_preference_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    pref, reference = inputs["pref"], inputs["reference"]
+    return inputs["cache_dir"], {
+        "sft": inputs["trained"].key,
+        "pairs": inputs["pairs_prepared"].train_sha256,
+        "validated": inputs["pairs_prepared"].validated_key,
+        "reference": reference.key if reference is not None else None,
+        "settings": pref.model_dump(mode="json", exclude=PAIR_SOURCE_FIELDS | {"eval_pairs", "min_pairs"}),
+    }
+
+
+def evaluate_preference_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    config = inputs["config"]
+    prompts = Path(config.eval.prompts_file)
+    return inputs["cache_dir"], {
+        "dpo": inputs["dpo"].key,
+        "pairs": inputs["pairs_prepared"].eval_sha256,
+        "sft_evaluation": inputs["evaluated"].key,
+        "eval": config.eval.model_dump(mode="json"),
+        "prompts": sha256_file(prompts) if prompts.is_file() else None,
+        "template": config.data.template,
+        "max_length": config.train.max_seq_length,
+    }

@@ -26,8 +26,13 @@ from smoltune.records import (
     Evaluated,
     Exported,
     Fetched,
+    PreferenceEvaluated,
+    PreferencePairs,
+    PreferencePrepared,
+    PreferenceTrained,
     Prepared,
     PromotionDecision,
+    ReferenceScored,
     ResolvedModel,
     Trained,
     Validated,
@@ -167,4 +172,39 @@ def build_summary(
         },
         "promotion": promotion.model_dump(mode="json") if promotion else None,
         "stage_seconds": stage_seconds or {},
+    }
+
+
+def with_preference(
+    summary: dict[str, Any],
+    pairs: PreferencePairs,
+    gated: Validated,
+    prepared: PreferencePrepared,
+    reference: ReferenceScored | None,
+    dpo: PreferenceTrained,
+    evaluated: PreferenceEvaluated,
+    decisions: list[PromotionDecision],
+) -> dict[str, Any]:
+    """`summary` with the preference stages' part (the report's preference section is rendered from it); the run's
+    adapter is the DPO one (what `smoltune serve` and `smoltune chat` load from the run folder), the SFT one
+    named beside it."""
+    artifacts = {
+        **summary["artifacts"],
+        "adapter_dir": dpo.result.output_dir,
+        "adapter_mb": dpo.result.saved_mb,
+        "sft_adapter_dir": summary["artifacts"].get("adapter_dir"),
+    }
+    return summary | {
+        "artifacts": artifacts,
+        "preference": {
+            "pairs": pairs.model_dump(mode="json", exclude=_BOOKKEEPING),
+            "validation": gated.model_dump(mode="json", exclude=_BOOKKEEPING),
+            "train_pairs": prepared.train_pairs,
+            "eval_pairs": prepared.eval_pairs,
+            "split_note": prepared.note,
+            "reference": reference.model_dump(mode="json", exclude=_BOOKKEEPING) if reference else None,
+            "train": {k: v for k, v in asdict(dpo.result).items() if k != "saved_mb"},
+            "eval": evaluated.figures.model_dump(mode="json"),
+            "promotion": [d.model_dump(mode="json") for d in decisions],
+        },
     }

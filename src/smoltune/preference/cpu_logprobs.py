@@ -47,7 +47,9 @@ class TorchLogProbs:
         if "entropy" in outputs:
             entropy = log_z - (torch.softmax(logits, dim=-1) * logits).sum(-1)
         with torch.no_grad():  # the kernel marks these three non-differentiable
-            log_sum_sq = torch.logsumexp(2 * (logits - log_z.unsqueeze(-1)), -1) if "log_sum_sq_probs" in outputs else None
+            log_sum_sq = (
+                torch.logsumexp(2 * (logits - log_z.unsqueeze(-1)), -1) if "log_sum_sq_probs" in outputs else None
+            )
             mean_logits = logits.mean(-1) if "mean_logits" in outputs else None
             # argmax takes the first maximum, as the kernel's "target >= max and > every earlier logit" does.
             is_top1 = logits.argmax(-1) == targets if "is_top1" in outputs else None

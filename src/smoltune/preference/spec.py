@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 REFERENCE_FILE = "train_with_reference.jsonl"
@@ -15,12 +15,10 @@ class PreferenceSpec:
 
     phase: Literal["reference", "train"]
     model_path: str  # the base model's folder
-    sft_output: str  # the SFT adapter (LoRA) or model (full) folder: the policy's start and the reference
-    sft_mode: Literal["lora", "full"]
+    sft_output: str  # the SFT adapter folder: the policy's start and the reference
     train_file: str  # pairs: prompt (formatted), chosen, rejected [, ref_chosen_logps, ref_rejected_logps]
     work_dir: str
     settings: dict[str, Any]  # PreferenceConfig, as JSON
     precision: str  # the SFT training's precision: the reference and the policy run in it
-    lora: dict[str, Any] = field(default_factory=dict)  # train.lora, for a new adapter over a fully tuned model
     trust_remote_code: bool = False
     base_model_id: str | None = None

@@ -7,8 +7,8 @@ trainable; TRL keeps a frozen copy as the reference). The DPO adapter is then on
 hub base, of the SFT adapter's rank: `PeftModel.from_pretrained(base, dpo_adapter)`, `smoltune serve` and
 `smoltune chat` load it as they load any adapter, and at step 0 the policy equals the reference exactly
 (sigmoid loss log 2). Merging SFT into the base and adding a new adapter would give the same reference but an
-adapter that needs the merged model beside it to be used. After full SFT, a new LoRA adapter (train.lora) is
-added over the fully tuned model, and disabling it gives the reference.
+adapter that needs the merged model beside it to be used. Preference tuning therefore starts from LoRA SFT
+(train.mode=lora; the config check says so).
 
 Fast path on the CPU (TRL 1.15 already runs chosen and rejected in one forward and projects only answer
 positions through the LM head): with `preference.precompute_reference` the reference log-probs are computed
@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from smoltune.config import LoraConfig, PreferenceConfig, TrainConfig
+from smoltune.config import PreferenceConfig
 from smoltune.files import atomic_write_json, read_jsonl, write_jsonl
 from smoltune.model import load_model_and_tokenizer, pick_device
 from smoltune.preference.cpu_logprobs import install as install_cpu_logprobs
@@ -95,22 +95,16 @@ def spec_precision(spec: PreferenceSpec, device: str) -> Precision:
     return replace(chosen, reason=f"the SFT training's precision ({spec.precision}): the reference ran in it")
 
 
-def load_policy(spec: PreferenceSpec, device: str, precision: Precision) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, peft_config): the SFT adapter loaded trainable over the base, or (full SFT) the tuned
-    model with a new adapter config for TRL to add."""
-    from smoltune.train.trainer import peft_lora_config
-
-    if spec.sft_mode == "full":
-        model, tokenizer = load_model_and_tokenizer(
-            spec.sft_output, device, spec.trust_remote_code, None, precision.load_dtype
-        )
-        lora = TrainConfig(lora=LoraConfig.model_validate(spec.lora)) if spec.lora else TrainConfig()
-        return model, tokenizer, peft_lora_config(lora)
+def load_policy(spec: PreferenceSpec, device: str, precision: Precision) -> tuple[Any, Any]:
+    """(model, tokenizer): the SFT adapter loaded trainable over the base (TRL keeps a frozen copy of it as the
+    reference)."""
     from peft import PeftModel
 
-    base, tokenizer = load_model_and_tokenizer(spec.model_path, device, spec.trust_remote_code, None, precision.load_dtype)
+    base, tokenizer = load_model_and_tokenizer(
+        spec.model_path, device, spec.trust_remote_code, None, precision.load_dtype
+    )
     model = PeftModel.from_pretrained(base, spec.sft_output, is_trainable=True, autocast_adapter_dtype=False)
-    return model, tokenizer, None
+    return model, tokenizer
 
 
 def build_trainer(spec: PreferenceSpec, callbacks: list[Any] | None = None) -> tuple[Any, Precision, str]:
@@ -123,7 +117,7 @@ def build_trainer(spec: PreferenceSpec, callbacks: list[Any] | None = None) -> t
     device = pick_device()
     precision = spec_precision(spec, device)
     torch.manual_seed(pref.seed)
-    model, tokenizer, peft_config = load_policy(spec, device, precision)
+    model, tokenizer = load_policy(spec, device, precision)
     install_cpu_logprobs(device)
     args = DPOConfig(**dpo_settings(pref, device, str(Path(spec.work_dir) / "checkpoints"), precision))
     trainer = stored_reference_class()(
@@ -131,7 +125,6 @@ def build_trainer(spec: PreferenceSpec, callbacks: list[Any] | None = None) -> t
         args=args,
         train_dataset=Dataset.from_list(read_jsonl(spec.train_file)),
         processing_class=tokenizer,
-        peft_config=peft_config,
         callbacks=callbacks or [],
     )
     return trainer, precision, device

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from smoltune.report.markdown import as_percent, markdown_table
+from smoltune.report.tables import as_percent, markdown_table
 
 
 def comparison_row(name: str, summary_train: dict, evaluation: dict, saved_mb: float) -> dict[str, Any]:

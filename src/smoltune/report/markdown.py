@@ -6,28 +6,15 @@ print(render_report(json.load(open('runs/<run>/summary.json')), []))"
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
 from typing import Any
 
 import yaml
 
+from smoltune.report.preference import preference_section
+from smoltune.report.tables import as_percent, markdown_table
+
 LOSS_CURVE = "loss_curve.png"
-
-
-def _cell(text: Any, limit: int = 300) -> str:
-    """A value safe inside a Markdown table cell: one line, HTML and pipes escaped, long text cut. Cells hold
-    prompts and generations, which are anyone's text: `<img onerror=...>` must show as text, not run."""
-    value = " ".join(str(text).split())
-    if len(value) > limit:
-        value = value[: limit - 1] + "…"
-    return html.escape(value, quote=False).replace("|", "\\|") or "—"
-
-
-def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _loss_rows(losses: list[float], max_rows: int = 12) -> list[list[Any]]:
@@ -112,10 +99,6 @@ def promotion_section(promotion: dict[str, Any]) -> str:
 
 def _ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
-
-
-def as_percent(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
 
 
 def _accuracy_section(ev: dict[str, Any]) -> str:
@@ -214,10 +197,13 @@ def _generations_section(generations: list[dict[str, str]]) -> str:
     """The sample prompts answered greedily by base and tuned; empty without any."""
     if not generations:
         return ""
+    answers = ("base", "sft", "dpo") if "dpo" in generations[0] else ("base", "tuned")
     rows = [
-        [g["instruction"] + (f" — {g['input']}" if g.get("input") else ""), g["base"], g["tuned"]] for g in generations
+        [g["instruction"] + (f" — {g['input']}" if g.get("input") else ""), *(g[a] for a in answers)]
+        for g in generations
     ]
-    return "## Prompts (greedy)\n\n" + markdown_table(["prompt", "base", "tuned"], rows)
+    header = ["prompt", *(a.upper() if a in ("sft", "dpo") else a for a in answers)]
+    return "## Prompts (greedy)\n\n" + markdown_table(header, rows)
 
 
 def _timings_section(timings: dict[str, float]) -> str:
@@ -258,6 +244,7 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
         _training_section(summary["train"], summary.get("artifacts", {})),
         _evaluation_section(summary["eval"], summary["data"]["eval_rows"]),
         _generations_section(generations),
+        preference_section(summary["preference"]) if summary.get("preference") else "",
         promotion_section(summary["promotion"]) if summary.get("promotion") else "",
         _timings_section(summary.get("stage_seconds") or {}),
         _artifacts_section(summary),
