@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The HTML report test drives Debian's Chromium (never a browser downloaded by a test tool).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-fast smoke compare bench bench-scaling bench-ablation bench-profile bench-serve rerun-matrix gpu-check gpu-wheels \
+.PHONY: run test test-fast smoke compare dpo bench bench-dpo bench-scaling bench-ablation bench-profile bench-serve rerun-matrix gpu-check gpu-wheels \
 	lint install clean
 
 install: $(STAMP)
@@ -30,9 +30,17 @@ smoke: $(STAMP)
 compare: $(STAMP)
 	$(BIN)/smoltune compare --config configs/compare.yaml
 
+# SFT (the seed job, cached when already run) then DPO on built-in on-policy pairs.
+dpo: $(STAMP)
+	$(BIN)/smoltune run --config configs/dpo.yaml
+
 # Training speed: plain TRL vs Unsloth vs smoltune on the seed job (bench/run.py); BENCH_ARGS="--steps 3" etc.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# DPO speed: TRL's defaults, TRL configured for the CPU, smoltune's preference stages (bench/dpo.py).
+bench-dpo: $(STAMP)
+	$(BIN)/python bench/dpo.py $(BENCH_ARGS)
 
 bench-scaling: $(STAMP)
 	$(BIN)/python bench/scaling.py $(BENCH_ARGS)

@@ -125,21 +125,24 @@ def evaluate_preference_task(
     cache_dir: str,
     refresh: bool = False,
 ) -> PreferenceEvaluated:
-    from smoltune.preference.evaluate import SftAndDpo, evaluate_preference
+    from smoltune.preference.evaluate import PreferenceEval, evaluate_preference
     from smoltune.train.precision import DTYPES
 
     pref = config.preference
     assert pref is not None
 
     def compute(out: Path) -> PreferenceEvaluated:
-        models = SftAndDpo(
-            model.path, trained.result.output_dir, dpo.result.output_dir, DTYPES[trained.result.precision],
-            model.trust_remote_code,
-        )  # fmt: skip
-        figures, as_tuned, scored, answers = evaluate_preference(
-            models, pairs_prepared.eval_file, sft_eval_file, evaluated.figures, config.eval, config.data.template,
-            pref.beta, config.train.max_seq_length,
-        )  # fmt: skip
+        job = PreferenceEval(
+            model_path=model.path,
+            adapters={"sft": trained.result.output_dir, "dpo": dpo.result.output_dir},
+            dtype=DTYPES[trained.result.precision],
+            trust_remote_code=model.trust_remote_code,
+            pairs_file=pairs_prepared.eval_file,
+            eval_rows_file=sft_eval_file,
+            template=config.data.template,
+            max_length=config.train.max_seq_length,
+        )
+        figures, as_tuned, scored, answers = evaluate_preference(job, evaluated.figures, config.eval, pref.beta)
         sft_generations = json.loads(Path(evaluated.generations_file).read_text())
         generations = [{**g, "sft": g["tuned"], "dpo": a} for g, a in zip(sft_generations, answers, strict=True)]
         return PreferenceEvaluated(

@@ -319,6 +319,11 @@ class PreferenceConfig(_Section):
         description="Reference (SFT) log-probs computed once, in their own cached stage, instead of a second "
         "forward pass every step (the same loss: tests/preference).",
     )
+    share_prompt: bool = Field(
+        True,
+        description="Fast path: each pair's chosen and rejected answers in one row that holds their shared prompt "
+        "once, instead of two padded rows (the same hidden states and losses: tests/preference).",
+    )
     save_steps: int = Field(10, ge=1, description="Checkpoint every this many steps; a rerun resumes from the last.")
 
     @field_validator("loss_type")

@@ -84,7 +84,7 @@ def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         deploy = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], env=env, capture_output=True, text=True)
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         deployments = httpx.post(f"{api}/deployments/filter", json={}).json()
-        assert {d["name"] for d in deployments} == {"finetune", "compare", "retrain-weekly"}
+        assert {d["name"] for d in deployments} == {"finetune", "compare", "preference", "retrain-weekly"}
         [weekly] = [d for d in deployments if d["name"] == "retrain-weekly"]
         assert weekly["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
         spawn("worker", "start", "--pool", "smoltune", log="worker.log")

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from statistics import mean
 from typing import Any
 
@@ -63,25 +62,18 @@ def reward_figures(sft: list[tuple[float, float]], dpo: list[tuple[float, float]
     }
 
 
-class SftAndDpo:
-    """One base model with the SFT and the DPO adapters attached; `use("sft")` / `use("dpo")` switches."""
+def load_adapter_model(
+    model_path: str, adapter: str, dtype: str, trust_remote_code: bool, merged: bool
+) -> tuple[Any, Any]:
+    """(model, tokenizer): the base with `adapter`, in `dtype`; `merged` as the SFT evaluation runs its tuned
+    model (fp32: merged in, no adapter matmuls per token; 16-bit: fused beside the weights)."""
+    from smoltune.evaluate.generation import load_tuned
 
-    def __init__(self, model_path: str, sft_dir: str, dpo_dir: str, dtype: str, trust_remote_code: bool) -> None:
-        from peft import PeftModel
-
-        from smoltune.evaluate.attention import register_decode_attention
-        from smoltune.model import load_model_and_tokenizer, pick_device
-
-        base, self.tokenizer = load_model_and_tokenizer(
-            model_path, pick_device(), trust_remote_code, register_decode_attention(), dtype
-        )
-        self.model = PeftModel.from_pretrained(base, sft_dir, adapter_name="sft", autocast_adapter_dtype=False)
-        self.model.load_adapter(dpo_dir, adapter_name="dpo", autocast_adapter_dtype=False)
-
-    @contextmanager
-    def use(self, name: str) -> Iterator[Any]:
-        self.model.set_adapter(name)
-        yield self.model
+    models, tokenizer = load_tuned(model_path, adapter, "lora", trust_remote_code, dtype)
+    if merged:
+        with models.base():  # leaving it merges (or fuses) the adapter: smoltune.evaluate.generation.BaseAndTuned
+            pass
+    return models.model, tokenizer
 
 
 def pair_examples(tokenizer: Any, pairs: list[dict], max_length: int) -> tuple[list[dict], list[dict]]:
@@ -90,32 +82,39 @@ def pair_examples(tokenizer: Any, pairs: list[dict], max_length: int) -> tuple[l
     return chosen, rejected
 
 
+@dataclass(frozen=True)
+class PreferenceEval:
+    """What the preference evaluation reads: the base, the two adapters, the held-out pairs and rows."""
+
+    model_path: str
+    adapters: dict[str, str]  # "sft" and "dpo" adapter folders
+    dtype: str  # the SFT training's precision, as a torch dtype name
+    trust_remote_code: bool
+    pairs_file: str  # held-out pairs (prompt formatted, chosen, rejected)
+    eval_rows_file: str  # the SFT held-out rows (prompt, completion)
+    template: str
+    max_length: int
+
+
 def evaluate_preference(
-    models: SftAndDpo,
-    pairs_file: str,
-    eval_rows_file: str,
-    sft_figures: EvalFigures,
-    ev: EvalConfig,
-    template: str,
-    beta: float,
-    max_length: int,
+    job: PreferenceEval, sft_figures: EvalFigures, ev: EvalConfig, beta: float
 ) -> tuple[PreferenceFigures, EvalFigures, list[dict], list[str]]:
     """(figures, the SFT figures with DPO as the tuned model, held-out pairs with their log-probs, DPO's answers
     to the eval prompts)."""
-    started, tok = time.perf_counter(), models.tokenizer
-    pairs = read_jsonl(pairs_file)
-    chosen, rejected = pair_examples(tok, pairs, max_length)
+    started, pairs, max_length = time.perf_counter(), read_jsonl(job.pairs_file), job.max_length
     logps: dict[str, list[tuple[float, float]]] = {}
     for name in ("sft", "dpo"):
-        with models.use(name) as model:
-            c, r = (answer_logps(model, x, tok.pad_token_id, ev.batch_size) for x in (chosen, rejected))
-            logps[name] = list(zip(c, r, strict=True))
-    rows = read_jsonl(eval_rows_file)
-    prompts = [format_prompt(p, template, tok) for p in load_eval_prompts(ev.prompts_file)]
-    with models.use("dpo") as model:
-        loss = mean_answer_loss(model, tokenize_rows(tok, rows, max_length, True), tok.pad_token_id, ev.batch_size)
-        answers = generate_answers(model, tok, [r["prompt"] for r in rows], ev.answer_max_new_tokens, ev.batch_size)
-        generations = generate_answers(model, tok, prompts, ev.max_new_tokens, ev.batch_size)
+        model, tok = load_adapter_model(
+            job.model_path, job.adapters[name], job.dtype, job.trust_remote_code, merged=name == "dpo"
+        )
+        chosen, rejected = pair_examples(tok, pairs, max_length)
+        c, r = (answer_logps(model, x, tok.pad_token_id, ev.batch_size) for x in (chosen, rejected))
+        logps[name] = list(zip(c, r, strict=True))
+    rows = read_jsonl(job.eval_rows_file)  # the DPO model (last loaded) answers the SFT held-out rows and prompts
+    prompts = [format_prompt(p, job.template, tok) for p in load_eval_prompts(ev.prompts_file)]
+    loss = mean_answer_loss(model, tokenize_rows(tok, rows, max_length, True), tok.pad_token_id, ev.batch_size)
+    answers = generate_answers(model, tok, [r["prompt"] for r in rows], ev.answer_max_new_tokens, ev.batch_size)
+    generations = generate_answers(model, tok, prompts, ev.max_new_tokens, ev.batch_size)
     score = score_answers(rows, answers)
     figures = PreferenceFigures(
         eval_pairs=len(pairs),

@@ -13,7 +13,9 @@ adapter that needs the merged model beside it to be used. Preference tuning ther
 Fast path on the CPU (TRL 1.15 already runs chosen and rejected in one forward and projects only answer
 positions through the LM head): with `preference.precompute_reference` the reference log-probs are computed
 once, by TRL's own code, in a stage of their own (phase 'reference', cached), and training reads them from
-the pairs file instead of a second forward every step (`StoredReference`).
+the pairs file instead of a second forward every step (`StoredReference`). With `preference.share_prompt` each
+pair's two answers go through the decoder in one row holding their shared prompt once
+(smoltune.preference.shared_prompt).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from smoltune.config import PreferenceConfig
 from smoltune.files import atomic_write_json, read_jsonl, write_jsonl
 from smoltune.model import load_model_and_tokenizer, pick_device
 from smoltune.preference.cpu_logprobs import install as install_cpu_logprobs
+from smoltune.preference.shared_prompt import install as install_shared_prompt
 from smoltune.preference.spec import REFERENCE_FILE, PreferenceSpec
 from smoltune.records import TrainResult
 from smoltune.train.precision import Precision, precision_for
@@ -127,6 +130,9 @@ def build_trainer(spec: PreferenceSpec, callbacks: list[Any] | None = None) -> t
         processing_class=tokenizer,
         callbacks=callbacks or [],
     )
+    if pref.share_prompt:
+        causal = trainer.model.get_base_model()
+        install_shared_prompt(getattr(causal, causal.base_model_prefix))
     return trainer, precision, device
 
 
@@ -168,6 +174,8 @@ def train_preference(spec: PreferenceSpec, on_step: Any = None) -> TrainResult:
         started_at, started = datetime.now(UTC).isoformat(timespec="milliseconds"), time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - started
+    if "ref" in trainer.model.peft_config:  # TRL's frozen copy of the SFT adapter: the reference, not the result
+        trainer.model.delete_adapter("ref")
     output_dir = save_trained(trainer, trainer.processing_class, "lora", work_dir, spec.base_model_id)
     history = earlier + step_log.steps
     tokens = int(trainer.state.num_input_tokens_seen)

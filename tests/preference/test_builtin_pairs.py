@@ -1,0 +1,61 @@
+"""The built-in pairs: chosen is the reference answer, rejected a wrong one (the SFT model's own when it is
+wrong), never a held-out question; and the pair split and the reward figures (pure)."""
+
+from __future__ import annotations
+
+import math
+
+from smoltune.data.builtin import builtin_dataset
+from smoltune.evaluate.scoring import is_correct
+from smoltune.preference.builtin import checkable_questions, pairs_from_answers, plausible_wrong
+from smoltune.preference.evaluate import reward_figures
+from smoltune.preference.stage import split_pairs
+
+
+def test_questions_are_checkable_training_rows_only() -> None:
+    held_out = {(r["instruction"], r["input"]) for r in builtin_dataset() if r["split"] == "test"}
+    questions = checkable_questions(400, seed=3)
+    assert len(questions) == 400 and len({q["family"] for q in questions}) >= 8
+    assert all(q["check"] in ("exact", "normalised") for q in questions)
+    assert not {(q["instruction"], q["input"]) for q in questions} & held_out
+    assert checkable_questions(50, seed=3) == questions[:50]  # deterministic for a seed
+
+
+def test_a_plausible_wrong_answer_is_never_right() -> None:
+    for row in checkable_questions(2000, seed=0):
+        wrong = plausible_wrong(row)
+        assert wrong.strip() and is_correct(wrong, row["output"], row["check"]) is False, row
+
+
+def test_rejected_is_the_models_own_answer_only_when_it_is_wrong() -> None:
+    questions = checkable_questions(4, seed=1)
+    answers = [
+        questions[0]["output"] + "\nand more",  # right (the scorer reads the first line)
+        "certainly not " + questions[1]["output"] + "\nsecond line",  # wrong
+        "",  # no answer at all
+        plausible_wrong(questions[3]),
+    ]
+    pairs = pairs_from_answers(questions, answers)
+    assert [p["on_policy"] for p in pairs] == [False, True, False, True]
+    assert pairs[1]["rejected"] == "certainly not " + questions[1]["output"]  # its first line
+    for pair, row in zip(pairs, questions, strict=True):
+        assert pair["chosen"] == row["output"]
+        assert is_correct(pair["rejected"], row["output"], row["check"]) is False
+
+
+def test_the_pair_split_never_puts_a_prompt_on_both_sides() -> None:
+    rows = [{"instruction": f"q{i % 30}", "input": "", "chosen": "a", "rejected": "b"} for i in range(60)]
+    train, held_out = split_pairs(rows, 100, 10, seed=7)
+    assert len(held_out) == 10
+    held = {r["instruction"] for r in held_out}
+    assert train and not {r["instruction"] for r in train} & held
+    assert split_pairs(rows, 100, 10, seed=7) == (train, held_out)
+
+
+def test_reward_figures() -> None:
+    sft = [(-10.0, -12.0), (-5.0, -5.0)]
+    dpo = [(-9.0, -14.0), (-6.0, -4.0)]  # pair 1: chosen up 1, rejected down 2; pair 2: the reverse
+    figures = reward_figures(sft, dpo, beta=0.1)
+    assert figures["reward_accuracy"] == 0.5
+    assert math.isclose(figures["reward_margin"], (0.1 * 3 + 0.1 * -2) / 2)
+    assert figures["chosen_logp_change"] == 0.0 and figures["rejected_logp_change"] == -0.5
