@@ -35,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per contender (default 10)")
     parser.add_argument("--pairs", type=int, default=64, help="built-in pairs (default 64)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--model", default="embedded", help="model.source: 'embedded' or a local model folder")
     parser.add_argument("--limit", type=float, default=600, help="seconds each contender may take (default 600)")
     parser.add_argument("--out", default="runs/bench/dpo.json")
     parser.add_argument("--contender", help=argparse.SUPPRESS)  # internal: run one contender in this process
@@ -43,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def make_inputs(work: Path, pairs: int) -> tuple[str, Path, Path]:
+def make_inputs(work: Path, pairs: int, source: str) -> tuple[str, Path, Path]:
     """(model folder, a LoRA r=16 adapter as the SFT result, the formatted pairs file)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -54,7 +55,7 @@ def make_inputs(work: Path, pairs: int) -> tuple[str, Path, Path]:
     from smoltune.model import resolve_model
     from smoltune.preference.builtin import checkable_questions, plausible_wrong
 
-    model = resolve_model("embedded").path
+    model = resolve_model(source).path
     adapter = work / "sft-adapter"
     if not adapter.is_dir():
         lora = LoraConfig(r=16, lora_alpha=16, target_modules=LORA_TARGETS_LLAMA, task_type="CAUSAL_LM")
@@ -139,7 +140,7 @@ def run_smoltune(args: argparse.Namespace, model: str, adapter: Path, pairs: Pat
 
 def one_contender(args: argparse.Namespace) -> None:
     work = Path(args.work)
-    model, adapter, pairs = make_inputs(work.parent, args.pairs)
+    model, adapter, pairs = make_inputs(work.parent, args.pairs, args.model)
     if args.contender == "smoltune":
         figures = run_smoltune(args, model, adapter, pairs)
     else:
@@ -152,7 +153,7 @@ def launch(name: str, args: argparse.Namespace, root: Path, precision: str) -> d
     work.mkdir(parents=True, exist_ok=True)
     (work / "result.json").unlink(missing_ok=True)
     command = [sys.executable, __file__, "--contender", name, "--work", str(work), "--steps", str(args.steps),
-               "--pairs", str(args.pairs), "--precision", precision]  # fmt: skip
+               "--pairs", str(args.pairs), "--precision", precision, "--model", args.model]  # fmt: skip
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=args.limit, check=False)
     except subprocess.TimeoutExpired:
@@ -184,7 +185,7 @@ def main() -> None:
     from smoltune.model import pick_device, resolve_model
     from smoltune.train.precision import resolve_precision
 
-    precision = resolve_precision(pick_device(), "lora", "auto", resolve_model("embedded").path).name
+    precision = resolve_precision(pick_device(), "lora", "auto", resolve_model(args.model).path).name
     root = Path(args.out).with_suffix("")
     results = {}
     for name in args.contenders.split(","):

@@ -308,6 +308,12 @@ class PreferenceConfig(_Section):
     seed: int = Field(3407, description="Seed for sampling pairs, the held-out split and training order.")
     beta: float = Field(0.1, gt=0, description="DPO's beta: how far the policy may move from the reference.")
     loss_type: str = Field("sigmoid", description=f"TRL's DPO loss: one of {', '.join(DPO_LOSS_TYPES)}.")
+    sft_loss_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of TRL's 'sft' loss (the chosen answers' NLL) added to loss_type, as RPO does: keeps "
+        "the chosen answers likely while the margin grows; 0 is plain DPO.",
+    )
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
     max_steps: int = Field(12, ge=1, description="Optimizer steps.")
     batch_size: int = Field(2, ge=1, description="Pairs per forward pass (chosen and rejected in one forward).")

@@ -59,3 +59,23 @@ def test_reward_figures() -> None:
     assert figures["reward_accuracy"] == 0.5
     assert math.isclose(figures["reward_margin"], (0.1 * 3 + 0.1 * -2) / 2)
     assert figures["chosen_logp_change"] == 0.0 and figures["rejected_logp_change"] == -0.5
+
+
+def test_answer_logps_sum_the_answer_tokens_log_probs(tiny_model_dir) -> None:  # noqa: ANN001
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from smoltune.data.tokens import IGNORE_INDEX
+    from smoltune.preference.evaluate import answer_logps
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    examples = [
+        {"input_ids": [5, 6, 7, 8, 9], "labels": [IGNORE_INDEX] * 3 + [8, 9]},
+        {"input_ids": [5, 6, 10], "labels": [IGNORE_INDEX] * 2 + [10]},
+    ]
+    got = answer_logps(model, examples, pad_id=0, batch_size=2)
+    for example, value in zip(examples, got, strict=True):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([example["input_ids"]])).logits[0], -1)
+        want = sum(logp[i - 1, t].item() for i, t in enumerate(example["labels"]) if t != IGNORE_INDEX)
+        assert abs(value - want) < 1e-4

@@ -126,14 +126,15 @@ def _read_csv(path: Path, name: str) -> list[Record]:
 
 
 def _read_parquet(path: Path, name: str) -> list[Record]:
-    import pandas as pd
+    """Rows as Python values: Arrow's own conversion gives list columns (chat `messages`, preference
+    `chosen` / `rejected` message lists) as lists, where pandas would give numpy arrays."""
     import pyarrow
+    import pyarrow.parquet as pq
 
     try:
-        frame = pd.read_parquet(path)
+        return pq.read_table(path).to_pylist()
     except (pyarrow.ArrowException, OSError, ValueError) as err:
         raise DataSourceError(f"{name}: not a readable Parquet file: {str(err).splitlines()[0]}") from None
-    return frame.to_dict(orient="records")
 
 
 def check_sha256(path: Path, expected: str, label: str) -> None:

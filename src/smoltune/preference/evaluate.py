@@ -28,11 +28,14 @@ from smoltune.records import EvalFigures, PreferenceFigures
 
 
 def answer_logps(model: Any, examples: list[dict], pad_id: int, batch_size: int) -> list[float]:
-    """Sum of the log-probabilities of each example's labelled (answer + EOS) tokens."""
+    """Sum of the log-probabilities of each example's labelled (answer + EOS) tokens; the LM head (a 49k-word
+    vocabulary for SmolLM2) runs only where the next token is labelled, as in training."""
     import torch
 
     from smoltune.data.tokens import IGNORE_INDEX
+    from smoltune.train.packing import backbone_and_head
 
+    backbone, head = backbone_and_head(model)
     sums: list[float] = []
     model.eval()
     with torch.inference_mode():
@@ -42,11 +45,12 @@ def answer_logps(model: Any, examples: list[dict], pad_id: int, batch_size: int)
             ids = torch.tensor([e["input_ids"] + [pad_id] * (width - len(e["input_ids"])) for e in batch])
             labels = torch.tensor([e["labels"] + [IGNORE_INDEX] * (width - len(e["labels"])) for e in batch])
             mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in batch])
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
             targets = labels[:, 1:]
             labelled = targets != IGNORE_INDEX
-            picked = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            sums.extend((picked * labelled).sum(-1).tolist())
+            picked = torch.log_softmax(head(hidden[labelled]).float(), -1).gather(-1, targets[labelled].unsqueeze(-1))
+            rows = torch.arange(len(batch)).unsqueeze(1).expand_as(targets)[labelled]
+            sums.extend(torch.zeros(len(batch)).index_add_(0, rows, picked.squeeze(-1)).tolist())
     return sums
 
 

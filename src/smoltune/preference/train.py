@@ -37,6 +37,10 @@ from smoltune.train.precision import Precision, precision_for
 from smoltune.train.spec import RESULT_FILE, finished_result
 
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+DPO_BACKEND_REASON = {
+    False: "TRL DPOTrainer: Unsloth's DPO path (PatchDPOTrainer) needs a GPU",
+    True: "TRL DPOTrainer: Unsloth's PatchDPOTrainer is not wired in yet (never run on a GPU here)",
+}
 
 
 def dpo_settings(pref: PreferenceConfig, device: str, output_dir: str, precision: Precision) -> dict[str, Any]:
@@ -55,7 +59,8 @@ def dpo_settings(pref: PreferenceConfig, device: str, output_dir: str, precision
         "data_seed": pref.seed,
         "max_length": pref.max_length,
         "beta": pref.beta,
-        "loss_type": [pref.loss_type],
+        "loss_type": [pref.loss_type, "sft"] if pref.sft_loss_weight else [pref.loss_type],
+        "loss_weights": [1.0, pref.sft_loss_weight] if pref.sft_loss_weight else None,
         "precompute_ref_log_probs": pref.precompute_reference,
         "precompute_ref_batch_size": 8,
         "optim": "adamw_8bit" if on_cuda else "adamw_torch",
@@ -183,7 +188,7 @@ def train_preference(spec: PreferenceSpec, on_step: Any = None) -> TrainResult:
     settings = dpo_settings(PreferenceConfig.model_validate(spec.settings), device, "", precision)
     result = TrainResult(
         backend="hf",
-        backend_reason="TRL DPOTrainer (Unsloth's DPO patch needs a GPU)",
+        backend_reason=DPO_BACKEND_REASON[device == "cuda"],
         mode="lora",
         lora_rank=_adapter_rank(output_dir),
         device=device,
