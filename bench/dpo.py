@@ -159,8 +159,9 @@ def launch(name: str, args: argparse.Namespace, root: Path, precision: str) -> d
     except subprocess.TimeoutExpired:
         return {"error": f"did not finish within {args.limit:.0f} s"}
     if proc.returncode != 0 or not (work / "result.json").is_file():
-        last = [line for line in proc.stderr.splitlines() if line.strip()][-1:] or ["(no output)"]
-        return {"error": f"failed (exit {proc.returncode}): {last[0][:200]}"}
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if "Error" in line or "error" in line] or lines[-1:] or ["(no output)"]
+        return {"error": f"failed (exit {proc.returncode}): {errors[-1].strip()[:200]}"}
     figures = json.loads((work / "result.json").read_text())
     figures["tokens_per_second"] = round(figures["tokens"] / figures["seconds"], 2)
     figures["peak_rss_mb"] = round(figures.pop("peak_mb"), 1)  # the training process's, sampled during the loop

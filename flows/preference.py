@@ -4,9 +4,9 @@
     python -m flows.preference                            # the default DPO job
 
 fetch_preferences -> validate_preferences -> prepare_preferences -> reference_logps -> train_preference ->
-evaluate_preference -> promote -> report. Every stage is cached like the SFT ones; its key includes the SFT
-training's key, so a retrained SFT model reruns them, and changing `preference.beta` reruns only training
-and what follows it.
+evaluate_preference -> promote -> report. Every stage is cached like the SFT ones; the reference, training and
+evaluation keys (and the built-in pairs') include the SFT training's key, so a retrained SFT model reruns
+them, and changing `preference.beta` reruns only training and what follows it.
 """
 
 from __future__ import annotations
@@ -19,12 +19,8 @@ from smoltune.config import PipelineConfig, PreferenceConfig
 from smoltune.errors import ConfigError
 from smoltune.pipeline.runs import StageTimer, begin_flow_run, build_summary, with_preference
 from tasks.preference_data import fetch_preferences_task, prepare_preferences_task, validate_preferences_task
-from tasks.preference_train import (
-    evaluate_preference_task,
-    promote_preference_task,
-    reference_task,
-    train_preference_task,
-)
+from tasks.preference_evaluate import evaluate_preference_task, promote_preference_task
+from tasks.preference_train import reference_task, train_preference_task
 from tasks.report import report_task
 
 PREFERENCE_STAGES = (

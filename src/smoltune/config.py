@@ -435,6 +435,9 @@ def semantic_problems(config: PipelineConfig) -> list[str]:
         sources.append(("preference.source", config.preference.source))
         if config.train.mode != "lora":
             problems.append("preference: DPO trains the SFT adapter further; set train.mode=lora")
+        if config.model.load_in_4bit:
+            problems.append("preference: DPO loads the base unquantised, so its reference would not be the 4-bit "
+                            "SFT model; set model.load_in_4bit=false for a preference job")  # fmt: skip
     for field, source in sources:
         if missing_path(source):
             problems.append(f"{field}: {source} does not exist (relative paths are taken from {Path.cwd()})")

@@ -17,7 +17,7 @@ from smoltune.config import (
 )
 
 CONFIGS = Path("configs")
-PIPELINE_CONFIGS = ["default.yaml", "smoke.yaml", "t4.yaml"]
+PIPELINE_CONFIGS = ["default.yaml", "smoke.yaml", "t4.yaml", "dpo.yaml"]
 
 
 def test_defaults_are_the_seed_job() -> None:
@@ -41,6 +41,22 @@ def test_default_yaml_equals_the_defaults() -> None:
 def test_every_shipped_pipeline_config_loads(name: str) -> None:
     config = load_config(CONFIGS / name)
     assert config.train.max_steps >= 1
+
+
+def test_the_dpo_job_is_the_seed_job_plus_preference_tuning() -> None:
+    config = load_config(CONFIGS / "dpo.yaml")
+    assert config.preference is not None and config.preference.source == "embedded"
+    assert config.train == PipelineConfig().train  # its SFT stages are the seed job's: one cache for both
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "dpo.yaml", ["train.mode=full", "model.load_in_4bit=true", "preference.loss_type=x"])
+    text = str(err.value)
+    assert "unknown loss_type 'x'" in text
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "dpo.yaml", ["train.mode=full"])
+    assert "set train.mode=lora" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "dpo.yaml", ["model.load_in_4bit=true"])
+    assert "model.load_in_4bit=false" in str(err.value)
 
 
 def test_every_yaml_in_configs_is_known() -> None:

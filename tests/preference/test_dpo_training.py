@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -129,3 +129,7 @@ def test_a_killed_training_resumes_from_its_checkpoint(
     assert proc.returncode == -signal.SIGKILL and not (work / "result.json").exists()
     resumed = run_preference(job)
     assert resumed.resumed_from_step >= 1 and resumed.steps == 3 and len(resumed.losses) == 3
+    straight = run_preference(replace(job, work_dir=str(tmp_path / "straight")))
+    # The policy resumed, not the SFT adapter (TRL's reference copy is never what a checkpoint resumes).
+    for a, b in zip(resumed.losses, straight.losses, strict=True):
+        assert math.isclose(a, b, abs_tol=1e-4), (resumed.losses, straight.losses)

@@ -131,24 +131,30 @@ def evaluate_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     }
 
 
-# Preference tuning (DPO): every stage's key includes the SFT training's key (its reference and start), so a
-# retrained SFT reruns them; changing only `preference.beta` reruns training and what follows it.
+# Preference tuning (DPO): the reference, training and evaluation keys include the SFT training's key (their
+# start and reference), as does the fetch key of the built-in pairs (answered by the SFT model), so a retrained
+# SFT model reruns them; changing only `preference.beta` reruns training and what follows it.
 PAIR_SOURCE_FIELDS = {"source", "shape", "columns", "revision", "subset", "split", "sha256"}
+NOT_TRAINING_FIELDS = {
+    "eval_pairs", "min_pairs", "save_steps", "max_download_mb", "download_timeout_s", "generation_max_new_tokens",
+}  # fmt: skip
 
 
 def fetch_preferences_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     pref = inputs["pref"]
-    parts: dict[str, Any] = {"pairs": pref.model_dump(mode="json", include=PAIR_SOURCE_FIELDS)}
     if source_kind(pref.source) == "embedded":  # on-policy: the SFT model's own answers
-        parts |= {
+        parts: dict[str, Any] = {
             "sft": inputs["trained"].key,
             "count": pref.num_pairs + pref.eval_pairs,
             "seed": pref.seed,
             "max_new_tokens": pref.generation_max_new_tokens,
             "template": inputs["template"],
         }
-    else:
-        parts["identity"] = data_identity(pref.as_data_config())
+    else:  # a file, URL or hub dataset: its content, however it was made (no SFT model involved)
+        parts = {
+            "pairs": pref.model_dump(mode="json", include=PAIR_SOURCE_FIELDS),
+            "identity": data_identity(pref.as_data_config()),
+        }
     return inputs["cache_dir"], parts
 
 
@@ -189,7 +195,8 @@ def train_preference_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]
         "pairs": inputs["pairs_prepared"].train_sha256,
         "validated": inputs["pairs_prepared"].validated_key,
         "reference": reference.key if reference is not None else None,
-        "settings": pref.model_dump(mode="json", exclude=PAIR_SOURCE_FIELDS | {"eval_pairs", "min_pairs"}),
+        # What shapes the pairs reaches this key through their content; saving and download limits never do.
+        "settings": pref.model_dump(mode="json", exclude=PAIR_SOURCE_FIELDS | NOT_TRAINING_FIELDS),
     }
 
 

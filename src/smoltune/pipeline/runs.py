@@ -188,8 +188,13 @@ def with_preference(
     """`summary` with the preference stages' part (the report's preference section is rendered from it); the run's
     adapter is the DPO one (what `smoltune serve` and `smoltune chat` load from the run folder), the SFT one
     named beside it."""
+    # An export (merged model, GGUF) is of the SFT adapter: named as such beside the DPO adapter.
+    exported = {
+        f"sft_{k}": summary["artifacts"].pop(k) for k in ("merged_dir", "gguf_file") if k in summary["artifacts"]
+    }
     artifacts = {
         **summary["artifacts"],
+        **exported,
         "adapter_dir": dpo.result.output_dir,
         "adapter_mb": dpo.result.saved_mb,
         "sft_adapter_dir": summary["artifacts"].get("adapter_dir"),

@@ -7,8 +7,9 @@ every DPO step fails with "0 active drivers". There is no setting to turn it off
 probabilities, mean logit, whether the target is the top token) from plain torch ops, with autograd.
 
 Cost model: it takes the same inputs as the kernel, the hidden states of the *answer positions only* (TRL
-selects them), so the projection is answer tokens x vocabulary (e.g. 600 x 49,152 fp32 = 118 MB with its
-gradient), not every position's; prompt tokens never reach the LM head. tests/preference/test_cpu_logprobs.py
+selects them), so the projection is answer tokens x vocabulary, not every position's: prompt tokens never reach
+the LM head. Unlike the kernel it keeps the logits and the softmax for the backward pass (600 answer tokens x
+49,152 fp32: about 118 MB each, some 4-5 such buffers at peak). tests/preference/test_cpu_logprobs.py
 proves it equal to a log-softmax over full logits.
 """
 
@@ -36,6 +37,7 @@ class TorchLogProbs:
     ) -> tuple[Any, Any, Any, Any, Any]:
         import torch
 
+        bias = bias.to(hidden.dtype) if bias is not None else None
         logits = torch.nn.functional.linear(hidden, weight.to(hidden.dtype), bias).float() * logit_scale
         if final_logit_softcapping is not None:
             logits = final_logit_softcapping * torch.tanh(logits / final_logit_softcapping)

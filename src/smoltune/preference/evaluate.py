@@ -97,7 +97,8 @@ class PreferenceEval:
     pairs_file: str  # held-out pairs (prompt formatted, chosen, rejected)
     eval_rows_file: str  # the SFT held-out rows (prompt, completion)
     template: str
-    max_length: int
+    max_length: int  # the SFT rows' (train.max_seq_length)
+    pair_max_length: int  # the pairs' (preference.max_length)
 
 
 def evaluate_preference(
@@ -111,7 +112,7 @@ def evaluate_preference(
         model, tok = load_adapter_model(
             job.model_path, job.adapters[name], job.dtype, job.trust_remote_code, merged=name == "dpo"
         )
-        chosen, rejected = pair_examples(tok, pairs, max_length)
+        chosen, rejected = pair_examples(tok, pairs, job.pair_max_length)
         c, r = (answer_logps(model, x, tok.pad_token_id, ev.batch_size) for x in (chosen, rejected))
         logps[name] = list(zip(c, r, strict=True))
     rows = read_jsonl(job.eval_rows_file)  # the DPO model (last loaded) answers the SFT held-out rows and prompts

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from smoltune.config import TrainConfig
 from smoltune.files import atomic_write_json
+from smoltune.preference import worker
 from smoltune.preference.spec import REFERENCE_FILE, PreferenceSpec
 from smoltune.records import TrainResult
 from smoltune.train.distributed import launch_env
@@ -28,7 +29,9 @@ def run_preference(
         return finished
     work_dir.mkdir(parents=True, exist_ok=True)
     spec_file = atomic_write_json(work_dir / "spec.json", asdict(spec))
-    command = [sys.executable, "-m", "smoltune.preference.worker", str(spec_file)]
+    # The module itself, imported: the stages' code versions (smoltune.pipeline.versions) then cover the worker
+    # and everything it runs (training, the fast paths), as the SFT runner's import of its worker does.
+    command = [sys.executable, "-m", worker.__name__, str(spec_file)]
     with slot if slot is not None else nullcontext():
         run_worker(command, work_dir, on_step, launch_env(TrainConfig()))
     return work_dir / REFERENCE_FILE if spec.phase == "reference" else load_result(work_dir)

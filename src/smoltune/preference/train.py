@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from smoltune.config import PreferenceConfig
+from smoltune.errors import TrainingError
 from smoltune.files import atomic_write_json, read_jsonl, write_jsonl
 from smoltune.model import load_model_and_tokenizer, pick_device
 from smoltune.preference.cpu_logprobs import install as install_cpu_logprobs
@@ -95,6 +96,23 @@ def stored_reference_class() -> type:
     return StoredReference
 
 
+def drop_reference_copy_class() -> type:
+    from transformers import TrainerCallback
+
+    class DropReferenceCopy(TrainerCallback):
+        """A checkpoint keeps only the policy adapter. TRL's frozen "ref" copy (the SFT adapter, rebuilt from it
+        on every start) would otherwise sit in `checkpoint-N/ref/`, and transformers, finding an adapter
+        sub-folder, resumes that one alone and never the policy: a resumed run would restart from SFT.
+        Runs before MarkCompleteCheckpoints, so a checkpoint is marked complete only without it."""
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            import shutil
+
+            shutil.rmtree(Path(args.output_dir) / f"checkpoint-{state.global_step}" / "ref", ignore_errors=True)
+
+    return DropReferenceCopy
+
+
 def spec_precision(spec: PreferenceSpec, device: str) -> Precision:
     from smoltune.machine import cuda_capability
 
@@ -111,7 +129,8 @@ def load_policy(spec: PreferenceSpec, device: str, precision: Precision) -> tupl
     base, tokenizer = load_model_and_tokenizer(
         spec.model_path, device, spec.trust_remote_code, None, precision.load_dtype
     )
-    model = PeftModel.from_pretrained(base, spec.sft_output, is_trainable=True, autocast_adapter_dtype=False)
+    # The adapter in fp32 over a 16-bit base (PEFT's default upcast), as SFT trained it (smoltune.train.precision).
+    model = PeftModel.from_pretrained(base, spec.sft_output, is_trainable=True)
     return model, tokenizer
 
 
@@ -151,6 +170,11 @@ def score_reference(spec: PreferenceSpec) -> Path:
     trainer, _, _ = build_trainer(spec)
     columns = {name: trainer.train_dataset[name] for name in REFERENCE_COLUMNS}
     pairs = read_jsonl(spec.train_file)
+    if len(columns[REFERENCE_COLUMNS[0]]) != len(pairs):  # TRL drops pairs whose prompt fills max_length
+        raise TrainingError(
+            f"{len(pairs) - len(columns[REFERENCE_COLUMNS[0]])} pairs have a prompt of preference.max_length tokens "
+            "or more; raise preference.max_length (the pair gate should have stopped them)"
+        )
     return write_jsonl(
         target, [{**pair, **{k: float(v[i]) for k, v in columns.items()}} for i, pair in enumerate(pairs)]
     )
@@ -173,7 +197,8 @@ def train_preference(spec: PreferenceSpec, on_step: Any = None) -> TrainResult:
     resume = latest_complete_checkpoint(work_dir / "checkpoints")
     earlier = logged_steps(resume) if resume else []
     step_log = StepLog(on_step, loss_scaling=spec.precision == "fp16")
-    trainer, precision, device = build_trainer(spec, [step_log, MarkCompleteCheckpoints(), NoFinalCheckpoint()])
+    callbacks = [step_log, drop_reference_copy_class()(), MarkCompleteCheckpoints(), NoFinalCheckpoint()]
+    trainer, precision, device = build_trainer(spec, callbacks)
     trainable, total = count_parameters(trainer.model)
     with PeakMemory(cuda=device == "cuda") as peak:
         started_at, started = datetime.now(UTC).isoformat(timespec="milliseconds"), time.perf_counter()

@@ -82,5 +82,9 @@ def preference_section(p: dict[str, Any]) -> str:
             ],
         ],
     )
-    lines = [line for line in _pairs_lines(p) + _training_lines(p) if line]
+    promotion = [
+        f"- promotion, {'DPO' if i else 'SFT'}: {'promoted' if d['promoted'] else 'not promoted'} ({d['reason']})"
+        for i, d in enumerate(p.get("promotion") or [])
+    ]
+    lines = [line for line in _pairs_lines(p) + _training_lines(p) + promotion if line]
     return "## Preference tuning (DPO)\n\n" + "\n".join(lines) + f"\n\n{pairs_table}\n\n{rows_table}\n\n{_verdict(ev)}"
