@@ -37,6 +37,9 @@ def _section_model(annotation: Any) -> tuple[type[BaseModel], bool] | None:
     """(model, is_list) when a field holds a nested model (or a list of them), else None."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, False
+    optional = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(optional) == 1:
+        return _section_model(optional[0])  # an optional section (`preference`): its fields are documented too
     if typing.get_origin(annotation) in (list, tuple, set, frozenset):
         args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
         if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):

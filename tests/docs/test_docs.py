@@ -37,7 +37,9 @@ def _leaves(schema: dict[str, Any], node: dict[str, Any], prefix: str = "") -> d
     out: dict[str, str | None] = {}
     for name, prop in node.get("properties", {}).items():
         dotted = f"{prefix}.{name}" if prefix else name
-        ref = prop.get("$ref") or next((x["$ref"] for x in prop.get("allOf", []) if "$ref" in x), None)
+        # A section is a $ref, or one inside allOf / anyOf (an optional section: anyOf [$ref, null]).
+        wrapped = prop.get("allOf", []) + prop.get("anyOf", [])
+        ref = prop.get("$ref") or next((x["$ref"] for x in wrapped if "$ref" in x), None)
         if ref:
             out.update(_leaves(schema, schema["$defs"][ref.rsplit("/", 1)[-1]], dotted))
         else:
@@ -73,7 +75,7 @@ def test_reference_lists_every_pipeline_field_with_its_description() -> None:
     text = hook.config_reference(PipelineConfig)
     leaves = _leaves(PipelineConfig.model_json_schema(), PipelineConfig.model_json_schema())
     assert len(leaves) > 50  # the walk found the real job, not an empty schema
-    assert "train.lora.r" in leaves and "train.speed.segment_kernel" in leaves
+    assert "train.lora.r" in leaves and "train.speed.segment_kernel" in leaves and "preference.beta" in leaves
     for dotted, description in leaves.items():
         row = next((line for line in text.splitlines() if line.startswith(f"| `{dotted}` |")), None)
         assert row is not None, f"{dotted} missing from the configuration reference"
