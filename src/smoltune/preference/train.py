@@ -146,6 +146,9 @@ def build_trainer(spec: PreferenceSpec, callbacks: list[Any] | None = None) -> t
     torch.manual_seed(pref.seed)
     model, tokenizer = load_policy(spec, device, precision)
     install_cpu_logprobs(device)
+    if pref.share_prompt:  # before the trainer exists: TRL's reference precomputation runs in its constructor
+        causal = model.get_base_model()
+        install_shared_prompt(getattr(causal, causal.base_model_prefix))
     args = DPOConfig(**dpo_settings(pref, device, str(Path(spec.work_dir) / "checkpoints"), precision))
     trainer = stored_reference_class()(
         model=model,
@@ -154,9 +157,6 @@ def build_trainer(spec: PreferenceSpec, callbacks: list[Any] | None = None) -> t
         processing_class=tokenizer,
         callbacks=callbacks or [],
     )
-    if pref.share_prompt:
-        causal = trainer.model.get_base_model()
-        install_shared_prompt(getattr(causal, causal.base_model_prefix))
     return trainer, precision, device
 
 
