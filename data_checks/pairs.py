@@ -19,19 +19,19 @@ import pandas as pd
 
 from data_checks.suite import (
     CONTROL_OR_INVALID,
-    MAX_EXAMPLES,
     CheckResult,
+    GateNames,
     ValidationOutcome,
     _to_check,
-    data_docs_site,
     replace_invalid_unicode,
+    run_expectations,
 )
 from smoltune.data.prompts import format_prompt
 
 Row = dict[str, Any]
 PAIR_COLUMNS = ("instruction", "input", "chosen", "rejected")
 NON_EMPTY_PAIR_COLUMNS = ("instruction", "chosen", "rejected")
-SUITE_NAME = "smoltune_preference_pairs"
+PAIR_GATE = GateNames("smoltune_preference_pairs", "preference_pairs", "all_pairs", "smoltune_pair_gate")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def check_pairs(
     lengths = pair_lengths(rows, tokenizer, template)
     frame = with_pair_columns(rows, lengths, held_out_prompts)
     named = build_pair_expectations(settings)
-    results, data_docs = run_suite(frame, [expectation for _, _, expectation in named], docs_dir)
+    results, data_docs = run_expectations(frame, [expectation for _, _, expectation in named], PAIR_GATE, docs_dir)
     checks = [_to_check(check_id, name, "critical", results[e.id]) for check_id, name, e in named]
     for check in checks:
         if check.check_id == "token_length" and not check.success and not check.error:
@@ -165,42 +165,6 @@ def build_pair_expectations(settings: PairSettings) -> list[tuple[str, str, Any]
         )
     )
     return checks
-
-
-def run_suite(frame: pd.DataFrame, expectations: list[Any], docs_dir: Path | None) -> tuple[dict[str, Any], str | None]:
-    """The expectations' results by expectation id, from an ephemeral Great Expectations context, and the Data
-    Docs index when `docs_dir` is given (the same checkpoint set-up as `data_checks.suite.run_checks`)."""
-    import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
-
-    context = gx.get_context(mode="ephemeral")
-    actions = []
-    if docs_dir is not None:
-        context.add_data_docs_site("smoltune", data_docs_site(docs_dir))
-        actions.append(UpdateDataDocsAction(name="data_docs", site_names=["smoltune"]))
-    batch_definition = (
-        context.data_sources.add_pandas("smoltune")
-        .add_dataframe_asset("preference_pairs")
-        .add_batch_definition_whole_dataframe("all_pairs")
-    )
-    suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME))
-    for expectation in expectations:
-        suite.add_expectation(expectation)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(data=batch_definition, suite=suite, name=SUITE_NAME)
-    )
-    checkpoint = context.checkpoints.add(
-        gx.Checkpoint(
-            name="smoltune_pair_gate",
-            validation_definitions=[definition],
-            actions=actions,
-            result_format={"result_format": "COMPLETE", "partial_unexpected_count": MAX_EXAMPLES},
-        )
-    )
-    [result] = checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()
-    index = docs_dir / "index.html" if docs_dir is not None else None
-    data_docs = str(index) if index is not None and index.is_file() else None
-    return {r.expectation_config.id: r for r in result.results}, data_docs
 
 
 def tokens_over(check: CheckResult, lengths: list[int], max_length: int) -> str:

@@ -207,13 +207,24 @@ def data_docs_site(base_directory: Path) -> dict[str, Any]:
     }
 
 
-def run_checks(
-    df: pd.DataFrame,
-    settings: SuiteSettings,
-    token_counts: list[tuple[int, int]] | None = None,
-    docs_dir: Path | None = None,
-) -> ValidationOutcome:
-    """Validate `df` in an ephemeral Great Expectations context; with `docs_dir`, also build Data Docs there."""
+@dataclass(frozen=True)
+class GateNames:
+    """What a gate's Great Expectations objects are called (they show in its Data Docs)."""
+
+    suite: str
+    asset: str
+    batch: str
+    checkpoint: str
+
+
+TRAINING_GATE = GateNames("smoltune_training_data", "training_rows", "all_rows", "smoltune_gate")
+
+
+def run_expectations(
+    frame: pd.DataFrame, expectations: list[Any], names: GateNames, docs_dir: Path | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """Each expectation's result by expectation id, from an ephemeral Great Expectations context, and the Data
+    Docs index when `docs_dir` is given (then built there). Shared by the training-data gate and the pair gate."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
 
@@ -224,39 +235,50 @@ def run_checks(
         actions.append(UpdateDataDocsAction(name="data_docs", site_names=["smoltune"]))
     batch_definition = (
         context.data_sources.add_pandas("smoltune")
-        .add_dataframe_asset("training_rows")
-        .add_batch_definition_whole_dataframe("all_rows")
+        .add_dataframe_asset(names.asset)
+        .add_batch_definition_whole_dataframe(names.batch)
     )
-    named = build_expectations(settings)
-    suite = context.suites.add(gx.ExpectationSuite(name="smoltune_training_data"))
-    for _, _, expectation in named:
+    suite = context.suites.add(gx.ExpectationSuite(name=names.suite))
+    for expectation in expectations:
         suite.add_expectation(expectation)
     definition = context.validation_definitions.add(
-        gx.ValidationDefinition(data=batch_definition, suite=suite, name="smoltune_training_data")
+        gx.ValidationDefinition(data=batch_definition, suite=suite, name=names.suite)
     )
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(
-            name="smoltune_gate",
+            name=names.checkpoint,
             validation_definitions=[definition],
             actions=actions,
             result_format={"result_format": "COMPLETE", "partial_unexpected_count": MAX_EXAMPLES},
         )
     )
+    [result] = checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()
+    index = docs_dir / "index.html" if docs_dir is not None else None
+    # Great Expectations returns results in its own order; callers match them back by expectation id.
+    return {r.expectation_config.id: r for r in result.results}, (
+        str(index) if index is not None and index.is_file() else None
+    )
+
+
+def run_checks(
+    df: pd.DataFrame,
+    settings: SuiteSettings,
+    token_counts: list[tuple[int, int]] | None = None,
+    docs_dir: Path | None = None,
+) -> ValidationOutcome:
+    """Validate `df` in an ephemeral Great Expectations context; with `docs_dir`, also build Data Docs there."""
+    named = build_expectations(settings)
     frame = with_derived_columns(df, token_counts, settings.max_seq_length)
-    run = checkpoint.run(batch_parameters={"dataframe": frame})
-    [result] = run.run_results.values()
-    # Great Expectations returns results in its own order; match them back by expectation id.
-    by_id = {r.expectation_config.id: r for r in result.results}
+    by_id, data_docs = run_expectations(frame, [e for _, _, e in named], TRAINING_GATE, docs_dir)
     checks = [
         _to_check(check_id, name, settings.severity_of(check_id), by_id[expectation.id])
         for check_id, name, expectation in named
     ]
-    index = docs_dir / "index.html" if docs_dir is not None else None
     return ValidationOutcome(
         success=not any(not c.success and c.severity == "critical" for c in checks),
         row_count=len(df),
         checks=checks,
-        data_docs=str(index) if index is not None and index.is_file() else None,
+        data_docs=data_docs,
     )
 
 
