@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from smoltune.train.worker import ERROR_PREFIX, STEP_PREFIX
+from smoltune.train.worker import print_step, report_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,21 +26,13 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = PreferenceSpec(**json.loads(Path(args[0]).read_text()))
 
-    def on_step(record: dict, max_steps: int) -> None:
-        print(STEP_PREFIX + json.dumps({**record, "max_steps": max_steps}), flush=True)
-
     try:
         if spec.phase == "reference":
             score_reference(spec)
         else:
-            train_preference(spec, on_step)
+            train_preference(spec, print_step)
     except SmoltuneError as err:
-        problems = getattr(err, "problems", None)
-        print(
-            ERROR_PREFIX + json.dumps({"type": type(err).__name__, "message": str(err), "problems": problems}),
-            flush=True,
-        )
-        return err.exit_code
+        return report_error(err)
     return 0
 
 

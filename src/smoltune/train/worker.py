@@ -13,6 +13,7 @@ import faulthandler
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 STEP_PREFIX = "SMOLTUNE_STEP "
 ERROR_PREFIX = "SMOLTUNE_ERROR "  # a failure the user can act on, relayed as the parent's error message
@@ -35,20 +36,30 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_step(record: dict, max_steps: int) -> None:
         if rank.is_main:  # every rank logs the same (all-reduced) loss; one progress line per step is enough
-            print(STEP_PREFIX + json.dumps({**record, "max_steps": max_steps}), flush=True)
+            print_step(record, max_steps)
 
     from smoltune.errors import SmoltuneError
 
     try:
         train(spec, on_step)
     except SmoltuneError as err:
-        problems = getattr(err, "problems", None)  # a ConfigError's list, so the parent raises the same error
-        print(
-            ERROR_PREFIX + json.dumps({"type": type(err).__name__, "message": str(err), "problems": problems}),
-            flush=True,
-        )
-        return err.exit_code
+        return report_error(err)
     return 0
+
+
+def print_step(record: dict, max_steps: int) -> None:
+    """One logged step as the parent (smoltune.train.runner.run_worker) relays it."""
+    print(STEP_PREFIX + json.dumps({**record, "max_steps": max_steps}), flush=True)
+
+
+def report_error(err: Any) -> int:
+    """A SmoltuneError as the parent raises it again (a ConfigError with its list of problems); its exit code."""
+    problems = getattr(err, "problems", None)
+    print(
+        ERROR_PREFIX + json.dumps({"type": type(err).__name__, "message": str(err), "problems": problems}),
+        flush=True,
+    )
+    return err.exit_code
 
 
 if __name__ == "__main__":
