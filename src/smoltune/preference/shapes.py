@@ -19,15 +19,13 @@ that does not make a pair gives None where a part is missing: the pair gate repo
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from smoltune.config import PAIR_SHAPES, PreferenceConfig
 from smoltune.data.formats import rename_columns, turns_of
-from smoltune.data.sources import Download, download_source, load_records, read_file
+from smoltune.data.sources import Download
+from smoltune.data.stage import source_records
 from smoltune.errors import DataError
-from smoltune.files import sha256_file
-from smoltune.hub import hub_commit
 from smoltune.redaction import redact
 from smoltune.sources import source_kind
 
@@ -206,27 +204,11 @@ def hh_prompt(prompt: str) -> tuple[Any, str]:
 
 
 def read_pairs(pref: PreferenceConfig, prefetched: Download | None = None) -> tuple[list[Row], str, str]:
-    """(pair rows, their shape, what identifies their content) of a file, URL or hub `pref.source`. A URL
-    source already downloaded (for the cache key) is passed as `prefetched` and read from disk. An offline
-    fallback is noted at the end of the identity text."""
-    kind = source_kind(pref.source)
-    if kind == "embedded":
+    """(pair rows, their shape, what identifies their content) of a file, URL or hub `pref.source`, read as SFT
+    rows are read (smoltune.data.stage.source_records). A URL source already downloaded (for the cache key) is
+    passed as `prefetched` and read from disk. An offline fallback is noted at the end of the identity text."""
+    if source_kind(pref.source) == "embedded":
         raise ValueError("the built-in pairs are generated from the SFT model, not read by read_pairs")
-    note = ""
-    if kind == "url":
-        got = prefetched or download_source(pref.source, pref.sha256, pref.max_download_mb, pref.download_timeout_s)
-        records = read_file(got.path, label=pref.source)
-        identity = f"content sha256 {got.sha256} (downloaded {got.fetched_at})"
-        if got.offline:
-            note = f"; offline: {redact(pref.source)} could not be reached, used the copy downloaded {got.fetched_at}"
-    elif kind == "hub":
-        commit = hub_commit("dataset", pref.source, pref.revision)
-        identity = f"hub commit {commit}" if commit else f"hub revision {pref.revision or 'main'} (commit unknown)"
-        if commit is None:
-            note = "; offline: the hub could not be asked for the dataset's commit, used what `datasets` had cached"
-        records = load_records(pref.source, revision=commit or pref.revision, subset=pref.subset, split=pref.split)
-    else:  # a local file; anything else is reported by load_records with the list of accepted sources
-        records = load_records(pref.source, sha256=pref.sha256)
-        identity = f"content sha256 {sha256_file(Path(pref.source).expanduser())}"
-    rows, shape = normalise_pairs(records, pref.columns, pref.shape, source=redact(pref.source))
-    return rows, shape, identity + note
+    got = source_records(pref.as_data_config(), prefetched)
+    rows, shape = normalise_pairs(got.rows, pref.columns, pref.shape, source=redact(pref.source))
+    return rows, shape, got.identity + (f"; {got.note}" if got.note else "")
