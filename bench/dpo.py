@@ -22,9 +22,10 @@ import json
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+import common
 
 HERE = Path(__file__).resolve().parent
 CONTENDERS = {"trl": "(a) trl defaults", "trl_cpu": "(b) trl, CPU-aware", "smoltune": "(c) smoltune"}
@@ -79,7 +80,6 @@ def run_trl(args: argparse.Namespace, model: str, adapter: Path, pairs: Path, cp
     from trl import DPOConfig, DPOTrainer
 
     from smoltune.files import read_jsonl
-    from smoltune.train.instrumentation import PeakMemory
 
     s = settings(args.steps)
     bf16 = args.precision == "bf16" if cpu_aware else True
@@ -101,19 +101,8 @@ def run_trl(args: argparse.Namespace, model: str, adapter: Path, pairs: Path, cp
     trainer = DPOTrainer(
         model=policy, args=config, train_dataset=Dataset.from_list(read_jsonl(pairs)), processing_class=tokenizer
     )
-    with PeakMemory() as peak:
-        started = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - started
-    losses = [float(log["loss"]) for log in trainer.state.log_history if "loss" in log]
-    tokens = int(trainer.state.num_input_tokens_seen)
-    return {
-        "seconds": seconds,
-        "tokens": tokens,
-        "losses": losses,
-        "peak_mb": peak.megabytes,
-        "precision": "bf16" if bf16 else "fp32",
-    }
+    # The SFT bench's own measurement (wall time of train(), real tokens, peak RSS, per-step losses).
+    return {**common.measure_training(trainer), "precision": "bf16" if bf16 else "fp32"}
 
 
 def run_smoltune(args: argparse.Namespace, model: str, adapter: Path, pairs: Path) -> dict[str, Any]:
@@ -135,7 +124,7 @@ def run_smoltune(args: argparse.Namespace, model: str, adapter: Path, pairs: Pat
         )
     )
     return {"seconds": result.train_seconds, "tokens": result.tokens_seen, "losses": result.losses,
-            "peak_mb": result.peak_memory_mb, "precision": result.precision}  # fmt: skip
+            "peak_rss_mb": result.peak_memory_mb, "precision": result.precision}  # fmt: skip
 
 
 def one_contender(args: argparse.Namespace) -> None:
@@ -164,7 +153,6 @@ def launch(name: str, args: argparse.Namespace, root: Path, precision: str) -> d
         return {"error": f"failed (exit {proc.returncode}): {errors[-1].strip()[:200]}"}
     figures = json.loads((work / "result.json").read_text())
     figures["tokens_per_second"] = round(figures["tokens"] / figures["seconds"], 2)
-    figures["peak_rss_mb"] = round(figures.pop("peak_mb"), 1)  # the training process's, sampled during the loop
     return figures
 
 
