@@ -124,3 +124,56 @@ def test_every_lr_scheduler_offered_is_one_transformers_has() -> None:
 
     offered = get_args(PipelineConfig.model_fields["train"].annotation.model_fields["lr_scheduler"].annotation)
     assert set(offered) <= {s.value for s in SchedulerType} and "linear" in offered
+
+
+# -- no silent wrong result: overrides merge, duplicate keys refused, compare variants apply or refuse ---------
+
+
+def test_a_mapping_override_merges_field_by_field(tmp_path: Path) -> None:
+    """`--set 'train={max_steps: 5}'` changes max_steps only; the rest of train keeps the job's values."""
+    job = tmp_path / "job.yaml"
+    job.write_text("train:\n  learning_rate: 0.001\n  lora: {r: 8, alpha: 32}\n")
+    config = load_config(job, ["train={max_steps: 5}", "train.lora={r: 4}"])
+    assert (config.train.max_steps, config.train.learning_rate) == (5, 0.001)
+    assert (config.train.lora.r, config.train.lora.alpha) == (4, 32)
+    # A value that is not a mapping still replaces: lists are values, not sections.
+    assert load_config(job, ["train.lora.target_modules=[q_proj]"]).train.lora.target_modules == ["q_proj"]
+
+
+def test_duplicate_yaml_keys_are_an_error(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("train:\n  max_steps: 5\n  learning_rate: 0.1\n  max_steps: 50\n")
+    with pytest.raises(ConfigError, match="line 4: duplicate key 'max_steps' \\(first on line 2\\)"):
+        load_config(job)
+    with pytest.raises(ConfigError, match="duplicate key"):
+        load_config(None, ["train={max_steps: 1, max_steps: 2}"])
+    job.write_text("base: &b {max_steps: 5}\ntrain:\n  <<: *b\n  max_steps: 7\n")  # a merge key is no duplicate
+    with pytest.raises(ConfigError, match="base: Extra inputs"):
+        load_config(job)
+
+
+def test_an_alias_bomb_is_refused(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 12)]
+    job = tmp_path / "bomb.yaml"
+    job.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(job)
+
+
+def test_compare_variants_apply_every_field_or_are_refused(tmp_path: Path) -> None:
+    from smoltune.config import load_compare_config, variant_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {learning_rate: 0.001}\nvariants:\n  - {name: a, set: {train: {lora: {r: 8}}}}\n")
+    compare = load_compare_config(path)
+    job = variant_config(compare, compare.variants[0])
+    assert (job.train.lora.r, job.train.lora.alpha, job.train.learning_rate) == (8, 16, 0.001)
+    for field in ("model.source: x", "data.num_samples: 5", "train.max_seq_length: 64", "validation: {min_rows: 2}"):
+        path.write_text(f"variants:\n  - {{name: a, set: {{{field}}}}}\n")
+        with pytest.raises(ConfigError, match="would be ignored"):
+            load_compare_config(path)
+    for text in ("- just a list\n", "variants:\n  - 3\n", "variants:\n  - {name: a, colour: red}\n"):
+        path.write_text(text)
+        with pytest.raises(ConfigError):
+            load_compare_config(path)

@@ -52,7 +52,7 @@ def test_csv_keeps_strings_as_strings(tmp_path: Path) -> None:
         ("empty.jsonl", b"", "the file is empty"),
         ("blank.csv", b"  \n", "the file is empty"),
         ("obj.json", b'{"instruction": "a"}', "expected a JSON list of objects"),
-        ("bad.jsonl", b'{"instruction": "a"}\n{oops\n', "line 2 is not valid JSON"),
+        ("bad.jsonl", b'{"instruction": "a"}\n{oops\n', "line 2: invalid JSON"),
         ("broken.parquet", b"PAR1 this is not parquet", "not a readable Parquet file"),
         ("rows.txt", b"a,b\n1,2\n", "unsupported extension"),
     ],

@@ -86,11 +86,21 @@ def _read_text(path: Path, name: str) -> str:
     return text
 
 
-def _read_json(path: Path, name: str) -> list[Record]:
+def _parse_json(text: str, where: str) -> Any:
+    """`json.loads` with every way it refuses input as a DataSourceError: syntax, an integer too long to convert
+    (ValueError past Python's 4,300 digits), nesting deeper than the recursion limit (RecursionError)."""
     try:
-        data = json.loads(_read_text(path, name))
+        return json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataSourceError(f"{name}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+        raise DataSourceError(f"{where}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    except ValueError as err:
+        raise DataSourceError(f"{where}: a JSON value cannot be read ({str(err).splitlines()[0][:120]})") from None
+    except RecursionError:
+        raise DataSourceError(f"{where}: JSON nested too deeply to read") from None
+
+
+def _read_json(path: Path, name: str) -> list[Record]:
+    data = _parse_json(_read_text(path, name), name)
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]  # a common wrapper: {"data": [...]}
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -103,10 +113,7 @@ def _read_jsonl(path: Path, name: str) -> list[Record]:
     for number, line in enumerate(_read_text(path, name).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataSourceError(f"{name}: line {number} is not valid JSON: {err.msg}") from None
+        record = _parse_json(line, f"{name}: line {number}")
         if not isinstance(record, dict):
             raise DataSourceError(f"{name}: line {number} is not a JSON object")
         records.append(record)
@@ -132,7 +139,8 @@ def _read_parquet(path: Path, name: str) -> list[Record]:
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
+        return [json_safe(row) for row in table.to_pylist()]
     except (pyarrow.ArrowException, OSError, ValueError) as err:
         raise DataSourceError(f"{name}: not a readable Parquet file: {str(err).splitlines()[0]}") from None
 
@@ -293,4 +301,32 @@ def read_hub_dataset(dataset_id: str, revision: str | None, subset: str | None, 
             f"{dataset_id}: could not load split {split!r} from the Hugging Face Hub ({first_line}); offline "
             "machines can use data.source=embedded or a local file"
         ) from None
-    return [dict(record) for record in loaded]
+    return [json_safe(dict(record)) for record in loaded]
+
+
+def json_safe(value: Any) -> Any:
+    """`value` as JSON data, so rows can be stored (raw.jsonl) and gated: Parquet and hub columns arrive as
+    timestamps, dates, decimals, bytes or numpy scalars. Text-like values become text (timestamps in ISO 8601,
+    decimals exactly, UTF-8 bytes decoded); what is not text (other bytes, images, unknown objects) becomes a
+    small object naming it, which the data gate reports as "not text" with its row number."""
+    import datetime as dt
+    import decimal
+
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal | dt.timedelta):
+        return str(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"bytes": len(value)}
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return json_safe(value.tolist())
+    return {"unsupported": type(value).__name__}

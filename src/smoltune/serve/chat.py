@@ -14,7 +14,7 @@ from typing import Any
 
 from smoltune.config import load_config
 from smoltune.data.prompts import format_prompt
-from smoltune.errors import SmoltuneError
+from smoltune.errors import ModelError, SmoltuneError
 
 
 class RunNotFoundError(SmoltuneError, FileNotFoundError):
@@ -52,10 +52,22 @@ def stream_answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) 
         "streamer": streamer,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    worker = Thread(target=model.generate, kwargs=kwargs, daemon=True)
+    failed: list[BaseException] = []
+
+    def generate() -> None:
+        # An exception here would leave the streamer waiting forever: end the stream and hand the error over.
+        try:
+            model.generate(**kwargs)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread below
+            failed.append(err)
+            streamer.end()
+
+    worker = Thread(target=generate, daemon=True)
     worker.start()
     yield from streamer
     worker.join()
+    if failed:
+        raise ModelError(f"generation failed: {type(failed[0]).__name__}: {failed[0]}") from failed[0]
 
 
 def answer_prompt(model: Any, tokenizer: Any, template: str, instruction: str, max_new_tokens: int) -> Iterator[str]:
