@@ -37,7 +37,7 @@ from smoltune.records import (
     Trained,
     Validated,
 )
-from smoltune.redaction import redact
+from smoltune.redaction import redact_tree
 
 
 def new_run_name() -> str:
@@ -55,11 +55,9 @@ def create_run_dir(output: OutputConfig) -> Path:
 
 
 def redacted_dump(config: PipelineConfig) -> dict[str, Any]:
-    """The config as JSON data, with URL credentials and tokens in its sources redacted."""
-    data = config.model_dump(mode="json")
-    for section in ("model", "data"):
-        data[section]["source"] = redact(data[section]["source"])
-    return data
+    """The config as JSON data, with URL credentials and tokens redacted in every field (sources,
+    `output.notify_server`, tracking and hub settings alike)."""
+    return redact_tree(config.model_dump(mode="json"))  # type: ignore[return-value]
 
 
 def write_config(run_dir: Path, config: PipelineConfig) -> Path:
