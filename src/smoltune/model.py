@@ -42,8 +42,7 @@ def resolve_model(source: str, revision: str | None = None) -> ResolvedModel:
         return resolve_embedded()
     if kind == "local":
         path = Path(source).expanduser()
-        if not (path / "config.json").is_file():
-            raise ModelResolutionError(f"model.source {source}: the folder has no config.json")
+        check_model_folder(path, f"model.source {source}")
         return ResolvedModel(
             source=source,
             kind="local",
@@ -56,6 +55,32 @@ def resolve_model(source: str, revision: str | None = None) -> ResolvedModel:
     raise ModelResolutionError(
         f"model.source {source!r} is neither 'embedded', an existing folder, nor a hub id like org/name"
     )
+
+
+# What a folder needs for every later stage to load it: checked when the model is resolved (seconds), not when
+# the tokenizer or the weights are first loaded (after data work, or after training for an export).
+TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"))
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+
+
+def check_model_folder(path: Path, label: str) -> None:
+    """Raise one ModelResolutionError listing everything `path` lacks: a readable config.json naming a
+    model_type, tokenizer files, weights."""
+    problems = []
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict) or not config.get("model_type"):
+            problems.append("config.json names no model_type")
+    except FileNotFoundError:
+        problems.append("no config.json")
+    except (OSError, ValueError, RecursionError) as err:  # unreadable, not UTF-8, not JSON
+        problems.append(f"config.json cannot be read ({type(err).__name__})")
+    if not any(all((path / name).is_file() for name in files) for files in TOKENIZER_FILES):
+        problems.append("no tokenizer (tokenizer.json, tokenizer.model, or vocab.json + merges.txt)")
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        problems.append("no weights (*.safetensors)")
+    if problems:
+        raise ModelResolutionError(f"{label}: the folder is not a complete model: {'; '.join(problems)}")
 
 
 def find_embedded_gguf() -> Path:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from smoltune.errors import DataError
+from smoltune.errors import ConfigError, DataError
+from smoltune.yaml_input import parse_yaml
 
 
 class EvalPromptsError(DataError):
@@ -19,9 +18,11 @@ class EvalPromptsError(DataError):
 def load_eval_prompts(path: str | Path) -> list[dict[str, str]]:
     """Prompts from YAML: a list of {instruction, input?} mappings (or plain strings)."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
+        data = parse_yaml(Path(path).read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError) as err:
         raise EvalPromptsError(f"{path}: cannot read eval prompts: {err}") from None
+    except ConfigError as err:
+        raise EvalPromptsError(f"{path}: cannot read eval prompts: {err.problems[0]}") from None
     items = data.get("prompts") if isinstance(data, dict) else data
     if not isinstance(items, list) or not items:
         raise EvalPromptsError(f"{path}: expected a non-empty list under 'prompts'")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from smoltune.data.tokens import load_tokenizer
+from smoltune.errors import ExportError
 from smoltune.files import atomic_dir
 
 
@@ -31,6 +32,7 @@ def export_merged(base_path: str, adapter_dir: str, out_dir: str | Path, trust_r
     return Path(out_dir)
 
 
+GGUF_MODEL_TYPES = ("llama",)  # architectures whose tensor names the writer below maps
 GGUF_FILE_TYPES = {"f16": 1, "q8_0": 7}  # llama.cpp's LLAMA_FTYPE_MOSTLY_F16 / _Q8_0
 
 
@@ -95,6 +97,21 @@ def _add_tokenizer(writer: Any, model_dir: Path) -> None:
     gguf.SpecialVocab(model_dir, load_merges=True).add_to_gguf(writer, quiet=True)
 
 
+def check_exports(model_dir: str | Path, gguf_requested: bool) -> None:
+    """Before any training: the base model's architecture is one every requested export can write (the GGUF
+    writer maps llama tensor names only), so a job never trains for an export that would then fail."""
+    import json
+
+    if not gguf_requested:
+        return
+    model_type = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if model_type not in GGUF_MODEL_TYPES:
+        raise ExportError(
+            f"export.gguf: GGUF export supports {', '.join(GGUF_MODEL_TYPES)} models and this model is "
+            f"{model_type!r}; set export.gguf=false (export.merged still works)"
+        )
+
+
 def export_gguf(merged_dir: str | Path, out_file: str | Path, qtype: str = "f16") -> Path:
     """Write a llama-architecture model folder (the merged export) as one GGUF file (F16 or Q8_0).
     Tied output weights are stored once, as the token embedding, as llama.cpp expects."""
@@ -106,8 +123,10 @@ def export_gguf(merged_dir: str | Path, out_file: str | Path, qtype: str = "f16"
 
     model_dir = Path(merged_dir)
     config = AutoConfig.from_pretrained(model_dir)
-    if config.model_type != "llama":
-        raise ValueError(f"GGUF export supports llama models; {model_dir} is {config.model_type!r}")
+    if config.model_type not in GGUF_MODEL_TYPES:
+        raise ExportError(
+            f"export.gguf: GGUF export supports {GGUF_MODEL_TYPES} models; {model_dir} is {config.model_type!r}"
+        )
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     target = Path(out_file)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import yaml
 
 from smoltune.config import OutputConfig, PipelineConfig, check_config
 from smoltune.errors import ConfigError
+from smoltune.evaluate.prompts import load_eval_prompts
 from smoltune.files import atomic_write_text
 from smoltune.pipeline.settings import quiet_user_error_tracebacks, use_hub_token
 from smoltune.records import (
@@ -72,6 +73,7 @@ def begin_flow_run(config: PipelineConfig, source: str) -> tuple[PipelineConfig,
     absolute paths, one-line user errors in Prefect's logs, the hub token from its Secret block, and the run
     folder holding the exact configuration. Returns the checked config and the run folder."""
     config = check_config(config, source)
+    load_eval_prompts(config.eval.prompts_file)  # parsed now: a bad file must not cost a whole training
     quiet_user_error_tracebacks()
     use_hub_token(config.model.hub_token_secret)
     run_dir = create_run_dir(config.output)
