@@ -13,11 +13,15 @@ exits with its class's code; a Prefect run fails with the same message as its st
 | 6 | TrainingError | training failed or diverged (NaN/inf loss); the worker's last error lines are included |
 | 7 | ExportError | the merged model or the GGUF file could not be written |
 | 8 | BusyError | another run held a lock (a stage being computed, the machine's training slot) for too long |
-| 9 | (OSError: no space) | the disk filled up; incomplete stage folders are never trusted, rerun after freeing space |
+| 9 | StorageError | the file system refused (no space, permission, read-only, a file where a folder belongs) |
+| 10 | PublishError | publishing to the Hub failed (offline, token refused, no rights); the run itself is complete |
 | 1 | anything else | a bug: the traceback is printed, please report it |
 """
 
 from __future__ import annotations
+
+import errno
+import os
 
 from smoltune.redaction import redact
 
@@ -79,4 +83,54 @@ class BusyError(SmoltuneError, TimeoutError):
     exit_code = 8
 
 
-USER_ERRORS = (ConfigError, DataError, SourceError, ModelError, TrainingError, ExportError, BusyError)
+class StorageError(SmoltuneError, OSError):
+    """The file system refused a read or write, whichever library met it (Python, safetensors, torch.save)."""
+
+    exit_code = 9
+
+
+# errno -> what to tell the user; the messages libraries wrap an OS error in carry the same strerror text.
+_STORAGE = {
+    errno.ENOSPC: "no space left on the device; free some, or point output.cache_dir / output.runs_dir elsewhere",
+    errno.EDQUOT: "disk quota exceeded; free some, or point output.cache_dir / output.runs_dir elsewhere",
+    errno.EACCES: "permission denied; make it writable for this user or choose another folder",
+    errno.EPERM: "operation not permitted; make it writable for this user or choose another folder",
+    errno.EROFS: "read-only file system; point output.runs_dir / output.cache_dir at a writable folder",
+    errno.ENOTDIR: "a file is where a folder belongs; move it away or choose another folder",
+    errno.EISDIR: "a folder is where a file belongs; move it away or choose another path",
+    errno.ENAMETOOLONG: "the path is too long for the file system; choose a shorter folder",
+}
+
+
+def storage_error(err: BaseException) -> StorageError | None:
+    """`err` as one StorageError line when it (or an exception it wraps) is a file-system refusal, else None.
+    safetensors and torch.save raise their own types around the OS error, so the text is searched as well."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _STORAGE:
+            where = f" ({current.filename})" if current.filename else ""
+            return StorageError(f"{_STORAGE[current.errno]}{where}")
+        text = str(current)
+        first = text.splitlines()[0][:200] if text else type(current).__name__
+        for code, advice in _STORAGE.items():
+            if os.strerror(code) in text:
+                return StorageError(f"{advice} ({first})")
+        if "file write failed" in text:  # torch.save's writer does not keep the OS error
+            return StorageError(f"a write failed, most often for lack of space: {_STORAGE[errno.ENOSPC]} ({first})")
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class PublishError(SmoltuneError, RuntimeError):
+    """Publishing to the Hugging Face Hub failed. A code of its own (no other kind fits: the Hub is a destination,
+    not a source, and nothing local is missing) tells a script that the run folder is complete and only
+    `smoltune push` needs repeating."""
+
+    exit_code = 10
+
+
+USER_ERRORS = (
+    ConfigError, DataError, SourceError, ModelError, TrainingError, ExportError, BusyError, StorageError, PublishError,
+)  # fmt: skip

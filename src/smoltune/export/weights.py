@@ -97,6 +97,32 @@ def _add_tokenizer(writer: Any, model_dir: Path) -> None:
     gguf.SpecialVocab(model_dir, load_merges=True).add_to_gguf(writer, quiet=True)
 
 
+def _write_gguf(path: Path, model_dir: Path, config: Any, qtype: str) -> None:
+    import gguf
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    writer = gguf.GGUFWriter(path, "llama")
+    _add_llama_metadata(writer, config, qtype)
+    _add_tokenizer(writer, model_dir)
+    # bf16 has no numpy dtype: read with torch and widen to fp32 before converting.
+    state = {k: v.to(torch.float32).numpy() for k, v in load_file(model_dir / "model.safetensors").items()}
+    for hf_name, weight in state.items():
+        if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ExportError(f"export.gguf: no GGUF name for tensor {hf_name} of {model_dir}")
+        data, kind = _gguf_tensor(gguf_name, np.ascontiguousarray(weight), config, qtype)
+        writer.add_tensor(gguf_name, data, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def check_exports(model_dir: str | Path, gguf_requested: bool) -> None:
     """Before any training: the base model's architecture is one every requested export can write (the GGUF
     writer maps llama tensor names only), so a job never trains for an export that would then fail."""
@@ -115,10 +141,6 @@ def check_exports(model_dir: str | Path, gguf_requested: bool) -> None:
 def export_gguf(merged_dir: str | Path, out_file: str | Path, qtype: str = "f16") -> Path:
     """Write a llama-architecture model folder (the merged export) as one GGUF file (F16 or Q8_0).
     Tied output weights are stored once, as the token embedding, as llama.cpp expects."""
-    import gguf
-    import numpy as np
-    import torch
-    from safetensors.torch import load_file
     from transformers import AutoConfig
 
     model_dir = Path(merged_dir)
@@ -127,26 +149,13 @@ def export_gguf(merged_dir: str | Path, out_file: str | Path, qtype: str = "f16"
         raise ExportError(
             f"export.gguf: GGUF export supports {GGUF_MODEL_TYPES} models; {model_dir} is {config.model_type!r}"
         )
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     target = Path(out_file)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
-    writer = gguf.GGUFWriter(partial, "llama")
-    _add_llama_metadata(writer, config, qtype)
-    _add_tokenizer(writer, model_dir)
-    # bf16 has no numpy dtype: read with torch and widen to fp32 before converting.
-    state = {k: v.to(torch.float32).numpy() for k, v in load_file(model_dir / "model.safetensors").items()}
-    for hf_name, weight in state.items():
-        if hf_name == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
-            raise ValueError(f"no GGUF name for tensor {hf_name}")
-        data, kind = _gguf_tensor(gguf_name, np.ascontiguousarray(weight), config, qtype)
-        writer.add_tensor(gguf_name, data, raw_dtype=kind)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    try:
+        _write_gguf(partial, model_dir, config, qtype)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a full disk or an error midway never leaves a half-written file
+        raise
     partial.replace(target)  # complete files only
     return target

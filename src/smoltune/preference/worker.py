@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from smoltune.train.worker import print_step, report_error
+from smoltune.train.worker import print_step, run_reporting
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,20 +20,14 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m smoltune.preference.worker SPEC.json", file=sys.stderr)
         return 2
     faulthandler.enable()
-    from smoltune.errors import SmoltuneError
     from smoltune.preference.spec import PreferenceSpec
     from smoltune.preference.train import score_reference, train_preference
 
     spec = PreferenceSpec(**json.loads(Path(args[0]).read_text()))
 
-    try:
-        if spec.phase == "reference":
-            score_reference(spec)
-        else:
-            train_preference(spec, print_step)
-    except SmoltuneError as err:
-        return report_error(err)
-    return 0
+    if spec.phase == "reference":
+        return run_reporting(lambda: score_reference(spec))
+    return run_reporting(lambda: train_preference(spec, print_step))
 
 
 if __name__ == "__main__":

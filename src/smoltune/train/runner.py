@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from smoltune.config import TrainConfig
-from smoltune.errors import ConfigError, TrainingError
+from smoltune.errors import ConfigError, StorageError, TrainingError
 from smoltune.files import atomic_write_json
 from smoltune.records import TrainResult
 from smoltune.train.distributed import join_commands, launch_command, launch_env
@@ -90,6 +90,8 @@ def run_worker(command: list[str], work_dir: Path, on_step: Callable[[dict], Non
         error = reported[-1]
         if error["type"] == "ConfigError" and error.get("problems"):  # a setting this machine cannot run
             raise ConfigError(error["problems"], "train")
+        if error["type"] == "StorageError":  # the disk, not the training: exit 9 like any other stage's
+            raise StorageError(error["message"])
         raise TrainingError(error["message"])
     if proc.returncode != 0:
         raise TrainingError(

@@ -38,12 +38,23 @@ def main(argv: list[str] | None = None) -> int:
         if rank.is_main:  # every rank logs the same (all-reduced) loss; one progress line per step is enough
             print_step(record, max_steps)
 
-    from smoltune.errors import SmoltuneError
+    return run_reporting(lambda: train(spec, on_step))
+
+
+def run_reporting(work: Any) -> int:
+    """Run `work`; a SmoltuneError, or a file-system refusal met by any library (a full disk inside
+    safetensors or torch.save), is reported to the parent with its exit code instead of a traceback."""
+    from smoltune.errors import SmoltuneError, storage_error
 
     try:
-        train(spec, on_step)
+        work()
     except SmoltuneError as err:
         return report_error(err)
+    except Exception as err:
+        storage = storage_error(err)
+        if storage is None:
+            raise
+        return report_error(storage)
     return 0
 
 
