@@ -206,3 +206,24 @@ def test_the_report_names_the_command_that_serves_its_adapter() -> None:
     assert "`smoltune serve --adapter r1=/runs/r1`" in render_report(summary, [])
     full = {**summary, "artifacts": {"model_dir": "/x/model", "saved_mb": 500.0}}
     assert "smoltune serve" not in render_report(full, [])
+
+
+def test_links_and_images_from_prompts_and_answers_are_text_never_fetched_or_run() -> None:
+    """A model's answer or a user's prompt holding Markdown links and images: in report.md (which the Prefect UI
+    renders) the brackets are escaped; in report.html no <a> or foreign <img> survives, only the report's own
+    embedded plot."""
+    import re
+
+    from smoltune.report.html import render_html
+    from smoltune.report.markdown import LOSS_CURVE
+
+    generations = [
+        {"instruction": "[click](javascript:alert(1))", "input": "", "base": "![x](http://evil.example/a.png)",
+         "tuned": "<http://evil.example/b> <img src=x onerror=alert(1)>"},
+    ]  # fmt: skip
+    text = render_report(make_summary(), generations)
+    assert "\\[click\\](javascript:alert(1))" in text and "!\\[x\\](http://evil.example/a.png)" in text
+    page = render_html(text + "\n\n[raw](javascript:x) ![r](https://evil.example/r.png)", {LOSS_CURVE: b"png"}, "r")
+    tags = re.findall(r"<(?:a|img)\b[^>]*>", page)
+    assert tags == ['<img alt="Loss curve" src="data:image/png;base64,cG5n" />']
+    assert "href=" not in page and "<span>[image: r]</span>" in page

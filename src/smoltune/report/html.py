@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import base64
 import html
+from typing import Any
+
+from markdown.treeprocessors import Treeprocessor
 
 HTML_STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -16,6 +19,25 @@ th { background: #f3f3f3; }
 img { max-width: 100%; }
 pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; }
 """
+
+
+class _InertLinks(Treeprocessor):
+    """Links and images that came from data (a prompt, an answer, a column name) shown as their text: a report
+    called self-contained never fetches a remote image or runs a `javascript:` link. Only the images the report
+    itself names (its plots, embedded as data URIs) stay images; the report has no links of its own."""
+
+    def __init__(self, md: Any, own_images: set[str]) -> None:
+        super().__init__(md)
+        self.own_images = own_images
+
+    def run(self, root: Any) -> None:
+        for element in root.iter():
+            if element.tag == "a":
+                element.tag = "span"
+                element.attrib.clear()
+            elif element.tag == "img" and element.get("src") not in self.own_images:
+                element.tag, element.text = "span", f"[image: {element.get('alt') or ''}]"
+                element.attrib.clear()
 
 
 def png_data_uri(data: bytes) -> str:
@@ -38,6 +60,7 @@ def render_html(markdown_text: str, images: dict[str, bytes], title: str) -> str
     # Our Markdown never holds HTML on purpose; any that reaches it came from data and is shown as text.
     converter.preprocessors.deregister("html_block")
     converter.inlinePatterns.deregister("html")
+    converter.treeprocessors.register(_InertLinks(converter, set(images)), "smoltune_inert_links", 0)
     body = converter.convert(markdown_text)
     for name, data in images.items():
         body = body.replace(f'src="{name}"', f'src="{png_data_uri(data)}"')
