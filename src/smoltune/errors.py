@@ -15,6 +15,7 @@ exits with its class's code; a Prefect run fails with the same message as its st
 | 8 | BusyError | another run held a lock (a stage being computed, the machine's training slot) for too long |
 | 9 | StorageError | the file system refused (no space, permission, read-only, a file where a folder belongs) |
 | 10 | PublishError | publishing to the Hub failed (offline, token refused, no rights); the run itself is complete |
+| 130 / 143 | StoppedError | SIGINT / SIGTERM stopped training at a step boundary, checkpoint written; rerun resumes |
 | 1 | anything else | a bug: the traceback is printed, please report it |
 """
 
@@ -123,6 +124,16 @@ def storage_error(err: BaseException) -> StorageError | None:
     return None
 
 
+class StoppedError(SmoltuneError, RuntimeError):
+    """Training was stopped by a signal (a pod stop, a Prefect cancellation, Ctrl-C) after saving a checkpoint.
+    The exit code is the shell's for that signal: 128 + its number (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, message: object, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
 class PublishError(SmoltuneError, RuntimeError):
     """Publishing to the Hugging Face Hub failed. A code of its own (no other kind fits: the Hub is a destination,
     not a source, and nothing local is missing) tells a script that the run folder is complete and only
@@ -132,5 +143,6 @@ class PublishError(SmoltuneError, RuntimeError):
 
 
 USER_ERRORS = (
-    ConfigError, DataError, SourceError, ModelError, TrainingError, ExportError, BusyError, StorageError, PublishError,
+    ConfigError, DataError, SourceError, ModelError, TrainingError, ExportError, BusyError, StorageError, StoppedError,
+    PublishError,
 )  # fmt: skip

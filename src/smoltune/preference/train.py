@@ -185,6 +185,7 @@ def train_preference(spec: PreferenceSpec, on_step: Any = None) -> TrainResult:
     from smoltune.train.checkpoints import (
         MarkCompleteCheckpoints,
         NoFinalCheckpoint,
+        StopOnSignal,
         latest_complete_checkpoint,
         logged_steps,
     )
@@ -197,13 +198,15 @@ def train_preference(spec: PreferenceSpec, on_step: Any = None) -> TrainResult:
     resume = latest_complete_checkpoint(work_dir / "checkpoints")
     earlier = logged_steps(resume) if resume else []
     step_log = StepLog(on_step, loss_scaling=spec.precision == "fp16")
-    callbacks = [step_log, drop_reference_copy_class()(), MarkCompleteCheckpoints(), NoFinalCheckpoint()]
+    stopper = StopOnSignal()
+    callbacks = [step_log, drop_reference_copy_class()(), MarkCompleteCheckpoints(), NoFinalCheckpoint(), stopper]
     trainer, precision, device = build_trainer(spec, callbacks)
     trainable, total = count_parameters(trainer.model)
     with PeakMemory(cuda=device == "cuda") as peak:
         started_at, started = datetime.now(UTC).isoformat(timespec="milliseconds"), time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - started
+    stopper.raise_if_stopped(int(trainer.state.global_step))
     if "ref" in trainer.model.peft_config:  # TRL's frozen copy of the SFT adapter: the reference, not the result
         trainer.model.delete_adapter("ref")
     output_dir = save_trained(trainer, trainer.processing_class, "lora", work_dir, spec.base_model_id)

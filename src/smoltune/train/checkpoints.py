@@ -10,12 +10,15 @@ The marker is written after the Trainer has saved everything for that step.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from smoltune.errors import StoppedError
 from smoltune.files import atomic_write_json
 
 COMPLETE_MARKER = "smoltune_complete.json"
@@ -47,6 +50,40 @@ class NoFinalCheckpoint(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step >= state.max_steps and state.global_step % state.save_steps != 0:
             control.should_save = False
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM or SIGINT (a pod stop, a Prefect cancellation, Ctrl-C relayed by the parent) stops training at the
+    next step boundary with a checkpoint (marked complete by MarkCompleteCheckpoints, which runs on save).
+    `raise_if_stopped`, called after `trainer.train()`, then ends the worker with 128 + the signal and no result,
+    so a partial training is never cached as finished and a rerun resumes from that checkpoint. A second signal
+    while the step finishes stops the process at once. Installed in the worker's main thread."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._note)
+
+    def _note(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None:  # asked twice: no more waiting for the step
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.signum = signum
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.signum is not None:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def raise_if_stopped(self, step: int) -> None:
+        if self.signum is not None:
+            name = signal.Signals(self.signum).name
+            raise StoppedError(
+                f"training stopped by {name} after step {step}; checkpoint-{step} is saved and a rerun resumes from it",
+                self.signum,
+            )
 
 
 def latest_complete_checkpoint(checkpoints_dir: str | Path) -> Path | None:

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
 from smoltune.config import TrainConfig
-from smoltune.errors import ConfigError, StorageError, TrainingError
+from smoltune.errors import ConfigError, StoppedError, StorageError, TrainingError
 from smoltune.files import atomic_write_json
 from smoltune.records import TrainResult
 from smoltune.train.distributed import join_commands, launch_command, launch_env
@@ -74,7 +75,11 @@ def train_in_subprocess(
 def run_worker(command: list[str], work_dir: Path, on_step: Callable[[dict], None] | None, env: dict) -> None:
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     reported: list[dict] = []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+    # Its own process group: a terminal's Ctrl-C reaches this process only, which relays it once (below).
+    popen = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, process_group=0
+    )
+    with popen as proc, relayed_stop_signals(proc) as stopped:
         relay = threading.Thread(target=_relay_stderr, args=(proc.stderr, tail), daemon=True)
         relay.start()
         for line in proc.stdout:  # type: ignore[union-attr]
@@ -86,18 +91,54 @@ def run_worker(command: list[str], work_dir: Path, on_step: Callable[[dict], Non
             else:
                 sys.stderr.write(line)  # library chatter; stdout stays clean for the CLI's last line
         relay.join()
-    if proc.returncode != 0 and reported:
-        error = reported[-1]
-        if error["type"] == "ConfigError" and error.get("problems"):  # a setting this machine cannot run
-            raise ConfigError(error["problems"], "train")
-        if error["type"] == "StorageError":  # the disk, not the training: exit 9 like any other stage's
-            raise StorageError(error["message"])
-        raise TrainingError(error["message"])
     if proc.returncode != 0:
-        raise TrainingError(
-            f"training process exited with status {proc.returncode}; rerunning resumes from the last complete "
-            f"checkpoint in {work_dir / 'checkpoints'}. Last error output:\n{''.join(tail)}"
+        raise worker_error(proc.returncode, reported[-1] if reported else None, stopped, work_dir, "".join(tail))
+
+
+def worker_error(code: int, error: dict | None, stopped: list[int], work_dir: Path, tail: str) -> Exception:
+    """The parent's error for a worker that exited with `code`, after reporting `error` (or nothing)."""
+    if error is not None and error["type"] == "ConfigError" and error.get("problems"):  # the machine can't run it
+        return ConfigError(error["problems"], "train")
+    if error is not None and error["type"] == "StorageError":  # the disk, not the training: exit 9 like any stage
+        return StorageError(error["message"])
+    if error is not None and error["type"] == "StoppedError":  # stopped at a step boundary, checkpoint saved
+        return StoppedError(error["message"], code - 128)
+    if stopped:  # the signal came before training began (loading, tokenising): nothing new to save
+        return StoppedError(
+            f"training stopped by {signal.Signals(stopped[0]).name} before its first step completed; a rerun "
+            f"resumes from the last complete checkpoint in {work_dir / 'checkpoints'} (if any)",
+            stopped[0],
         )
+    if error is not None:
+        return TrainingError(error["message"])
+    return TrainingError(
+        f"training process exited with status {code}; rerunning resumes from the last complete "
+        f"checkpoint in {work_dir / 'checkpoints'}. Last error output:\n{tail}"
+    )
+
+
+@contextmanager
+def relayed_stop_signals(proc: subprocess.Popen) -> Iterator[list[int]]:
+    """While the worker runs, SIGTERM and SIGINT sent to this process (a Kubernetes pod stop or a Prefect
+    cancellation signal this process only) are relayed to it, so it stops at a step boundary with a checkpoint
+    (smoltune.train.checkpoints.StopOnSignal) instead of running on with the locks already free. Yields the
+    signals received. Python delivers signals to the main thread only; elsewhere nothing is installed."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def relay(signum: int, _frame: object) -> None:
+        received.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, relay) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def load_result(work_dir: Path) -> TrainResult:

@@ -232,9 +232,9 @@ def set_up(spec: TrainSpec, work_dir: Path) -> Setup:
     )
 
 
-def build_trainer(setup: Setup, args: Any, train_dataset: Any, step_log: Any) -> Any:
-    """The trainer over `train_dataset` with `args` (an SFTConfig), relaying steps to `step_log` and marking
-    each checkpoint complete once written."""
+def build_trainer(setup: Setup, args: Any, train_dataset: Any, step_log: Any, stopper: Any) -> Any:
+    """The trainer over `train_dataset` with `args` (an SFTConfig), relaying steps to `step_log`, marking
+    each checkpoint complete once written, and stopping with a checkpoint on a signal (`stopper`)."""
     from smoltune.train.checkpoints import MarkCompleteCheckpoints, NoFinalCheckpoint
 
     return sft_trainer_class(setup.device, setup.fast, setup.precision, setup.process_rank)(
@@ -243,7 +243,7 @@ def build_trainer(setup: Setup, args: Any, train_dataset: Any, step_log: Any) ->
         data_collator=data_collator(setup.tokenizer, setup.fast),
         train_dataset=train_dataset,
         processing_class=setup.tokenizer,
-        callbacks=[step_log, MarkCompleteCheckpoints(setup.process_rank), NoFinalCheckpoint()],
+        callbacks=[step_log, MarkCompleteCheckpoints(setup.process_rank), NoFinalCheckpoint(), stopper],
     )
 
 
@@ -306,7 +306,7 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
     from datasets import Dataset
     from trl import SFTConfig
 
-    from smoltune.train.checkpoints import latest_complete_checkpoint, logged_steps
+    from smoltune.train.checkpoints import StopOnSignal, latest_complete_checkpoint, logged_steps
     from smoltune.train.distributed import leave
     from smoltune.train.instrumentation import PeakMemory, StepLog
 
@@ -317,11 +317,13 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
     resume = latest_complete_checkpoint(work_dir / "checkpoints")
     earlier = logged_steps(resume) if resume else []
     step_log = StepLog(on_step, loss_scaling=setup.precision.fp16)
-    trainer = build_trainer(setup, SFTConfig(**setup.settings), Dataset.from_list(setup.rows), step_log)
+    stopper = StopOnSignal()
+    trainer = build_trainer(setup, SFTConfig(**setup.settings), Dataset.from_list(setup.rows), step_log, stopper)
     with PeakMemory(cuda=setup.device == "cuda") as peak:
         started_at, started = datetime.now(UTC).isoformat(timespec="milliseconds"), time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - started
+    stopper.raise_if_stopped(trainer.state.global_step)
     if not setup.process_rank.is_main:
         leave(setup.process_rank)
         return None
