@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The HTML report test drives Debian's Chromium (never a browser downloaded by a test tool).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-fast smoke compare dpo bench bench-dpo bench-scaling bench-ablation bench-profile bench-serve rerun-matrix gpu-check gpu-wheels \
+.PHONY: run test test-fast fuzz smoke compare dpo bench bench-dpo bench-scaling bench-ablation bench-profile bench-serve rerun-matrix gpu-check gpu-wheels \
 	lint install clean
 
 install: $(STAMP)
@@ -79,6 +79,11 @@ test: $(STAMP) $(CHROMIUM)
 # browsers, whole flows).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+# Generated bad inputs by the thousand (Hypothesis's deep profile) through every loader and parser a user's bytes
+# reach; `make test` runs the same tests with a few dozen examples each.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=deep $(BIN)/python -m pytest -q tests/fuzz tests/test_redaction.py
 
 # The documentation site (mkdocs.yml, docs/): strict, so a broken link or a warning fails; the configuration
 # reference is generated from smoltune.config by docs/hooks/config_reference.py. docs-serve: live reload on :8000.

@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from smoltune.pipeline.settings import apply_prefect_defaults
 
@@ -25,6 +26,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Two cores: one training at a time, and OpenMP threads that yield instead of spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 apply_prefect_defaults()
+
+# Generated inputs (tests/fuzz, Hypothesis): a quick profile for every test run, a deep one for `make fuzz`
+# (HYPOTHESIS_PROFILE=deep). No deadline: two shared cores make single examples slow now and then.
+settings.register_profile("ci", max_examples=60, deadline=None, print_blob=True)
+settings.register_profile("deep", max_examples=1000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def free_port() -> int:
