@@ -126,3 +126,20 @@ def test_offline_hub_dataset_names_the_way_out(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(DataSourceError) as err:
         load_records("yahma/alpaca-cleaned")
     assert "yahma/alpaca-cleaned" in str(err.value) and "data.source=embedded" in str(err.value)
+
+
+def test_a_file_too_big_for_free_memory_is_refused_with_figures(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """Rows that would not fit in memory stop with the sizes, before reading, not with an out-of-memory kill."""
+    import collections
+
+    import psutil
+
+    from smoltune.data.sources import DataSourceError, read_file
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n' * 1000)
+    assert len(read_file(path)) == 1000
+    memory = collections.namedtuple("memory", "available")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(available=100_000))
+    with pytest.raises(DataSourceError, match=r"MB of rows need about .* MB are free"):
+        read_file(path)
