@@ -50,7 +50,7 @@ def outcome(path: Path) -> None:
         assert str(err).strip() and "Traceback" not in str(err)
         assert not (out / "raw.jsonl").exists()  # nothing half-written for the cache to trust
         return
-    lines = Path(fetched.rows_file).read_text(encoding="utf-8").splitlines()
+    lines = Path(fetched.rows_file).read_text(encoding="utf-8").split("\n")[:-1]  # JSONL: one row per "\n"
     assert len(lines) == fetched.rows and all(isinstance(json.loads(line), dict) for line in lines)
 
 
@@ -146,3 +146,13 @@ def test_parquet_values_that_are_not_json(tmp_path: Path) -> None:
     fetched = fetch_dataset(DataConfig(source=str(tmp_path / "rows.parquet")), tmp_path / "out")
     row = json.loads(Path(fetched.rows_file).read_text())
     assert row["instruction"] == "2020-01-02T03:04:00" and row["output"] == "ok" and row["input"] == {"bytes": 1}
+
+
+def test_jsonl_rows_holding_line_separators_inside_strings(tmp_path: Path) -> None:
+    """U+0085 and U+2028 are legal unescaped inside JSON strings; they are not line ends (found by the deep run)."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"instruction": "a\u0085b", "output": "c\u2028d"}\r\n{"instruction": "e", "output": "f"}\n')
+    fetched = fetch_dataset(DataConfig(source=str(path)), tmp_path / "out")
+    assert fetched.rows == 2
+    rows = [json.loads(line) for line in Path(fetched.rows_file).read_text().split("\n")[:-1]]
+    assert rows[0]["instruction"] == "a\u0085b" and rows[0]["output"] == "c\u2028d"

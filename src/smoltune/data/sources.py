@@ -115,6 +115,10 @@ def _read_text(path: Path, name: str) -> str:
     return text
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
 def _parse_json(text: str, where: str) -> Any:
     """`json.loads` with every way it refuses input as a DataSourceError: syntax, an integer too long to convert
     (ValueError past Python's 4,300 digits), nesting deeper than the recursion limit (RecursionError)."""
@@ -123,7 +127,7 @@ def _parse_json(text: str, where: str) -> Any:
     except json.JSONDecodeError as err:
         raise DataSourceError(f"{where}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
     except ValueError as err:
-        raise DataSourceError(f"{where}: a JSON value cannot be read ({str(err).splitlines()[0][:120]})") from None
+        raise DataSourceError(f"{where}: a JSON value cannot be read ({_first_line(err)[:120]})") from None
     except RecursionError:
         raise DataSourceError(f"{where}: JSON nested too deeply to read") from None
 
@@ -139,7 +143,9 @@ def _read_json(path: Path, name: str) -> list[Record]:
 
 def _read_jsonl(path: Path, name: str) -> list[Record]:
     records = []
-    for number, line in enumerate(_read_text(path, name).splitlines(), start=1):
+    # Lines end at "\n" only: `splitlines` would also cut inside a JSON string holding U+0085 or U+2028, which
+    # JSON allows unescaped (found by tests/fuzz).
+    for number, line in enumerate(_read_text(path, name).split("\n"), start=1):
         if not line.strip():
             continue
         record = _parse_json(line, f"{name}: line {number}")
@@ -157,7 +163,7 @@ def _read_csv(path: Path, name: str) -> list[Record]:
         # Strings stay strings: no "NA" -> NaN, no "007" -> 7.
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise DataSourceError(f"{name}: not a readable CSV: {str(err).splitlines()[0]}") from None
+        raise DataSourceError(f"{name}: not a readable CSV: {_first_line(err)}") from None
     return frame.to_dict(orient="records")
 
 
@@ -171,7 +177,7 @@ def _read_parquet(path: Path, name: str) -> list[Record]:
         table = pq.read_table(path)
         return [json_safe(row) for row in table.to_pylist()]
     except (pyarrow.ArrowException, OSError, ValueError) as err:
-        raise DataSourceError(f"{name}: not a readable Parquet file: {str(err).splitlines()[0]}") from None
+        raise DataSourceError(f"{name}: not a readable Parquet file: {_first_line(err)}") from None
 
 
 def check_sha256(path: Path, expected: str, label: str) -> None:
@@ -325,7 +331,7 @@ def read_hub_dataset(dataset_id: str, revision: str | None, subset: str | None, 
     try:
         loaded = datasets.load_dataset(dataset_id, name=subset, revision=revision, split=split)
     except Exception as err:  # noqa: BLE001 - datasets raises many types; all end the same way for the user
-        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first_line = _first_line(err)
         raise DataSourceError(
             f"{dataset_id}: could not load split {split!r} from the Hugging Face Hub ({first_line}); offline "
             "machines can use data.source=embedded or a local file"
