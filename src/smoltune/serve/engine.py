@@ -1,38 +1,41 @@
-"""The serving engine: one base model in memory, any number of LoRA adapters on it, chosen per request.
+"""The serving engine: one base model in memory, any number of LoRA adapters on it, chosen per request, and
+every running request decoded together (continuous batching: see `loop.py` for why and how).
 
     from smoltune.serve.engine import load_engine
+    from smoltune.serve.types import GenerationParams
     engine = load_engine("embedded", {"tuned": "runs/<run>"})
-    print(engine.complete(engine.encode("Say hi."), "tuned", max_new_tokens=16).text)
+    handle = engine.submit(engine.encode("Say hi."), "tuned", GenerationParams(max_new_tokens=16))
+    for event in handle.events():          # or handle.result()
+        print(event.text, end="", flush=True)
 
-Cost model: on a CPU a decoding step of a 135M model is bound by reading the weights, so 8 rows in one step
-cost little more than 1. Greedy requests that arrive within `window_s` (20 ms) of the first are therefore decoded
-together in one `generate`, each row with its own adapter (PEFT's mixed-adapter batches, `adapter_names=`);
-`set_adapter` would serialise them and let one request see another's adapter. Streaming and sampled requests
-(their own seed, temperature) run alone. One `generate` runs at a time (the model is not thread-safe).
+`submit` refuses at once what can never work (ValueError, message safe for a client), what does not fit now
+(EngineFull: the KV budget of `kv_budget.py`) and anything while draining (EngineClosed); everything else
+is settled by the decode loop, which wakes the handle's waiters whatever happens.
 """
 
 from __future__ import annotations
 
-import queue
+import math
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from smoltune.errors import ConfigError
+from smoltune.serve.kv_budget import default_kv_budget, footprint
+from smoltune.serve.loop import DecodeLoop
+from smoltune.serve.request import Request, RequestHandle
+from smoltune.serve.stops import StopText
+from smoltune.serve.types import (
+    MAX_LOGPROBS,
+    MAX_SEED,
+    EngineClosed,
+    EngineFull,
+    GenerationParams,
+)
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+__all__ = ["Adapter", "Engine", "RequestHandle", "adapter_source", "load_engine", "registry_adapters"]
 
 
 @dataclass(frozen=True)
@@ -40,15 +43,6 @@ class Adapter:
     name: str
     path: str
     template: str  # the prompt template the adapter was trained with
-
-
-@dataclass
-class _Job:
-    prompt_ids: list[int]
-    adapter: str | None
-    max_new_tokens: int
-    stop: list[str]
-    future: Future = field(default_factory=Future)
 
 
 def adapter_source(name: str, path: str | Path) -> Adapter:
@@ -72,28 +66,41 @@ def adapter_source(name: str, path: str | Path) -> Adapter:
 
 class Engine:
     def __init__(
-        self, model: Any, tokenizer: Any, base_name: str = "base", max_batch: int = 8, window_s: float = 0.02
+        self,
+        model: Any,
+        tokenizer: Any,
+        base_name: str = "base",
+        max_batch: int = 8,
+        kv_budget_tokens: int | None = None,
+        observer: Any = None,
     ) -> None:
-        self.model, self.tokenizer, self.base_name = model, tokenizer, base_name
+        self.tokenizer, self.base_name = tokenizer, base_name
         self.adapters: dict[str, Adapter] = {}
-        self.max_batch, self.window_s = max_batch, window_s
+        self.max_batch = max_batch
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 2048))
-        self._lock = threading.Lock()
-        self._jobs: queue.Queue[_Job] = queue.Queue()
-        threading.Thread(target=self._batch_loop, daemon=True, name="smoltune-batcher").start()
+        self.kv_budget_tokens = kv_budget_tokens or default_kv_budget(model)
+        self._admitted: set[Request] = set()  # queued or running: what the KV budget must hold
+        self._cond = threading.Condition()
+        self._closing = False
+        self._loop = DecodeLoop(model, tokenizer, max_batch, observer, self._settled)
+
+    @property
+    def model(self) -> Any:
+        return self._loop.model
 
     # -- adapters ------------------------------------------------------------------------------------------
 
     def add_adapter(self, adapter: Adapter) -> None:
-        """Attach an adapter (also while serving: the next batch can use it)."""
+        """Attach an adapter; while serving it waits for the current step and counts from the next one."""
         from peft import PeftModel
 
-        with self._lock:
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(adapter.path, adapter_name=adapter.name)
+        with self._loop.model_lock:
+            model = self._loop.model
+            if isinstance(model, PeftModel):
+                model.load_adapter(adapter.path, adapter_name=adapter.name)
             else:
-                self.model = PeftModel.from_pretrained(self.model, adapter.path, adapter_name=adapter.name)
-            self.model.eval()
+                model = PeftModel.from_pretrained(model, adapter.path, adapter_name=adapter.name)
+            self._loop.model = model.eval()
             self.adapters[adapter.name] = adapter
 
     # -- requests ------------------------------------------------------------------------------------------
@@ -108,131 +115,69 @@ class Engine:
                 f"{self.max_positions} positions"
             )
 
-    def complete(
-        self, prompt_ids: list[int], adapter: str | None, max_new_tokens: int, stop: list[str] = ()
-    ) -> Completion:
-        """A greedy completion, batched with whatever other greedy requests arrive meanwhile."""
-        job = _Job(prompt_ids, adapter, max_new_tokens, list(stop or []))
-        self._jobs.put(job)
-        return job.future.result()
+    def submit(self, prompt_ids: list[int], adapter: str | None, params: GenerationParams) -> RequestHandle:
+        """Queue one request; its handle streams its tokens or gives its result."""
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if adapter is not None and adapter not in self.adapters:
+            raise ValueError(f"no adapter named {adapter!r} is attached")
+        _check_params(params)
+        self.check_length(prompt_ids, params.max_new_tokens)
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        request = Request(RequestHandle(), list(prompt_ids), adapter, params, StopText(decode, params.stop))
+        with self._cond:
+            if self._closing:
+                raise EngineClosed("the server is shutting down; retry on another instance")
+            self._check_budget(request)
+            self._admitted.add(request)
+        if not self._loop.put(request):
+            self._settled(request)
+            raise EngineClosed("the engine has stopped; restart the server")
+        return request.handle
 
-    def sample(
-        self, prompt_ids: list[int], adapter: str | None, max_new_tokens: int, stop: list[str], sampling: dict
-    ) -> Completion:
-        """A sampled completion (temperature, top_p, seed), alone: its seed must not depend on its neighbours."""
-        return _collect(self.stream(prompt_ids, adapter, max_new_tokens, stop, sampling), len(prompt_ids))
+    def _check_budget(self, request: Request) -> None:
+        if request.reserved > self.kv_budget_tokens:
+            raise ValueError(
+                f"the prompt ({len(request.prompt_ids)} tokens) plus max_tokens ({request.params.max_new_tokens}) "
+                f"needs more KV cache than this server holds ({self.kv_budget_tokens} tokens); ask for fewer"
+            )
+        lengths = [r.reserved for r in self._admitted] + [request.reserved]
+        if footprint(lengths, self.max_batch) > self.kv_budget_tokens:
+            raise EngineFull("the server's KV cache is full with other requests; retry shortly")
 
-    def stream(
-        self, prompt_ids: list[int], adapter: str | None, max_new_tokens: int, stop: list[str], sampling: dict | None
-    ) -> Iterator[str | Completion]:
-        """Text pieces as they are decoded, then the Completion (finish reason and token counts) last."""
-        import torch
-        from transformers import TextIteratorStreamer
+    def _settled(self, request: Request) -> None:
+        with self._cond:
+            self._admitted.discard(request)
+            self._cond.notify_all()
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = self._generate_kwargs([prompt_ids], [adapter], max_new_tokens, sampling)
-        counted: dict[str, Any] = {}
-
-        def run() -> None:
-            with self._lock, torch.inference_mode():
-                if sampling and sampling.get("seed") is not None:
-                    torch.manual_seed(int(sampling["seed"]))
-                out = self.model.generate(**kwargs, streamer=streamer)
-                counted["new"] = out[0, len(prompt_ids) :].tolist()
-
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        text, sent, stopped = "", 0, False
-        for piece in streamer:
-            text, stopped = _apply_stop(text + piece, stop)
-            if len(text) > sent:
-                yield text[sent:]
-                sent = len(text)
-            if stopped:
-                break
-        worker.join()  # generation may run on after a stop string; its tokens are not sent
-        new = counted.get("new", [])
-        used = _count_until_eos(new, self.tokenizer.eos_token_id)
-        finish = "stop" if stopped or used < len(new) or len(new) < max_new_tokens else "length"
-        yield Completion(text, len(prompt_ids), used, finish)
-
-    # -- batching ------------------------------------------------------------------------------------------
-
-    def _batch_loop(self) -> None:
-        while True:
-            batch = [self._jobs.get()]
-            deadline = time.monotonic() + self.window_s
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._jobs.get(timeout=max(deadline - time.monotonic(), 0)))
-                except queue.Empty:
-                    break
-            try:
-                results = self._run_batch(batch)
-            except Exception as err:  # noqa: BLE001 - every waiting request must learn of the failure
-                for job in batch:
-                    job.future.set_exception(err)
-                continue
-            for job, result in zip(batch, results, strict=True):
-                job.future.set_result(result)
-
-    def _run_batch(self, batch: list[_Job]) -> list[Completion]:
-        import torch
-
-        longest = max(j.max_new_tokens for j in batch)
-        kwargs = self._generate_kwargs([j.prompt_ids for j in batch], [j.adapter for j in batch], longest, None)
-        with self._lock, torch.inference_mode():
-            out = self.model.generate(**kwargs)
-        width = kwargs["input_ids"].shape[1]
-        results = []
-        for row, job in zip(out, batch, strict=True):
-            new = row[width:].tolist()[: job.max_new_tokens]
-            used = new[: _count_until_eos(new, self.tokenizer.eos_token_id)]
-            text, cut = _apply_stop(self.tokenizer.decode(used, skip_special_tokens=True), job.stop)
-            finish = "stop" if cut or len(used) < len(new) or len(new) < job.max_new_tokens else "length"
-            results.append(Completion(text, len(job.prompt_ids), len(used), finish))
-        return results
-
-    def _generate_kwargs(
-        self, prompts: list[list[int]], adapters: list[str | None], max_new_tokens: int, sampling: dict | None
-    ) -> dict[str, Any]:
-        """Left-padded ids and masks (every prompt ends where generation starts), the adapter of each row."""
-        import torch
-        from peft import PeftModel
-
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        kwargs: dict[str, Any] = {
-            "input_ids": ids.to(self.model.device),
-            "attention_mask": mask.to(self.model.device),
-            "max_new_tokens": max_new_tokens,
-            "pad_token_id": pad,
-            "do_sample": bool(sampling),
-        }
-        if sampling:
-            kwargs.update(temperature=float(sampling["temperature"]), top_p=float(sampling["top_p"]))
-        if isinstance(self.model, PeftModel):
-            kwargs["adapter_names"] = [a or BASE for a in adapters]
-        return kwargs
+    def drain(self, timeout_s: float) -> None:
+        """Take no more requests, let the admitted ones finish (failing any left after timeout_s), stop the loop."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._closing = True
+            while self._admitted and self._loop.alive and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+        self._loop.stop()
 
 
-def _count_until_eos(tokens: list[int], eos: int | None) -> int:
-    return tokens.index(eos) if eos is not None and eos in tokens else len(tokens)
-
-
-def _apply_stop(text: str, stop: list[str]) -> tuple[str, bool]:
-    """`text` cut before the first stop string, and whether one was found."""
-    cuts = [text.index(s) for s in stop if s and s in text]
-    return (text[: min(cuts)], True) if cuts else (text, False)
-
-
-def _collect(pieces: Iterator[str | Completion], prompt_tokens: int) -> Completion:
-    for piece in pieces:
-        if isinstance(piece, Completion):
-            return piece
-    return Completion("", prompt_tokens, 0, "stop")
+def _check_params(params: GenerationParams) -> None:
+    """The bounds the API validates that torch depends on, held again here: an out-of-range value must never
+    reach the decode loop (a seed past 64 bits or a NaN temperature would raise inside it)."""
+    problems = []
+    if params.max_new_tokens < 0:
+        problems.append("max_tokens must be >= 0")
+    if not (math.isfinite(params.temperature) and params.temperature >= 0):
+        problems.append("temperature must be a finite number >= 0")
+    if not (0 < params.top_p <= 1):
+        problems.append("top_p must be in (0, 1]")
+    if params.seed is not None and not 0 <= params.seed <= MAX_SEED:
+        problems.append(f"seed must be in [0, {MAX_SEED}]")
+    if params.logprobs is not None and not 0 <= params.logprobs <= MAX_LOGPROBS:
+        problems.append(f"logprobs must be in [0, {MAX_LOGPROBS}]")
+    if params.deadline_s is not None and not params.deadline_s > 0:
+        problems.append("the deadline must be > 0 seconds")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def registry_adapters(registry_file: str | Path) -> dict[str, str]:
@@ -246,15 +191,27 @@ def registry_adapters(registry_file: str | Path) -> dict[str, str]:
     return {entry["run"]: entry["output_dir"] for entry in entries.values() if Path(entry["output_dir"]).is_dir()}
 
 
-def load_engine(base_source: str, adapters: dict[str, str], max_batch: int = 8, window_s: float = 0.02) -> Engine:
+def load_engine(
+    base_source: str,
+    adapters: dict[str, str],
+    max_batch: int = 8,
+    kv_budget_tokens: int | None = None,
+    observer: Any = None,
+) -> Engine:
     """The base model resolved like training's `model.source`, with every named adapter attached."""
     from smoltune.model import load_model_and_tokenizer, pick_device, resolve_model
 
     resolved = resolve_model(base_source)
     model, tokenizer = load_model_and_tokenizer(resolved.path, pick_device())
     model.eval()
-    name = Path(resolved.hub_id or resolved.path).name
-    engine = Engine(model, tokenizer, base_name=name, max_batch=max_batch, window_s=window_s)
+    engine = Engine(
+        model,
+        tokenizer,
+        base_name=Path(resolved.hub_id or resolved.path).name,
+        max_batch=max_batch,
+        kv_budget_tokens=kv_budget_tokens,
+        observer=observer,
+    )
     for name, path in adapters.items():
         engine.add_adapter(adapter_source(name, path))
     return engine

@@ -57,7 +57,7 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" (EOS or a stop string), "length", or "deadline"
+    finish_reason: str  # "stop" (EOS or a stop string), "length", "deadline", or "cancelled" (handle.cancel())
     tokens: tuple[TokenLogprob, ...] = ()  # the generated tokens (with log-probs when asked)
     prompt_logprobs: tuple[TokenLogprob, ...] = field(default=())  # with echo_logprobs: one per prompt token
 

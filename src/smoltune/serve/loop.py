@@ -1,0 +1,297 @@
+"""The decode loop: one background thread that owns the model and decodes every running request together.
+
+Why by hand: transformers' own continuous-batching manager (`generate_batch` / `init_continuous_batching`)
+has no per-row LoRA adapter, and `generate` only batches requests that start together. Cost model: on a CPU a
+decoding step of a 135M model is bound by reading the weights, so a step of 8 rows costs little more than a
+step of 1; letting requests join and leave the running batch at every token boundary keeps that batch full.
+
+Each iteration: admit queued requests while the batch has room (prefill them together, sample each one's
+first token, merge their caches into the batch: see `batch.py`), then one decoding step for all rows, each
+with its own adapter (PEFT's `adapter_names=`), its own sampler and generator (`sampling.py`) and its own stop
+strings (`stops.py`). A row leaves at EOS, a stop string, max_new_tokens, its deadline or its cancellation.
+
+Failures stay with the requests they touch: an error while handling one row fails that row only; a failed
+batched forward fails the rows of that batch (their cache is then unusable) and the loop goes on with the next
+requests. If the thread itself ever ends, every waiting caller is told at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from smoltune.serve.batch import DecodeBatch
+from smoltune.serve.request import Request
+from smoltune.serve.sampling import choose_token, make_generator, scored_token
+from smoltune.serve.scoring import prompt_logprobs
+from smoltune.serve.types import TokenEvent, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+FAILED = "generation failed on the server; retry the request"
+STOPPED = "the server stopped before this request finished"
+
+
+class DecodeLoop:
+    def __init__(
+        self, model: Any, tokenizer: Any, max_batch: int, observer: Any, on_settled: Callable[[Request], None]
+    ) -> None:
+        self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.model_lock = threading.Lock()  # held for each forward; add_adapter takes it between steps
+        self._observer, self._on_settled = observer, on_settled
+        self._eos = _eos_ids(model, tokenizer)
+        self._cond = threading.Condition()
+        self._waiting: deque[Request] = deque()
+        self._rows: list[Request] = []
+        self._taken: list[Request] = []  # taken off the queue this iteration, not yet running or settled
+        self._batch = DecodeBatch()
+        self._stopping = False
+        self.alive = True
+        self._thread = threading.Thread(target=self._run, daemon=True, name="smoltune-decode")
+        self._thread.start()
+
+    def put(self, request: Request) -> bool:
+        """Queue a request; False when the loop has ended."""
+        with self._cond:
+            if not self.alive or self._stopping:
+                return False
+            self._waiting.append(request)
+            self._cond.notify()
+        return True
+
+    def stop(self, timeout_s: float = 30) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+
+    # -- the thread ----------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        import torch
+
+        try:
+            with torch.inference_mode():
+                while self._next_requests():
+                    try:
+                        self._iteration()
+                    except Exception:  # noqa: BLE001 - a failed step must not stop the server
+                        log.exception("decoding step failed; failing the rows of this batch")
+                        self._fail_rows([*self._taken, *self._rows])
+        finally:
+            with self._cond:
+                self.alive = False
+                left = [*self._waiting, *self._taken, *self._rows]
+                self._waiting.clear()
+            self._rows, self._batch = [], DecodeBatch()
+            for request in left:
+                self._fail(request, STOPPED)
+
+    def _next_requests(self) -> bool:
+        """Wait for work; False once stopping."""
+        with self._cond:
+            while not self._waiting and not self._rows and not self._stopping:
+                self._cond.wait()
+            return not self._stopping
+
+    def _iteration(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            gone = [r for r in self._waiting if r.handle.cancelled or r.expired(now)]
+            for request in gone:
+                self._waiting.remove(request)
+            joining = [
+                self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_batch - len(self._rows)))
+            ]
+            self._taken = [*gone, *joining]
+        for request in gone:
+            self._finish(request, "cancelled" if request.handle.cancelled else "deadline")
+        self._admit(joining)
+        self._taken = []
+        if self._rows:
+            self._step()
+
+    def _admit(self, joining: list[Request]) -> None:
+        """Prefill the joining requests together, take each one's first token, merge those that go on."""
+        ready = []
+        for request in joining:
+            params = request.params
+            if params.max_new_tokens == 0 and not params.echo_logprobs:
+                self._finish(request, "length")
+            else:
+                ready.append(request)
+        if not ready:
+            return
+        try:
+            out, mask = self._prefill(ready)
+        except Exception:  # noqa: BLE001 - only these requests are affected; the running rows go on
+            log.exception("prefill failed")
+            for request in ready:
+                self._fail(request, FAILED)
+            return
+        staying = []
+        for row, request in enumerate(ready):
+            try:
+                if not self._first_token(request, out.logits[row], int(mask.shape[1] - mask[row].sum())):
+                    staying.append(row)
+            except Exception:  # noqa: BLE001 - only this request is affected
+                log.exception("handling a prefill's token failed")
+                self._fail(request, FAILED)
+        if not staying:
+            return
+        try:
+            self._batch.join(out.past_key_values, mask, staying)
+        except Exception:  # noqa: BLE001 - the running batch is left as it was; only the newcomers fail
+            log.exception("merging prefilled rows into the batch failed")
+            for row in staying:
+                self._fail(ready[row], FAILED)
+            return
+        self._rows += [ready[row] for row in staying]
+
+    def _prefill(self, ready: list[Request]) -> tuple[Any, Any]:
+        """One forward over the prompts, left-padded to the longest; returns its output and [n, width] mask."""
+        import torch
+
+        width = max(len(r.prompt_ids) for r in ready)
+        pad = self.tokenizer.pad_token_id or 0  # any id: padding is masked
+        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in ready])
+        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in ready])
+        ids, mask = ids.to(self.model.device), mask.to(self.model.device)
+        echo = any(r.params.echo_logprobs for r in ready)
+        with self.model_lock:
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+                use_cache=True,
+                logits_to_keep=0 if echo else 1,  # 0: every position's logits, for the prompts' log-probs
+                **self._adapter_kwargs([r.adapter for r in ready]),
+            )
+        return out, mask
+
+    def _first_token(self, request: Request, logits: Any, padding: int) -> bool:
+        """The prompt's log-probs if asked, then the first token; True when the request is already done."""
+        params = request.params
+        if params.echo_logprobs:
+            own = logits[padding:]
+            request.prompt_logprobs = prompt_logprobs(own, request.prompt_ids, params.logprobs, self._text_of)
+        if params.max_new_tokens == 0:
+            return self._finish(request, "length")
+        request.generator = make_generator(params.seed, self.model.device)
+        return self._accept(request, logits[-1])
+
+    def _step(self) -> None:
+        """One token for every running row; rows that are done leave the batch."""
+        now = time.monotonic()
+        for request in list(self._rows):
+            if request.handle.cancelled or request.expired(now):
+                self._finish(request, "cancelled" if request.handle.cancelled else "deadline")
+        self._drop_settled()
+        if not self._rows:
+            return
+        inputs = self._batch.step_inputs([r.last_token for r in self._rows])
+        self._notify("on_batch", len(self._rows))
+        with self.model_lock:
+            out = self.model(**inputs, logits_to_keep=1, **self._adapter_kwargs([r.adapter for r in self._rows]))
+        self._batch.advance(inputs)
+        for row, request in enumerate(self._rows):
+            try:
+                self._accept(request, out.logits[row, -1])
+            except Exception:  # noqa: BLE001 - only this row is affected
+                log.exception("handling a decoded token failed")
+                self._fail(request, FAILED)
+        self._drop_settled()
+
+    def _drop_settled(self) -> None:
+        keep = [i for i, r in enumerate(self._rows) if not r.handle.done]
+        self._batch.keep(keep)
+        self._rows = [self._rows[i] for i in keep]
+
+    def _accept(self, request: Request, logits: Any) -> bool:
+        """Sample the row's next token from `logits`, send what text it releases; True when the row is done."""
+        params = request.params
+        token = choose_token(logits, params, request.generator)
+        if token in self._eos:
+            return self._finish(request, "stop")
+        if params.logprobs is None:
+            scored = TokenLogprob(token, self._text_of(token), None)
+        else:
+            scored = scored_token(logits, token, params.logprobs, self._text_of)
+        request.tokens.append(scored)
+        request.handle.emit(TokenEvent(request.text.add(token), scored))
+        self._time_token(request)
+        if request.text.stopped:
+            return self._finish(request, "stop")
+        if len(request.tokens) >= params.max_new_tokens:
+            return self._finish(request, "length")
+        request.last_token = token
+        return False
+
+    def _time_token(self, request: Request) -> None:
+        now, label = time.monotonic(), request.adapter  # None: the base model
+        if request.last_token_at is None:
+            self._notify("on_first_token", label, now - request.submitted)
+        else:
+            self._notify("on_token", label, now - request.last_token_at)
+        request.last_token_at = now
+
+    # -- settling --------------------------------------------------------------------------------------------
+
+    def _finish(self, request: Request, reason: str) -> bool:
+        rest = request.text.flush()
+        if rest:
+            request.handle.emit(TokenEvent(rest))
+        if request.handle.finish(request.completion(reason)):
+            self._settled(request, reason)
+        return True
+
+    def _fail(self, request: Request, message: str) -> None:
+        if request.handle.fail(message):
+            self._settled(request, "error")
+
+    def _fail_rows(self, rows: list[Request]) -> None:
+        for request in rows:
+            self._fail(request, FAILED)
+        self._rows, self._taken, self._batch = [], [], DecodeBatch()
+
+    def _settled(self, request: Request, reason: str) -> None:
+        self._notify("on_finish", request.adapter, len(request.prompt_ids), len(request.tokens), reason)
+        self._on_settled(request)
+
+    def _notify(self, name: str, *args: Any) -> None:
+        """Call the observer's method if it has one; metrics must never fail a request."""
+        method = getattr(self._observer, name, None)
+        if method is None:
+            return
+        try:
+            method(*args)
+        except Exception:  # noqa: BLE001 - see the docstring
+            log.exception("observer %s failed", name)
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _adapter_kwargs(self, adapters: list[str | None]) -> dict[str, Any]:
+        # With any adapter attached the model is a PeftModel; every row must then name its adapter (or the
+        # base), else PEFT would apply the active adapter to all rows.
+        if not hasattr(self.model, "peft_config"):
+            return {}
+        return {"adapter_names": [a or BASE for a in adapters]}
+
+    def _text_of(self, token: int) -> str:
+        return self.tokenizer.decode([token])
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Every id that ends an answer: the tokenizer's EOS and the generation config's (one id or a list)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return ids
