@@ -4,11 +4,6 @@ to its adapter's own greedy answer, streaming, hot reload and the error shapes. 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +17,7 @@ from smoltune.data.stage import prepare_dataset
 from smoltune.files import write_jsonl
 from smoltune.train.runner import train_in_subprocess
 from smoltune.train.spec import TrainSpec
-from tests.conftest import free_port
+from tests.serve.cli_server import cli_server
 
 QUESTIONS = ["Is 7 odd or even?", "Add the two numbers.", "Say hi.", "Name a colour."]
 
@@ -58,32 +53,22 @@ def greedy(model_dir: Path, adapter_dir: str, instruction: str, max_new_tokens: 
 
 
 @pytest.fixture(scope="module")
-def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    work = tmp_path_factory.mktemp("adapters")
+def adapter_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("adapters")
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir: Path, adapter_root: Path) -> dict[str, str]:
+    work = adapter_root
     return {name: train_adapter(tiny_model_dir, work, name) for name in ("odd", "even")}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, adapters: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    cli = str(Path(sys.executable).parent / "smoltune")
-    args = [cli, "serve", "--base", str(tiny_model_dir), "--port", str(port)]
+def server(tiny_model_dir: Path, adapters: dict[str, str], adapter_root: Path) -> Iterator[str]:
+    args = ["--base", str(tiny_model_dir), "--allow-adapter-loading", "--adapter-root", str(adapter_root)]
     args += [arg for name, path in adapters.items() for arg in ("--adapter", f"{name}={path}")]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-            assert proc.poll() is None, proc.stdout.read()  # type: ignore[union-attr]
+    with cli_server(args, adapter_root / "server.log") as (url, _):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +138,7 @@ def test_errors_come_in_openai_shape(client, server: str) -> None:  # noqa: ANN0
 
 
 def test_an_adapter_is_attached_without_a_restart(client, server: str, adapters: dict[str, str]) -> None:  # noqa: ANN001
-    assert httpx.post(f"{server}/v1/adapters", json={"name": "nope", "path": "http://x/y"}).status_code == 400
+    assert httpx.post(f"{server}/v1/adapters", json={"name": "nope", "path": "http://x/y"}).status_code == 403
     added = httpx.post(f"{server}/v1/adapters", json={"name": "odd-again", "path": adapters["odd"]}, timeout=60)
     assert added.status_code == 200, added.text
     ask = {"messages": [{"role": "user", "content": QUESTIONS[2]}], "max_tokens": 5}

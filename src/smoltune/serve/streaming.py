@@ -1,0 +1,71 @@
+"""Server-sent events for one streamed choice, relayed from the engine's `handle.events()` as tokens decode.
+
+A client that disconnects cancels its generation: Starlette cancels this generator when the connection drops
+(the `finally` below), and each event also checks `request.is_disconnected()` for servers that do not. A failed
+generation or a passed deadline becomes an error event in OpenAI's shape, then `[DONE]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from smoltune.serve import openai_format as fmt
+from smoltune.serve.dispatch import deadline_error, internal_error
+from smoltune.serve.types import GenerationError
+
+_END = object()
+
+
+async def relay(
+    handle: Any,
+    request: Any,
+    *,
+    chat: bool,
+    model: str,
+    logprobs: int | None,
+    include_usage: bool,
+    deadline_s: float | None,
+    on_close: Any,
+) -> AsyncIterator[str]:
+    from starlette.concurrency import run_in_threadpool
+
+    rid = fmt.new_id("chatcmpl" if chat else "cmpl")
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    finished = False
+    try:
+        if chat:
+            head = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+            yield fmt.sse(fmt.envelope(kind, model, [head], rid))
+        events, offset = await run_in_threadpool(lambda: iter(handle.events())), 0
+        while (event := await run_in_threadpool(next, events, _END)) is not _END:
+            if await request.is_disconnected():
+                return
+            if event.text or event.token is not None:
+                choice = fmt.stream_delta(chat, event.text, event.token, logprobs, None, offset)
+                yield fmt.sse(fmt.envelope(kind, model, [choice], rid))
+                offset += len(event.token.text) if event.token is not None else len(event.text)
+        done = await run_in_threadpool(handle.result)
+        finished = True
+        if done.finish_reason == "deadline":
+            yield _error_event(deadline_error(deadline_s))
+        else:
+            last = fmt.stream_delta(chat, None, None, None, done.finish_reason)
+            yield fmt.sse(fmt.envelope(kind, model, [last], rid))
+            if include_usage:
+                usage = fmt.usage(done.prompt_tokens, done.completion_tokens)
+                yield fmt.sse({**fmt.envelope(kind, model, [], rid), "usage": usage})
+    except GenerationError as err:
+        finished = True
+        yield fmt.sse(fmt.error_body(str(err) or "generation failed", "server_error"))
+    except Exception as err:  # noqa: BLE001 - the client gets an id to quote, the log the traceback
+        yield _error_event(internal_error(err))
+    finally:
+        if not finished:
+            handle.cancel()  # the client left (or the stream broke): free the engine's row
+        on_close()
+    yield fmt.sse("[DONE]")
+
+
+def _error_event(err: Any) -> str:
+    return fmt.sse(fmt.error_body(err.message, err.kind, err.param))
