@@ -17,6 +17,7 @@ from tasks.evaluate import evaluate_task
 from tasks.fetch import fetch_dataset_task
 from tasks.model import resolve_model_task
 from tasks.prepare import prepare_dataset_task
+from tasks.track import track_compare
 from tasks.train import train_task
 from tasks.validate import validate_dataset_task
 
@@ -47,4 +48,6 @@ def compare(config: CompareConfig) -> str:
         results.append(VariantResult(name=variant.name, trained=trained, evaluated=evaluated))
 
     compare_report_task(str(run_dir), results)
+    # Tracking (opt-in): one MLflow run for the comparison, each variant nested under it.
+    track_compare(config, run_dir, results)
     return str(run_dir)

@@ -1,4 +1,5 @@
-"""The fine-tuning flow: resolve model, fetch, validate, prepare, train, [export], evaluate, promote, report.
+"""The fine-tuning flow: resolve model, fetch, validate, prepare, train, [export], evaluate, promote, model card,
+report, [track in MLflow], [publish to the Hub].
 
     smoltune run --config configs/default.yaml            # through the CLI
     python -m flows.finetune                              # the seed job with defaults
@@ -13,6 +14,7 @@ from __future__ import annotations
 from prefect import flow
 
 from smoltune.config import PipelineConfig
+from smoltune.export.weights import check_exports
 from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, build_summary
 from tasks.evaluate import evaluate_task
 from tasks.export import export_task
@@ -20,7 +22,9 @@ from tasks.fetch import fetch_dataset_task
 from tasks.model import resolve_model_task
 from tasks.prepare import prepare_dataset_task
 from tasks.promote import promote_task
+from tasks.publish import model_card_task, push_task
 from tasks.report import report_task
+from tasks.track import track_finetune
 from tasks.train import train_task
 from tasks.validate import validate_dataset_task
 
@@ -31,9 +35,11 @@ def sft_stages(config: PipelineConfig, redo: dict[str, bool], timer: StageTimer)
     """Resolve, fetch, gate, prepare, train, [export], evaluate: each a cached task (the preference flow
     starts from them)."""
     cache = config.output.cache_root
-    # Model first: a missing or unreachable model fails in seconds, before any data work.
+    # Model first: a missing, incomplete or unreachable model (or one a requested export cannot write) fails in
+    # seconds, before any data work.
     with timer("resolve_model"):
         model = resolve_model_task(config.model, cache, redo["resolve_model"])
+        check_exports(model.path, config.export.gguf)
 
     # Data: load the source (keyed by its content: new rows at a URL are new data), gate it with Great
     # Expectations (raises on critical failures, before any training), then split.
@@ -79,7 +85,16 @@ def finetune(config: PipelineConfig = PipelineConfig(), refresh: list[str] | Non
 
     # Report: the run folder (links to the stage folders, summary, report.md / .html) and the artifacts.
     summary = build_summary(run_dir, config, sft, promotion, timer.seconds)
+    # Model card: README.md with the Hub's metadata in the adapter (and merged) folder, from the records.
+    model_card_task(summary)
     report_task(summary, sft.evaluated.generations_file, sft.stage_folders())
+
+    # Tracking (opt-in): the run, its curves, report and adapter in MLflow; a promoted adapter registered.
+    track_finetune(config, run_dir, sft.trained, sft.evaluated, promotion)
+
+    # Publishing (opt-in, output.push_to_hub): a promoted run's adapter, card and report to the Hugging Face Hub;
+    # last, so a failed publish fails a run whose folder is already complete.
+    push_task(summary, config.output)
     return str(run_dir)
 
 

@@ -4,7 +4,7 @@
     python -m flows.preference                            # the default DPO job
 
 fetch_preferences -> validate_preferences -> prepare_preferences -> reference_logps -> train_preference ->
-evaluate_preference -> promote -> report. Every stage is cached like the SFT ones; the reference, training and
+evaluate_preference -> promote -> model card -> report -> [track] -> [publish]. Every stage is cached like the SFT ones; the reference, training and
 evaluation keys (and the built-in pairs') include the SFT training's key, so a retrained SFT model reruns
 them, and changing `preference.beta` reruns only training and what follows it.
 """
@@ -21,7 +21,9 @@ from smoltune.pipeline.runs import StageTimer, begin_flow_run, build_summary, wi
 from tasks.preference_data import fetch_preferences_task, prepare_preferences_task, validate_preferences_task
 from tasks.preference_evaluate import evaluate_preference_task, promote_preference_task
 from tasks.preference_train import reference_task, train_preference_task
+from tasks.publish import model_card_task, push_task
 from tasks.report import report_task
+from tasks.track import track_preference
 
 PREFERENCE_STAGES = (
     "fetch_preferences",
@@ -84,7 +86,14 @@ def preference(config: PipelineConfig = DEFAULT, refresh: list[str] | None = Non
         pairs, gated, prepared, reference, dpo, evaluated, decisions,
     )  # fmt: skip
     folders = sft.stage_folders() | {"preference_train": dpo.folder, "preference_evaluation": evaluated.folder}
+    model_card_task(summary)  # the DPO and SFT adapters' (and merged model's) cards, from the records
     report_task(summary, evaluated.generations_file, folders)
+
+    # Tracking (opt-in): the DPO run (with the SFT curves) in MLflow; a promoted adapter registered.
+    track_preference(config, run_dir, trained, dpo, evaluated, decisions[-1])
+
+    # Publishing (opt-in, output.push_to_hub): the DPO adapter when it was promoted, last (see flows/finetune.py).
+    push_task(summary, config.output)
     return str(run_dir)
 
 

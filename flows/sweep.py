@@ -25,6 +25,7 @@ from tasks.evaluate import evaluate_task
 from tasks.fetch import fetch_dataset_task
 from tasks.model import resolve_model_task
 from tasks.prepare import prepare_dataset_task
+from tasks.track import track_sweep
 from tasks.train import train_task
 from tasks.validate import validate_dataset_task
 
@@ -70,6 +71,8 @@ def sweep(
     evaluated = [evaluate_task.submit(model, t, prepared, job, cache) for t, job in zip(trained, jobs, strict=True)]
     rows = [sweep_row(job, t.result(), e.result()) for job, t, e in zip(jobs, trained, evaluated, strict=True)]
     atomic_write_json(run_dir / "sweep.json", rows)
+    # Tracking (opt-in): one MLflow run for the sweep, each grid point nested under it.
+    track_sweep(config, run_dir, jobs, [t.result() for t in trained], [e.result() for e in evaluated])
     return rows
 
 

@@ -1,20 +1,36 @@
-"""Prefect task: held-out eval loss, accuracy and prompt generations, base vs tuned. Cached by the model,
-the training key, the held-out rows, the eval settings and the prompts file's content."""
+"""Prefect task: held-out eval loss, accuracy and prompt generations, base vs tuned, and the lm-evaluation-harness
+tasks of `eval.harness`. Cached by the model, the training key, the held-out rows, the eval settings, the prompts
+file's content and the harness task files' content."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
 
 from smoltune.config import PipelineConfig
+from smoltune.evaluate.harness import measure_harness
 from smoltune.evaluate.stage import evaluate_tuned
 from smoltune.files import atomic_write_json
 from smoltune.pipeline.cache import Stage
 from smoltune.pipeline.keys import evaluate_parts
-from smoltune.records import Evaluated, Prepared, ResolvedModel, Trained
+from smoltune.pipeline.registry import promotion_metric
+from smoltune.records import Evaluated, HarnessFigures, Prepared, ResolvedModel, Trained
+from smoltune.report.tables import harness_rows
 
 STAGE = Stage("evaluate", Evaluated, evaluate_parts, __name__)
+HARNESS_ARTIFACT_KEY = "smoltune-harness"
+
+
+def publish_harness(harness: HarnessFigures, logger: Any) -> None:
+    """The harness figures as a table artifact (the UI's history of them across runs) and log lines."""
+    header = ["task", "metric", "base", "± base", "tuned", "± tuned", "n"]
+    rows = [dict(zip(header, row, strict=True)) for row in harness_rows(harness.model_dump(mode="json"))]
+    create_table_artifact(key=HARNESS_ARTIFACT_KEY, table=rows, description="lm-evaluation-harness, base vs tuned")
+    for score in harness.scores:
+        logger.info("harness %s %s base %s -> tuned %s", score.task, score.metric, score.base, score.tuned)
 
 
 @task(name=STAGE.name, cache_policy=STAGE.cache_policy(), persist_result=True, result_serializer="json")
@@ -38,6 +54,9 @@ def evaluate_task(
             model.trust_remote_code,
             trained.result.precision,
         )
+        if config.eval.harness is not None:  # lm-evaluation-harness tasks, in a process of their own
+            harness = measure_harness(config.eval.harness, model.path, trained.result, model.trust_remote_code, out)
+            figures = figures.model_copy(update={"harness": harness})
         return Evaluated(
             figures=figures,
             heldout_sha256=prepared.eval_sha256,
@@ -51,4 +70,8 @@ def evaluate_task(
     logger.info("eval loss base %.4f -> tuned %.4f", figures.eval_loss_base, figures.eval_loss_tuned)
     if figures.accuracy_base is not None:
         logger.info("held-out accuracy base %.3f -> tuned %.3f", figures.accuracy_base, figures.accuracy_tuned)
+    if figures.harness is not None:
+        publish_harness(figures.harness, logger)
+    # A promotion metric the harness did not measure stops the run here, not after the report.
+    promotion_metric(figures, config.eval.metric)
     return result

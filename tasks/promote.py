@@ -25,6 +25,7 @@ def promote_task(config: PipelineConfig, run_name: str, trained: Trained, evalua
         trained.result.output_dir,
         evaluated.figures,
         evaluated.heldout_sha256,
+        config.eval.metric,
     )
     logger = get_run_logger()
     logger.info("%s: %s", "promoted" if decision.promoted else "not promoted", decision.reason)

@@ -29,8 +29,13 @@ def library_error(message: str) -> Exception:
         (PermissionError(errno.EACCES, "Permission denied", "/c"), "permission denied"),
         (OSError(errno.EROFS, "Read-only file system", "/c"), "read-only file system"),
         (NotADirectoryError(errno.ENOTDIR, "Not a directory", "/c/f/x"), "a file is where a folder belongs"),
-        (library_error("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
-                       "\"No space left on device\" })"), "no space left"),  # fmt: skip
+        (
+            library_error(
+                "Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                '"No space left on device" })'
+            ),
+            "no space left",
+        ),  # fmt: skip
         (RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"), "most often for lack"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Command line: `smoltune run`, `smoltune compare`, `smoltune chat`, `smoltune serve`.
+"""Command line: `smoltune run`, `smoltune compare`, `smoltune chat`, `smoltune serve`, `smoltune push`.
 
     smoltune run --config configs/smoke.yaml --set train.max_steps=2
     smoltune compare --config configs/compare.yaml
@@ -9,7 +9,6 @@ The last line printed is the run folder, so scripts can do `run_dir=$(smoltune r
 
 from __future__ import annotations
 
-import errno
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,13 +18,12 @@ from typing import Annotated, TypeVar
 import typer
 
 from smoltune.config import load_config
-from smoltune.errors import ConfigError, SmoltuneError
+from smoltune.errors import ConfigError, SmoltuneError, storage_error
 from smoltune.pipeline.settings import apply_prefect_defaults, quiet_user_error_tracebacks
 
 app = typer.Typer(help="Fine-tune small language models with LoRA, orchestrated by Prefect.", no_args_is_help=True)
 
 USAGE_ERROR = ConfigError.exit_code  # a job that cannot start (bad config, unknown stage, missing run)
-DISK_FULL = 9  # see smoltune.errors
 T = TypeVar("T")
 _debug = {"on": False}
 
@@ -46,16 +44,13 @@ def user_errors() -> Iterator[None]:
         if _debug["on"]:
             traceback.print_exc()
         raise fail(err, err.exit_code) from None
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as err:
+        storage = storage_error(err)  # a full disk, permission, read-only... whichever library met it
+        if storage is None:
             raise
         if _debug["on"]:
             traceback.print_exc()
-        where = f" writing {err.filename}" if err.filename else ""
-        message = (
-            f"no space left on the device{where}; free some, or point output.cache_dir / output.runs_dir elsewhere"
-        )
-        raise fail(message, DISK_FULL) from None
+        raise fail(storage, storage.exit_code) from None
 
 
 def guarded(call: Callable[[], T]) -> T:
@@ -125,7 +120,7 @@ def compare(
 def chat(
     run_dir: Annotated[Path, typer.Argument(help="A run folder printed by `smoltune run`.")],
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Answer once and exit.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
+    max_new_tokens: Annotated[int, typer.Option(min=1, max=32768, help="Longest answer, in tokens.")] = 256,
 ) -> None:
     """Chat with a run's tuned model; tokens are printed as they are generated."""
     from smoltune.serve.chat import answer_prompt, load_run
@@ -164,18 +159,35 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    max_batch: Annotated[int, typer.Option(help="Greedy requests decoded together, at most.")] = 8,
-    batch_window_ms: Annotated[
-        float, typer.Option(help="How long the first request of a batch waits for others to join it.")
-    ] = 20,
+    max_batch: Annotated[int, typer.Option(min=1, help="Requests decoded together in one step, at most.")] = 8,
+    kv_budget_tokens: Annotated[
+        int | None, typer.Option(help="Tokens the KV cache may hold across requests; beyond it requests get 503.")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="SMOLTUNE_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/* and /tokenize."),
+    ] = None,
+    allow_adapter_loading: Annotated[
+        bool, typer.Option(help="Allow POST /v1/adapters (only folders under --adapter-root).")
+    ] = False,
+    adapter_root: Annotated[
+        Path | None, typer.Option(help="The folder runtime-loaded adapters must lie under.")
+    ] = None,
+    max_adapters: Annotated[int, typer.Option(min=0, help="Attached adapters at most (startup ones included).")] = 16,
+    request_timeout: Annotated[float, typer.Option(min=1, help="Seconds a request may take before a 504.")] = 300,
+    drain_timeout: Annotated[float, typer.Option(min=0, help="Seconds SIGTERM waits for in-flight requests.")] = 30,
 ) -> None:
     """Serve the base model and adapters behind an OpenAI-compatible API (/v1/models, /v1/chat/completions,
-    /v1/completions, streaming, POST /v1/adapters to attach one more without a restart)."""
-    import uvicorn
-
-    from smoltune.serve.api import create_app
+    /v1/completions with log-probs, streaming, /tokenize, /detokenize, /metrics, /health; POST /v1/adapters with
+    --allow-adapter-loading). SIGTERM drains in-flight requests and exits 0."""
+    from smoltune.serve.api import ServeOptions
+    from smoltune.serve.auth import exposure_warning
     from smoltune.serve.engine import load_engine, registry_adapters
+    from smoltune.serve.metrics import ServeMetrics
+    from smoltune.serve.server import serve_until_signalled
 
+    if allow_adapter_loading and adapter_root is None:
+        raise fail("--allow-adapter-loading needs --adapter-root DIR (the only folders adapters are loaded from)")
     named: dict[str, str] = {}
     for item in adapter or []:
         name, sep, path = item.partition("=")
@@ -184,9 +196,46 @@ def serve(
         named[name] = path
     if registry is not None:
         named |= guarded(lambda: registry_adapters(registry))
-    engine = guarded(lambda: load_engine(base, named, max_batch, batch_window_ms / 1000))
+    if len(named) > max_adapters:
+        raise fail(f"{len(named)} adapters to serve but --max-adapters is {max_adapters}; raise it")
+    metrics = ServeMetrics()
+    engine = guarded(
+        lambda: load_engine(base, named, max_batch=max_batch, kv_budget_tokens=kv_budget_tokens, observer=metrics)
+    )
+    if warning := exposure_warning(host, api_key):
+        typer.echo(warning, err=True)
+    options = ServeOptions(api_key, allow_adapter_loading, adapter_root, max_adapters, request_timeout)
     typer.echo(f"serving {', '.join([engine.base_name, *engine.adapters])} on http://{host}:{port}/v1", err=True)
-    uvicorn.run(create_app(engine), host=host, port=port, log_level="warning")
+    serve_until_signalled(engine, options, metrics, host, port, drain_timeout)
+    typer.echo("drained; stopped", err=True)
+
+
+@app.command()
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder printed by `smoltune run`.")],
+    repo: Annotated[
+        str | None, typer.Option("--repo", help="OWNER/NAME on the Hub; default: the run's output.push_to_hub.")
+    ] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
+    revision: Annotated[str | None, typer.Option("--revision", help="Branch, created from main if missing.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files to upload; send nothing.")] = False,
+) -> None:
+    """Publish a run's adapter (a full fine-tune's model), model card, report and loss curve to the Hugging Face
+    Hub in one commit and print the commit URL. Token: the run's output.push_token_secret, else HF_TOKEN."""
+    from smoltune.share.push import push_run, push_target, upload_plan
+
+    target = guarded(lambda: push_target(run_dir, repo, private, revision))
+    if dry_run:
+        for name, path in guarded(lambda: upload_plan(run_dir)):
+            typer.echo(f"{name} <- {path}")
+        return
+    token = None
+    if target.token_secret:
+        apply_prefect_defaults()
+        from tasks.publish import hub_write_token  # heavy: imports prefect
+
+        token = guarded(lambda: hub_write_token(target.token_secret))
+    typer.echo(guarded(lambda: push_run(run_dir, target.repo, target.private, target.revision, token)))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from smoltune.errors import ConfigError
+from smoltune.hub import HUB_ID
 from smoltune.sources import missing_path, source_kind
+from smoltune.yaml_input import parse_yaml
 
 LORA_TARGETS_LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -208,6 +210,12 @@ class TrainConfig(_Section):
         description="host:port of the machine that runs the flow, where the other machines of a multi-machine "
         "training connect (torchrun's master address and port); unused on one machine.",
     )
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="transformers/TRL reporters passed through untouched, e.g. [wandb] or [tensorboard] (their own "
+        "environment variables, such as WANDB_PROJECT, apply). Empty: none. Never changes what is trained, so "
+        "it is not in the training's cache key.",
+    )
 
     @property
     def world_size(self) -> int:
@@ -219,6 +227,24 @@ UNSLOTH_ONE_PROCESS = "train.backend=unsloth trains in one process; use backend 
 
 # How a training is spread over processes and machines, not what it computes (left out of the train stage's key).
 DISTRIBUTION_FIELDS = ("num_processes", "nnodes", "rdzv_endpoint")
+# train.* fields that never change the trained weights: left out of the training's cache key.
+NOT_IN_TRAIN_KEY = (*DISTRIBUTION_FIELDS, "report_to")
+
+
+class HarnessConfig(_Section):
+    """lm-evaluation-harness tasks run by the evaluate stage, offline, on base and tuned."""
+
+    tasks: list[str] = Field(
+        min_length=1, description="Task (or group) names: ones defined under include_path, or the harness's own."
+    )
+    include_path: str | None = Field(
+        None,
+        description="Folder of your task YAMLs (the harness's --include_path); configs/harness holds the example. "
+        "Relative data_files in them are read from the folder smoltune runs in, as the lm_eval CLI does.",
+    )
+    limit: int | None = Field(None, ge=1, description="At most this many examples per task (all when unset).")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples per prompt (the task's own if unset).")
+    batch_size: int = Field(8, ge=1, description="Requests per forward pass.")
 
 
 class EvalConfig(_Section):
@@ -227,6 +253,17 @@ class EvalConfig(_Section):
     answer_max_new_tokens: int = Field(32, ge=1, description="Generation length when scoring held-out answers.")
     batch_size: int = Field(
         32, ge=1, description="Rows per forward pass for eval loss and generation (shortest rows batched together)."
+    )
+    harness: HarnessConfig | None = Field(
+        None,
+        description="Also run EleutherAI lm-evaluation-harness tasks on base and tuned (docs/pipeline/harness.md).",
+    )
+    metric: str = Field(
+        "auto",
+        pattern=r"^(auto|harness:[^/\s]+/[^/\s]+)$",
+        description="The figure that decides promotion: 'auto' (held-out accuracy where the rows are checkable, "
+        "else eval loss) or a harness metric 'harness:TASK/METRIC', e.g. harness:smoltune_heldout/exact_match "
+        "(its direction, higher or lower is better, is the harness's).",
     )
 
 
@@ -256,6 +293,22 @@ class OutputConfig(_Section):
         None,
         description="Base URL of a running `smoltune serve` (e.g. http://127.0.0.1:8000): a newly promoted "
         "adapter is attached to it under the run's name, without a restart. Off by default.",
+    )
+    push_to_hub: str | None = Field(
+        None,
+        pattern=HUB_ID.pattern,
+        description="Hugging Face Hub repo OWNER/NAME: a promoted run's adapter (a full fine-tune's model), model "
+        "card, report and loss curve are published there after the report (`smoltune push`). Off by default; a "
+        "failed publish fails the run after its folder is complete.",
+    )
+    push_private: bool = Field(False, description="Create the repo private (a repo that exists keeps its visibility).")
+    push_revision: str | None = Field(
+        None, description="Branch to publish to, created from main when missing; default main."
+    )
+    push_token_secret: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block holding a Hugging Face token with write access, for publishing. "
+        "Without it, HF_TOKEN (or a saved `hf auth login`) is used. Never put a token in the config itself.",
     )
 
     @property
@@ -350,6 +403,62 @@ class PreferenceConfig(_Section):
         )  # fmt: skip
 
 
+# Tracking URIs MLflow's own stores accept besides a server URL; a plain path is a local folder (smoltune.tracking).
+# file: is not among them: MLflow 3.17 refuses its file store unless told to, so a folder gets an SQLite store.
+MLFLOW_URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+class TrackingConfig(_Section):
+    """Experiment tracking in MLflow (smoltune.tracking); off unless `mlflow_uri` is set. Never part of a stage's
+    cache key: turning it on reruns nothing."""
+
+    mlflow_uri: str | None = Field(
+        None,
+        description="Where runs are tracked: an MLflow server URL (http://127.0.0.1:5000), a local folder (an "
+        "SQLite store mlflow.db and an artifacts folder are made in it), or any MLflow tracking URI (sqlite:///..., "
+        "postgresql://..., databricks). None: no tracking. A server that cannot be reached warns; the run goes on.",
+    )
+    experiment: str = Field("smoltune", min_length=1, description="MLflow experiment of the runs (made if missing).")
+    register_model: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$",
+        description="Model-registry name under which a promoted adapter becomes a new version (with the run's "
+        "figures as tags); None: nothing is registered.",
+    )
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _known_store(cls, value: str | None) -> str | None:
+        if value is None or not is_tracking_uri(value):
+            return value  # a local folder (checked with the other paths)
+        scheme = value.split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme == "file":
+            raise ValueError("give the folder as a plain path (it gets an SQLite store), not a file: URI")
+        if scheme not in MLFLOW_URI_SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}; use a server URL, a folder, or one of {MLFLOW_URI_SCHEMES}")
+        return value
+
+
+def is_tracking_uri(value: str) -> bool:
+    """Whether `tracking.mlflow_uri` is a URI (passed to MLflow as it is) rather than a local folder."""
+    return "://" in value or value in ("databricks", "databricks-uc")
+
+
+def tracking_problems(tracking: TrackingConfig) -> list[str]:
+    """What keeps tracking from running, found before anything runs (a server that is down is only a warning)."""
+    import importlib.util
+
+    problems = []
+    if tracking.register_model and not tracking.mlflow_uri:
+        problems.append("tracking.register_model: set tracking.mlflow_uri too (where the registry lives)")
+    if tracking.mlflow_uri and importlib.util.find_spec("mlflow") is None:
+        problems.append("tracking.mlflow_uri: MLflow is not installed; pip install 'smoltune[tracking]'")
+    uri = tracking.mlflow_uri
+    if uri and not is_tracking_uri(uri) and Path(uri).expanduser().is_file():
+        problems.append(f"tracking.mlflow_uri: {uri} is a file; give a folder (or a server URL)")
+    return problems
+
+
 class PipelineConfig(_Section):
     """The whole job. Every section has working defaults: `PipelineConfig()` is the seed job."""
 
@@ -365,6 +474,9 @@ class PipelineConfig(_Section):
         description="Preference tuning (DPO) after SFT; when set, `smoltune run` runs the preference flow "
         "(configs/dpo.yaml).",
     )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="Experiment tracking in MLflow (opt-in: set mlflow_uri)."
+    )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -373,15 +485,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError([f"override {text!r} is not of the form section.field=value"], "--set")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError([f"override {text!r}: the value is not valid YAML ({first}); quote it"], "--set") from None
-    return key.strip().split("."), value
+        value = parse_yaml(raw, "--set") if raw.strip() else ""
+    except ConfigError as err:
+        raise ConfigError([f"override {text!r}: {err.problems[0]}; quote the value"], "--set") from None
+    path = key.strip().split(".")
+    if not all(part.strip() for part in path):
+        raise ConfigError([f"override {text!r}: an empty name in {key.strip()!r}"], "--set")
+    return path, value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `data` with each `a.b.c=value` override written into it."""
+    """Return a copy of `data` with each `a.b.c=value` override written into it. A mapping value merges field by
+    field at any depth (`train={lora: {r: 8}}` changes train.lora.r only), so no other field silently returns to
+    its default; any other value replaces what was there."""
     merged = _deep_copy(data)
     for text in overrides:
         path, value = parse_override(text)
@@ -390,8 +506,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError([f"override {text!r}: {part!r} is not a section"], "--set")
-        node[path[-1]] = value
+        current = node.get(path[-1])
+        node[path[-1]] = _merged(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
     return merged
+
+
+def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = _deep_copy(base)
+    for key, value in update.items():
+        out[key] = _merged(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
 
 
 def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
@@ -423,6 +547,7 @@ def semantic_problems(config: PipelineConfig) -> list[str]:
     if config.model.load_in_4bit and config.train.mode == "full":
         problems.append("model.load_in_4bit: 4-bit weights cannot be fully fine-tuned; use train.mode=lora (QLoRA)")
     problems += distributed_problems(config.train)
+    problems += tracking_problems(config.tracking)
     if not config.train.lora.target_modules:
         problems.append("train.lora.target_modules: at least one module is needed")
     unknown = sorted(set(config.validation.severity) - set(CHECK_IDS))
@@ -430,6 +555,10 @@ def semantic_problems(config: PipelineConfig) -> list[str]:
         problems.append(f"validation.severity: unknown check(s) {unknown}; known: {list(CHECK_IDS)}")
     if not Path(config.eval.prompts_file).expanduser().is_file():
         problems.append(f"eval.prompts_file: {config.eval.prompts_file} does not exist")
+    if config.eval.harness is not None or config.eval.metric != "auto":
+        from smoltune.harness_files import harness_problems  # reads task YAMLs: only when asked to
+
+        problems += harness_problems(config.eval.harness, config.eval.metric)
     sources = [("data.source", config.data.source), ("model.source", config.model.source)]
     if config.preference is not None:
         sources.append(("preference.source", config.preference.source))
@@ -484,36 +613,46 @@ def with_absolute_paths(config: PipelineConfig) -> PipelineConfig:
     data["model"]["source"] = local(config.model.source)
     data["data"]["source"] = local(config.data.source)
     data["eval"]["prompts_file"] = _absolute(config.eval.prompts_file)
+    if data["eval"]["harness"]:
+        data["eval"]["harness"]["include_path"] = _absolute(data["eval"]["harness"]["include_path"])
     if data.get("preference"):
         data["preference"]["source"] = local(config.preference.source)  # type: ignore[union-attr]
     output = data["output"]
     output.update(runs_dir=_absolute(output["runs_dir"]), cache_dir=_absolute(output["cache_dir"]))
     output["registry"] = _absolute(output["registry"])
+    uri = data["tracking"]["mlflow_uri"]
+    if uri and not is_tracking_uri(uri):
+        data["tracking"]["mlflow_uri"] = _absolute(uri)
     return PipelineConfig.model_validate(data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """Read a YAML job (or the defaults when `path` is None) and apply `--set` overrides."""
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError([f"{path} does not exist"], source) from None
-        except IsADirectoryError:
-            raise ConfigError([f"{path} is a folder; pass a YAML file such as configs/default.yaml"], source) from None
-        except UnicodeDecodeError as err:
-            raise ConfigError([f"not UTF-8 text (invalid byte at offset {err.start})"], source) from None
-        except PermissionError:
-            raise ConfigError([f"{path} cannot be read (permission denied)"], source) from None
-        except yaml.YAMLError as err:
-            raise ConfigError([f"not valid YAML: {err}"], source) from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(["the top level must be a mapping of sections"], source)
-        data = loaded or {}
+    data = read_yaml_mapping(path) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
     return with_absolute_paths(build_config(apply_overrides(data, overrides or []), source))
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (a job or compare config); every way of failing is a
+    ConfigError naming the file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path} does not exist"], source) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path} is a folder; pass a YAML file such as configs/default.yaml"], source) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"not UTF-8 text (invalid byte at offset {err.start})"], source) from None
+    except PermissionError:
+        raise ConfigError([f"{path} cannot be read (permission denied)"], source) from None
+    except OSError as err:
+        raise ConfigError([f"{path} cannot be read ({err.strerror or type(err).__name__})"], source) from None
+    loaded = parse_yaml(text, source)
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(["the top level must be a mapping of sections"], source)
+    return loaded or {}
 
 
 # The comparison job (`smoltune compare --config configs/compare.yaml`): a whole pipeline job plus
@@ -534,6 +673,35 @@ class CompareConfig(BaseModel):
     variants: list[Variant] = Field(min_length=1)
 
 
+# What a variant may set: the shared stages (model, data, gate, split) run once with the top-level settings, so a
+# variant's model.*, data.*, validation.* or train.max_seq_length (which the gate checked lengths against) would be
+# validated and then ignored; refuse them instead.
+VARIANT_SECTIONS = ("train", "eval")
+SHARED_TRAIN_FIELDS = ("max_seq_length",)
+
+
+def variant_problems(variant: Variant) -> list[str]:
+    """Fields `variant` sets that the shared stages would ignore (empty when every field takes effect)."""
+    problems = []
+    for key in _dotted_keys(variant.set):
+        parts = key.split(".")
+        if parts[0] not in VARIANT_SECTIONS or (parts[0] == "train" and parts[1:2] and parts[1] in SHARED_TRAIN_FIELDS):
+            problems.append(
+                f"variant {variant.name}: {key} would be ignored, since every variant shares one model, dataset, "
+                f"gate and split; set it at the top level (variants may set {' and '.join(VARIANT_SECTIONS)}.*, "
+                "except train.max_seq_length), or run a separate job"
+            )
+    return problems
+
+
+def _dotted_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        keys += _dotted_keys(value, f"{name}.") if isinstance(value, dict) and value else [name]
+    return keys
+
+
 def variant_config(compare: CompareConfig, variant: Variant) -> PipelineConfig:
     """The shared job with the variant's overrides applied (validated like a job of its own)."""
     overrides = [
@@ -545,18 +713,22 @@ def variant_config(compare: CompareConfig, variant: Variant) -> PipelineConfig:
 
 def load_compare_config(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
     """Read a compare YAML: pipeline sections at the top level, plus `variants`."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError([f"cannot read: {err}"], str(path)) from None
+    data = read_yaml_mapping(path)
     variants = data.pop("variants", None)
     if not isinstance(variants, list) or not variants:
         raise ConfigError(["'variants' must list at least one {name, set} entry"], str(path))
     pipeline = build_config(apply_overrides(data, overrides or []), str(path))
-    compare = CompareConfig(pipeline=pipeline, variants=[Variant.model_validate(v) for v in variants])
+    try:
+        compare = CompareConfig(pipeline=pipeline, variants=[Variant.model_validate(v) for v in variants])
+    except ValidationError as err:
+        problems = [f"variants.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(problems, str(path)) from None
     names = [v.name for v in compare.variants]
     if len(set(names)) != len(names):
         raise ConfigError([f"variant names must be unique, got {names}"], str(path))
+    problems = [p for v in compare.variants for p in variant_problems(v)]
+    if problems:
+        raise ConfigError(problems, str(path))
     for variant in compare.variants:
         variant_config(compare, variant)  # every variant must be a valid job before anything runs
     return compare

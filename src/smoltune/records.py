@@ -148,6 +148,34 @@ class Exported(StageRecord):
         return [p for p in (self.merged_dir, self.gguf_file) if p]
 
 
+class HarnessScore(_Record):
+    """One lm-evaluation-harness metric of one task (or group), base vs tuned, with its standard errors."""
+
+    task: str
+    metric: str = Field(description="The harness's metric name, with ',FILTER' when the task filters its answers.")
+    higher_is_better: bool | None = Field(None, description="As the harness says (None: it does not say).")
+    base: float | None
+    tuned: float | None
+    base_stderr: float | None = None
+    tuned_stderr: float | None = None
+    samples: int | None = Field(None, description="Examples scored (after eval.harness.limit).")
+
+
+class HarnessFigures(_Record):
+    """What lm-evaluation-harness measured on base and tuned (eval.harness), and how to measure it again."""
+
+    tasks: list[str]
+    scores: list[HarnessScore]
+    limit: int | None = None
+    num_fewshot: int | None = None
+    seconds: float = Field(description="Wall time of both harness runs.")
+    lm_eval_version: str
+    commands: dict[str, str] = Field(description="base / tuned: the lm_eval command line that gives these figures.")
+
+    def score(self, task: str, metric: str) -> HarnessScore | None:
+        return next((s for s in self.scores if s.task == task and s.metric == metric), None)
+
+
 class EvalFigures(_Record):
     """Base vs tuned on the held-out rows (None where the data has no checkable answers)."""
 
@@ -168,6 +196,7 @@ class EvalFigures(_Record):
     rouge_l_base: float | None = None
     rouge_l_tuned: float | None = None
     accuracy_by_family: dict[str, dict[str, float]] = Field(default_factory=dict)
+    harness: HarnessFigures | None = Field(None, description="lm-evaluation-harness tasks (eval.harness), if run.")
 
 
 class Evaluated(StageRecord):

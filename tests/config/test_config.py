@@ -177,3 +177,12 @@ def test_compare_variants_apply_every_field_or_are_refused(tmp_path: Path) -> No
         path.write_text(text)
         with pytest.raises(ConfigError):
             load_compare_config(path)
+
+
+def test_report_to_reaches_trl_untouched(tmp_path: Path) -> None:
+    """W&B passes through TRL's own reporters: train.report_to goes to the trainer settings as given."""
+    from smoltune.config import TrainConfig
+    from smoltune.train.sft import sft_settings
+
+    assert sft_settings(TrainConfig(), "cpu", str(tmp_path))["report_to"] == "none"
+    assert sft_settings(TrainConfig(report_to=["wandb"]), "cpu", str(tmp_path))["report_to"] == ["wandb"]

@@ -70,3 +70,23 @@ def test_legacy_logprobs_offsets_follow_the_token_texts() -> None:
         "top_logprobs": [None, {"lo": -0.5, "p": -2.0}],
         "text_offset": [4, 7],
     }
+
+
+def test_promotion_hand_off_sends_the_key_the_server_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """output.notify_server carries SMOLTUNE_API_KEY: the variable is the one `smoltune serve` reads."""
+    import httpx
+
+    from smoltune.pipeline import registry
+    from smoltune.serve.auth import API_KEY_ENV
+
+    assert registry.SERVE_API_KEY_ENV == API_KEY_ENV
+    sent: dict = {}
+
+    def post(url: str, **kwargs: object) -> httpx.Response:
+        sent.update(kwargs)
+        return httpx.Response(200, text="ok")
+
+    monkeypatch.setattr(httpx, "post", post)
+    monkeypatch.setenv(API_KEY_ENV, "k3y")
+    assert "answered 200" in registry.notify_server("http://127.0.0.1:1", "run", "/a")
+    assert sent["headers"] == {"Authorization": "Bearer k3y"}

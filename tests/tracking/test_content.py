@@ -138,6 +138,9 @@ def test_tracking_never_changes_a_stage_key(tmp_path: Path) -> None:
     }
     for parts in (keys.train_parts, keys.evaluate_parts, keys.export_parts):
         assert parts(records | {"config": plain}) == parts(records | {"config": tracked}), parts.__name__
+    # W&B (or TensorBoard) through train.report_to: TRL gets the reporters, and no key changes either.
+    wandb = job(tmp_path, "train.report_to=[wandb]")
+    assert keys.train_parts(records | {"config": plain}) == keys.train_parts(records | {"config": wandb})
 
 
 def test_a_server_that_is_down_gives_a_warning_not_an_exception(tmp_path: Path) -> None:

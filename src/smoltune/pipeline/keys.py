@@ -15,10 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from smoltune.config import DISTRIBUTION_FIELDS, DataConfig, ModelConfig
+from smoltune.config import NOT_IN_TRAIN_KEY, DataConfig, ModelConfig
 from smoltune.data.sources import Download
 from smoltune.data.stage import download_data
 from smoltune.files import sha256_file
+from smoltune.harness_files import harness_identity
 from smoltune.hub import hub_commit
 from smoltune.sources import source_kind
 
@@ -105,7 +106,7 @@ def train_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "validated": prepared.validated_key,
         # Where it trains is not what it trains: N processes share out the same global batch in the same
         # order (tests/train/test_distributed.py: equal losses), so a 1-process result serves a 2-process request.
-        "train": inputs["config"].train.model_dump(mode="json", exclude=set(DISTRIBUTION_FIELDS)),
+        "train": inputs["config"].train.model_dump(mode="json", exclude=set(NOT_IN_TRAIN_KEY)),
         "load_in_4bit": inputs["config"].model.load_in_4bit,
     }
 
@@ -124,10 +125,13 @@ def evaluate_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "model": inputs["model"].sha256,
         "trained": inputs["trained"].key,  # the training key: model, rows, settings, code
         "rows": inputs["prepared"].eval_sha256,
-        "eval": config.eval.model_dump(mode="json"),
+        # eval.metric only chooses the figure promotion reads: changing it measures nothing again.
+        "eval": config.eval.model_dump(mode="json", exclude={"metric"}),
         "prompts": sha256_file(prompts) if prompts.is_file() else None,
         "template": config.data.template,
         "max_seq_length": config.train.max_seq_length,
+        # The task YAMLs and data files are read at evaluation time: their content, not their names.
+        "harness": harness_identity(config.eval.harness),
     }
 
 

@@ -18,17 +18,41 @@ from typing import Any
 
 from filelock import FileLock
 
+from smoltune.errors import ConfigError
 from smoltune.files import atomic_write_json
+from smoltune.harness_files import HARNESS_METRIC_PREFIX, NO_FILTER, parse_metric
 from smoltune.records import EvalFigures, PromotionDecision
+from smoltune.redaction import redact
 
 SEPARATOR = " | "
 
 
-def promotion_metric(figures: EvalFigures) -> tuple[str, float, bool]:
-    """(name, value, higher is better) of the figure that decides promotion."""
+def promotion_metric(figures: EvalFigures, metric: str = "auto") -> tuple[str, float, bool]:
+    """(name, value, higher is better) of the figure that decides promotion: `eval.metric`, where 'auto' is
+    held-out accuracy, else eval loss, and 'harness:TASK/METRIC' the tuned model's harness figure."""
+    wanted = parse_metric(metric)
+    if wanted is not None:
+        return _harness_metric(figures, metric, *wanted)
     if figures.accuracy_tuned is not None:
         return "accuracy_tuned", float(figures.accuracy_tuned), True
     return "eval_loss_tuned", float(figures.eval_loss_tuned), False
+
+
+def _harness_metric(
+    figures: EvalFigures, metric: str, task: str, name: str, filter_name: str
+) -> tuple[str, float, bool]:
+    label = name if filter_name == NO_FILTER else f"{name},{filter_name}"
+    score = figures.harness.score(task, label) if figures.harness else None
+    if score is None or score.tuned is None or score.higher_is_better is None:
+        known = [
+            f"{HARNESS_METRIC_PREFIX}{s.task}/{s.metric}" for s in (figures.harness.scores if figures.harness else [])
+        ]
+        raise ConfigError(
+            [f"eval.metric: {metric} is not a harness figure with a direction (higher or lower is better); "
+             f"the harness measured {known or 'nothing'}"],
+            "eval.metric",
+        )  # fmt: skip
+    return metric, float(score.tuned), score.higher_is_better
 
 
 def registry_key(model_source: str, data_source: str, heldout_sha256: str, metric: str) -> str:
@@ -62,9 +86,11 @@ def promote(
     output_dir: str,
     figures: EvalFigures,
     heldout_sha256: str,
+    metric_setting: str = "auto",
 ) -> PromotionDecision:
-    """Record `output_dir` as the best for its key if its metric beats the current entry; report the decision."""
-    metric, value, higher_is_better = promotion_metric(figures)
+    """Record `output_dir` as the best for its key if its metric (`eval.metric`) beats the current entry; report
+    the decision."""
+    metric, value, higher_is_better = promotion_metric(figures, metric_setting)
     key = registry_key(model_source, data_source, heldout_sha256, metric)
     path = Path(registry_file)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,15 +125,27 @@ def promote(
     )
 
 
+# The variable `smoltune serve --api-key` also reads (smoltune.serve.auth.API_KEY_ENV; the layers keep this
+# module from importing it, tests/serve/test_api_units.py checks they agree).
+SERVE_API_KEY_ENV = "SMOLTUNE_API_KEY"
+
+
 def notify_server(server_url: str, name: str, adapter_dir: str, timeout_s: float = 120) -> str:
-    """Hand a promoted adapter to a running `smoltune serve` (POST /v1/adapters, `output.notify_server`);
-    returns what it answered."""
+    """Hand a promoted adapter to a running `smoltune serve` (POST /v1/adapters, `output.notify_server`), with
+    the server's API key from SMOLTUNE_API_KEY when set; returns what it answered (redacted)."""
+    import os
+
     import httpx
 
+    key = os.environ.get(SERVE_API_KEY_ENV)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.post(
-            f"{server_url.rstrip('/')}/v1/adapters", json={"name": name, "path": adapter_dir}, timeout=timeout_s
+            f"{server_url.rstrip('/')}/v1/adapters",
+            json={"name": name, "path": adapter_dir},
+            headers=headers,
+            timeout=timeout_s,
         )
     except httpx.HTTPError as err:
-        return f"could not reach {server_url}: {type(err).__name__}"
-    return f"{server_url} answered {response.status_code}: {response.text[:200]}"
+        return f"could not reach {redact(server_url)}: {type(err).__name__}"
+    return f"{redact(server_url)} answered {response.status_code}: {response.text[:200]}"

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from smoltune.report.preference import preference_section
-from smoltune.report.tables import as_percent, markdown_table
+from smoltune.report.tables import as_percent, harness_rows, markdown_table
 
 LOSS_CURVE = "loss_curve.png"
 
@@ -193,6 +193,24 @@ def _evaluation_section(ev: dict[str, Any], eval_rows: int) -> str:
     return f"## Held-out evaluation\n\n{table}\n\n{verdict}" + _evaluation_time(ev) + _accuracy_section(ev)
 
 
+def _harness_section(ev: dict[str, Any]) -> str:
+    """lm-evaluation-harness figures (eval.harness), base vs tuned with standard errors, and the commands that
+    measure them again; empty when the harness did not run."""
+    harness = ev.get("harness")
+    if not harness:
+        return ""
+    header = ["task", "metric", "base", "± stderr", "tuned", "± stderr", "examples"]
+    settings = f"limit {harness.get('limit') or 'none'}, few-shot {harness.get('num_fewshot') or 'task default'}"
+    commands = "\n".join(f"# {label}\n{command}" for label, command in harness.get("commands", {}).items())
+    return (
+        "## lm-evaluation-harness\n\n"
+        + markdown_table(header, harness_rows(harness))
+        + f"\n\nMeasured by lm-evaluation-harness {harness['lm_eval_version']} ({settings}) in "
+        + f"{harness['seconds']:.1f} s, in {ev.get('eval_precision', 'fp32')}; ↑/↓: higher/lower is better. "
+        + f"The same figures from the harness's own CLI (from the folder the run started in):\n\n```\n{commands}\n```"
+    )
+
+
 def _generations_section(generations: list[dict[str, str]]) -> str:
     """The sample prompts answered greedily by base and tuned; empty without any."""
     if not generations:
@@ -243,6 +261,7 @@ def render_report(summary: dict[str, Any], generations: list[dict[str, str]]) ->
         _data_section(summary["data"], summary.get("validation", {})),
         _training_section(summary["train"], summary.get("artifacts", {})),
         _evaluation_section(summary["eval"], summary["data"]["eval_rows"]),
+        _harness_section(summary["eval"]),
         _generations_section(generations),
         preference_section(summary["preference"]) if summary.get("preference") else "",
         promotion_section(summary["promotion"]) if summary.get("promotion") else "",

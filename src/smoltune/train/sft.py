@@ -62,7 +62,7 @@ def sft_settings(
         "save_strategy": "steps",
         "save_steps": config.save_steps,
         "save_total_limit": config.save_total_limit,
-        "report_to": "none",
+        "report_to": config.report_to or "none",  # train.report_to: W&B, TensorBoard... passed through
         # A packed batch has no padding (and no attention mask to count by): every token is real.
         "include_num_input_tokens_seen": "all" if fast.padding_free else "non_padding",
         "dataloader_num_workers": 0,
