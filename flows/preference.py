@@ -4,9 +4,9 @@
     python -m flows.preference                            # the default DPO job
 
 fetch_preferences -> validate_preferences -> prepare_preferences -> reference_logps -> train_preference ->
-evaluate_preference -> promote -> model card -> report -> [track] -> [publish]. Every stage is cached like the SFT ones; the reference, training and
-evaluation keys (and the built-in pairs') include the SFT training's key, so a retrained SFT model reruns
-them, and changing `preference.beta` reruns only training and what follows it.
+evaluate_preference -> promote -> model card -> report -> [track] -> [publish]. Every stage is cached like the
+SFT ones; the reference, training and evaluation keys (and the built-in pairs') include the SFT training's key,
+so a retrained SFT model reruns them, and changing `preference.beta` reruns only training and what follows it.
 """
 
 from __future__ import annotations
