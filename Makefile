@@ -51,9 +51,11 @@ bench-ablation: $(STAMP)
 bench-profile: $(STAMP)
 	$(BIN)/python bench/profile_step.py $(BENCH_ARGS)
 
-# Serving latency and throughput: 1 and 8 streams, 8 mixed-adapter requests batched vs one at a time.
+# Serving: 1 stream vs 8 concurrent mixed-adapter streams (continuous batching), then lm-eval log-prob scoring of
+# 200 choices through the server vs the harness loading the model itself.
 bench-serve: $(STAMP)
 	$(BIN)/python bench/serve_bench.py $(BENCH_ARGS)
+	$(BIN)/python bench/serve_scoring.py
 
 # Which stages rerun for each kind of change, on the real seed job (bench/rerun_matrix.py).
 rerun-matrix: $(STAMP)

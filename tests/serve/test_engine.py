@@ -404,6 +404,37 @@ def test_engine_full_and_never_fits(new_engine) -> None:
     assert first.result(30) and second.result(30)
 
 
+def test_the_queue_is_bounded(new_engine) -> None:
+    """At most MAX_QUEUED_PER_SLOT x max_batch requests are admitted: each holds an API worker thread."""
+    from smoltune.serve.engine import MAX_QUEUED_PER_SLOT
+
+    engine = new_engine(max_batch=1)
+    ids = engine.encode(PROMPTS[0])
+    with engine._loop.model_lock:
+        held = [engine.submit(ids, None, GenerationParams(max_new_tokens=2)) for _ in range(MAX_QUEUED_PER_SLOT)]
+        with pytest.raises(EngineFull, match="already waiting"):
+            engine.submit(ids, None, GenerationParams(max_new_tokens=2))
+    assert all(handle.result(30).completion_tokens == 2 for handle in held)
+
+
+def test_adapter_names_refuse_what_peft_cannot_hold(tmp_path: Path, adapter_dirs: dict[str, str]) -> None:
+    """A '.' in an adapter name is refused up front (torch's ModuleDict keys refuse it deep inside PEFT); a
+    run folder whose files are broken is one ConfigError, and a promoted run named a.b is served as a-b."""
+    from smoltune.errors import ConfigError
+    from smoltune.pipeline.registry import served_name
+    from smoltune.serve.engine import adapter_source
+
+    with pytest.raises(ConfigError, match="no '.'"):
+        adapter_source("tuned.v2", next(iter(adapter_dirs.values())))
+    (tmp_path / "summary.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="summary.json cannot be read"):
+        adapter_source("run", tmp_path)
+    (tmp_path / "summary.json").write_text('{"artifacts": {"adapter_dir": "/x"}}')
+    with pytest.raises(ConfigError, match="no readable data.template"):
+        adapter_source("run", tmp_path)
+    assert served_name("exp.1") == "exp-1"
+
+
 def test_max_batch_is_honoured(new_engine) -> None:
     gate = Gate()
     engine = new_engine(max_batch=2, observer=gate)

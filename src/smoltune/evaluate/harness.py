@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from smoltune.config import HarnessConfig
-from smoltune.errors import ConfigError
+from smoltune.errors import ConfigError, ModelError
 from smoltune.files import atomic_write_json
 from smoltune.harness_files import NO_FILTER, defined_tasks
 from smoltune.records import HarnessFigures, HarnessScore, TrainResult
@@ -89,7 +89,10 @@ def run_harness(
     if done.returncode == _TASK_PROBLEM and "error" in result:
         raise ConfigError([result["error"]], "eval.harness")
     if done.returncode != 0:
-        raise RuntimeError(f"lm-evaluation-harness failed (exit {done.returncode}); its output is above")
+        raise ModelError(
+            f"lm-evaluation-harness failed on this model (exit {done.returncode}); its output is above. Training is "
+            "saved: fix the cause and rerun (only evaluation runs again)"
+        )
     return HarnessFigures(
         tasks=harness.tasks,
         scores=harness_scores(result["base"], result["tuned"]),

@@ -130,6 +130,12 @@ def promote(
 SERVE_API_KEY_ENV = "SMOLTUNE_API_KEY"
 
 
+def served_name(run_name: str) -> str:
+    """The adapter name a promoted run is served under: a run name may hold '.', which PEFT refuses in adapter
+    names (smoltune.serve.types.ADAPTER_NAME)."""
+    return run_name.replace(".", "-")
+
+
 def notify_server(server_url: str, name: str, adapter_dir: str, timeout_s: float = 120) -> str:
     """Hand a promoted adapter to a running `smoltune serve` (POST /v1/adapters, `output.notify_server`), with
     the server's API key from SMOLTUNE_API_KEY when set; returns what it answered (redacted)."""
@@ -142,7 +148,7 @@ def notify_server(server_url: str, name: str, adapter_dir: str, timeout_s: float
     try:
         response = httpx.post(
             f"{server_url.rstrip('/')}/v1/adapters",
-            json={"name": name, "path": adapter_dir},
+            json={"name": served_name(name), "path": adapter_dir},
             headers=headers,
             timeout=timeout_s,
         )

@@ -206,7 +206,7 @@ def train_preference(spec: PreferenceSpec, on_step: Any = None) -> TrainResult:
         started_at, started = datetime.now(UTC).isoformat(timespec="milliseconds"), time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - started
-    stopper.raise_if_stopped(int(trainer.state.global_step))
+    stopper.raise_if_stopped(int(trainer.state.global_step), int(trainer.state.max_steps))
     if "ref" in trainer.model.peft_config:  # TRL's frozen copy of the SFT adapter: the reference, not the result
         trainer.model.delete_adapter("ref")
     output_dir = save_trained(trainer, trainer.processing_class, "lora", work_dir, spec.base_model_id)

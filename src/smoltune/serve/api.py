@@ -99,12 +99,13 @@ def pick(engine: Any, model: str | None, request: Request) -> tuple[str | None, 
 def _open_routes(app: Any, engine: Any, metrics: ServeMetrics) -> None:
     """No key: load balancers and Prometheus reach these (documented in docs/serving.md)."""
 
+    # async: they never block, and the thread pool the generation routes wait in may be full.
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:
         return {"status": "ok", "models": [engine.base_name, *engine.adapters]}
 
     @app.get("/metrics")
-    def prometheus() -> Any:
+    async def prometheus() -> Any:
         from fastapi.responses import Response
 
         body, content_type = metrics.render()

@@ -12,9 +12,9 @@ from pathlib import Path
 from threading import Thread
 from typing import Any
 
-from smoltune.config import load_config
 from smoltune.data.prompts import format_prompt
 from smoltune.errors import ModelError, SmoltuneError
+from smoltune.serve.engine import run_template
 
 
 class RunNotFoundError(SmoltuneError, FileNotFoundError):
@@ -32,11 +32,11 @@ def load_run(run_dir: str | Path) -> tuple[Any, Any, str]:
     if not summary_file.is_file():
         raise RunNotFoundError(f"{folder}: no summary.json; pass the folder a finished `smoltune run` printed")
     summary = json.loads(summary_file.read_text())
-    config = load_config(folder / "config.yaml")
+    template = run_template(folder)  # only the template: the run's other settings may need what chat does not
     artifacts = summary["artifacts"]
     output_dir = artifacts.get("adapter_dir") or artifacts["model_dir"]
     models, tokenizer = load_tuned(summary["model"]["path"], output_dir, summary["train"]["mode"], False)
-    return models.model, tokenizer, config.data.template
+    return models.model, tokenizer, template
 
 
 def stream_answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> Iterator[str]:

@@ -16,6 +16,7 @@ is settled by the decode loop, which wakes the handle's waiters whatever happens
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -23,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from smoltune.errors import ConfigError
+from smoltune.pipeline.registry import served_name
 from smoltune.serve.kv_budget import default_kv_budget, footprint
 from smoltune.serve.loop import DecodeLoop
 from smoltune.serve.request import Request, RequestHandle
 from smoltune.serve.stops import StopText
 from smoltune.serve.types import (
+    ADAPTER_NAME,
     MAX_LOGPROBS,
     MAX_SEED,
     EngineClosed,
@@ -45,20 +48,37 @@ class Adapter:
     template: str  # the prompt template the adapter was trained with
 
 
+MAX_QUEUED_PER_SLOT = 4  # admitted requests per decode-batch row (running + waiting), at most
+
+
+def run_template(run_dir: Path) -> str:
+    """The prompt template a run trained with, from its config.yaml (only that field: the run's other settings
+    may need what this machine lacks, e.g. MLflow or the harness's task files)."""
+    import yaml
+
+    try:
+        return str(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["data"]["template"])
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as err:
+        raise ConfigError([f"{run_dir}: config.yaml has no readable data.template ({type(err).__name__})"]) from None
+
+
 def adapter_source(name: str, path: str | Path) -> Adapter:
     """A run folder (its adapter and the template it trained with) or an adapter folder itself."""
     import json
 
-    import yaml
-
+    if not re.match(ADAPTER_NAME, name):
+        raise ConfigError([f"--adapter {name}={path}: a name is letters, digits, '_' and '-' (no '.'), e.g. tuned-v2"])
     folder = Path(path).expanduser().resolve()
     if (folder / "summary.json").is_file():
-        summary = json.loads((folder / "summary.json").read_text())
-        adapter_dir = summary["artifacts"].get("adapter_dir")
+        try:
+            adapter_dir = json.loads((folder / "summary.json").read_text())["artifacts"].get("adapter_dir")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ConfigError(
+                [f"--adapter {name}={path}: summary.json cannot be read ({type(err).__name__})"]
+            ) from None
         if not adapter_dir:
             raise ConfigError([f"--adapter {name}={path}: that run trained a full model, not an adapter"])
-        template = yaml.safe_load((folder / "config.yaml").read_text())["data"]["template"]
-        return Adapter(name, adapter_dir, template)
+        return Adapter(name, adapter_dir, run_template(folder))
     if (folder / "adapter_config.json").is_file():
         return Adapter(name, str(folder), "alpaca")
     raise ConfigError([f"--adapter {name}={path}: neither a run folder (summary.json) nor an adapter folder"])
@@ -144,6 +164,10 @@ class Engine:
         lengths = [r.reserved for r in self._admitted] + [request.reserved]
         if footprint(lengths, self.max_batch) > self.kv_budget_tokens:
             raise EngineFull("the server's KV cache is full with other requests; retry shortly")
+        # A bounded queue: every waiting request holds one of the API's worker threads, so an unbounded one would
+        # let a burst of short requests fill the thread pool (then nothing, /v1/models included, is answered).
+        if len(self._admitted) >= MAX_QUEUED_PER_SLOT * self.max_batch:
+            raise EngineFull(f"{len(self._admitted)} requests are already waiting or running; retry shortly")
 
     def _settled(self, request: Request) -> None:
         with self._cond:
@@ -188,7 +212,11 @@ def registry_adapters(registry_file: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise ConfigError([f"--registry {registry_file}: no such file"])
     entries = json.loads(path.read_text())
-    return {entry["run"]: entry["output_dir"] for entry in entries.values() if Path(entry["output_dir"]).is_dir()}
+    return {
+        served_name(entry["run"]): entry["output_dir"]
+        for entry in entries.values()
+        if Path(entry["output_dir"]).is_dir()
+    }
 
 
 def load_engine(

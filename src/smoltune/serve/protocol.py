@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from smoltune.serve.types import MAX_SEED, GenerationParams
+from smoltune.serve.types import ADAPTER_NAME, MAX_SEED, GenerationParams
 
 MAX_STOP = 4  # OpenAI's cap on stop strings
 MAX_CHOICES = 16  # n per prompt; a bound so one request cannot queue an unbounded amount of work
@@ -168,5 +168,5 @@ class DetokenizeRequest(Strict):
 
 
 class AdapterRequest(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$", max_length=128, description="The name requests use.")
+    name: str = Field(pattern=ADAPTER_NAME, max_length=128, description="The name requests use (no '.').")
     path: str = Field(description="A run folder or an adapter folder under --adapter-root.")

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 # 1e-45 used to raise inside the generation thread).
 MAX_SEED = 2**64 - 1
 GREEDY_BELOW = 1e-5  # a temperature under this is greedy decoding, as vLLM treats it
-MAX_LOGPROBS = 20  # top alternatives per token; OpenAI's completions allow 5, chat 20
+MAX_LOGPROBS = 20
+# An adapter's name: PEFT keeps each adapter's weights in torch ModuleDicts, whose keys may not contain ".".
+ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"  # top alternatives per token; OpenAI's completions allow 5, chat 20
 
 
 @dataclass(frozen=True)

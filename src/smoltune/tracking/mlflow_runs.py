@@ -109,7 +109,9 @@ def track(tracking: TrackingConfig, run: TrackedRun, extra_tags: dict[str, str] 
     # URI whose driver is not installed (MLflow imports it on first use). Anything else is a bug: it raises.
     except (MlflowException, requests.RequestException, OSError, ImportError) as err:
         return TrackingOutcome(warning=_warning(tracking, run.name, err))
-    url = f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if uri.startswith("http") else None
+    # Shown as a Prefect link artifact: credentials in the URI must not be (the link still opens for a user
+    # whose browser knows them).
+    url = f"{redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if uri.startswith("http") else None
     return TrackingOutcome(run_id=run_id, run_url=url, model_version=logged.model_version)
 
 

@@ -77,8 +77,10 @@ class StopOnSignal(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
 
-    def raise_if_stopped(self, step: int) -> None:
-        if self.signum is not None:
+    def raise_if_stopped(self, step: int, max_steps: int) -> None:
+        """After `trainer.train()`: a training that reached max_steps is finished (its result is saved and the
+        parent still stops after it); one stopped earlier ends the worker here."""
+        if self.signum is not None and step < max_steps:
             name = signal.Signals(self.signum).name
             raise StoppedError(
                 f"training stopped by {name} after step {step}; checkpoint-{step} is saved and a rerun resumes from it",

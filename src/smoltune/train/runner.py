@@ -75,10 +75,13 @@ def train_in_subprocess(
 def run_worker(command: list[str], work_dir: Path, on_step: Callable[[dict], None] | None, env: dict) -> None:
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     reported: list[dict] = []
-    # Its own process group: a terminal's Ctrl-C reaches this process only, which relays it once (below).
+    # Where this process can relay signals (its main thread), the worker gets its own process group so that a
+    # terminal's Ctrl-C reaches it once, relayed; elsewhere (a Dask thread) it stays in ours and gets it directly.
+    relaying = threading.current_thread() is threading.main_thread()
     popen = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, process_group=0
-    )
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        process_group=0 if relaying else None,
+    )  # fmt: skip
     with popen as proc, relayed_stop_signals(proc) as stopped:
         relay = threading.Thread(target=_relay_stderr, args=(proc.stderr, tail), daemon=True)
         relay.start()
@@ -93,6 +96,12 @@ def run_worker(command: list[str], work_dir: Path, on_step: Callable[[dict], Non
         relay.join()
     if proc.returncode != 0:
         raise worker_error(proc.returncode, reported[-1] if reported else None, stopped, work_dir, "".join(tail))
+    if stopped:  # the signal came as training finished: its result is saved (a rerun is a cache hit), but stop
+        raise StoppedError(
+            f"stopped by {signal.Signals(stopped[0]).name} as training finished; its result is saved and a rerun "
+            "continues from it",
+            stopped[0],
+        )
 
 
 def worker_error(code: int, error: dict | None, stopped: list[int], work_dir: Path, tail: str) -> Exception:
@@ -102,7 +111,7 @@ def worker_error(code: int, error: dict | None, stopped: list[int], work_dir: Pa
     if error is not None and error["type"] == "StorageError":  # the disk, not the training: exit 9 like any stage
         return StorageError(error["message"])
     if error is not None and error["type"] == "StoppedError":  # stopped at a step boundary, checkpoint saved
-        return StoppedError(error["message"], code - 128)
+        return StoppedError(error["message"], error.get("exit_code", code) - 128)
     if stopped:  # the signal came before training began (loading, tokenising): nothing new to save
         return StoppedError(
             f"training stopped by {signal.Signals(stopped[0]).name} before its first step completed; a rerun "

@@ -323,7 +323,7 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
         started_at, started = datetime.now(UTC).isoformat(timespec="milliseconds"), time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - started
-    stopper.raise_if_stopped(trainer.state.global_step)
+    stopper.raise_if_stopped(trainer.state.global_step, trainer.state.max_steps)
     if not setup.process_rank.is_main:
         leave(setup.process_rank)
         return None

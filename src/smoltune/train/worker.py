@@ -67,7 +67,10 @@ def report_error(err: Any) -> int:
     """A SmoltuneError as the parent raises it again (a ConfigError with its list of problems); its exit code."""
     problems = getattr(err, "problems", None)
     print(
-        ERROR_PREFIX + json.dumps({"type": type(err).__name__, "message": str(err), "problems": problems}),
+        ERROR_PREFIX
+        + json.dumps(
+            {"type": type(err).__name__, "message": str(err), "problems": problems, "exit_code": err.exit_code}
+        ),
         flush=True,
     )
     return err.exit_code
