@@ -245,6 +245,7 @@ def _attach(engine: Any, body: AdapterRequest, options: ServeOptions) -> dict:
 def _error_handlers(app: Any) -> None:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     def error(status: int, message: str, kind: str, param: str | None = None, headers: dict | None = None,
               code: str | None = None) -> Any:  # fmt: skip
@@ -253,6 +254,11 @@ def _error_handlers(app: Any) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, err: ApiError) -> JSONResponse:
         return error(err.status, err.message, err.kind, err.param, err.headers, err.code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own refusals (a body that is not JSON, an unknown route, a wrong method) in OpenAI's shape too.
+        return error(err.status_code, str(err.detail), "invalid_request_error", None, getattr(err, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, err: RequestValidationError) -> JSONResponse:
