@@ -487,7 +487,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = parse_yaml(raw, "--set") if raw.strip() else ""
     except ConfigError as err:
-        raise ConfigError([f"override {text!r}: {err.problems[0]}; quote the value"], "--set") from None
+        raise ConfigError([f"override {text!r}: the value is {err.problems[0]}; quote it"], "--set") from None
     path = key.strip().split(".")
     if not all(part.strip() for part in path):
         raise ConfigError([f"override {text!r}: an empty name in {key.strip()!r}"], "--set")
