@@ -26,7 +26,8 @@ FIELDS = [
     "name", "path", "stream_options", "frequency_penalty", "role", "content", "x",
 ]  # fmt: skip
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12),
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
     st.sampled_from(["base", "tuned", "user", "assistant", "system", 1e-45, 2**64, -1, 0, "../../etc"]),
 )  # fmt: skip
 values = st.recursive(
