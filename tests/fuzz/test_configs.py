@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from smoltune.config import load_compare_config, load_config
 from smoltune.errors import ConfigError, SmoltuneError
 from smoltune.evaluate.prompts import load_eval_prompts
+from tests.fuzz.strategies import nested
 
 FUZZ = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None)
 SECTIONS = ["model", "data", "validation", "train", "eval", "export", "output", "preference", "variants", "x"]
@@ -24,11 +25,7 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(), st.text(max_size=15),
     st.sampled_from(["embedded", "lora", "full", "../x", "http://[::1", "1e999", "~", "nan"]),
 )  # fmt: skip
-values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(FIELDS), inner, max_size=3),
-    max_leaves=10,
-)
+values = nested(scalars, FIELDS, width=3, max_leaves=10)
 documents = st.dictionaries(st.sampled_from(SECTIONS), values, max_size=4)
 
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from smoltune.config import DataConfig
 from smoltune.data.stage import fetch_dataset
 from smoltune.errors import SmoltuneError
+from tests.fuzz.strategies import nested
 
 COLUMNS = ["instruction", "input", "output", "messages", "conversations", "text", "prompt", "response", "x"]
 scalars = st.one_of(
@@ -31,13 +32,7 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=40),
 )
-json_values = st.recursive(
-    scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(COLUMNS + ["role", "content"]), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+json_values = nested(scalars, [*COLUMNS, "role", "content"], width=4, max_leaves=12)
 records = st.lists(st.dictionaries(st.sampled_from(COLUMNS), json_values, max_size=5), max_size=6)
 
 

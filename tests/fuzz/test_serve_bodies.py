@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from smoltune.serve.api import ServeOptions, create_app
 from smoltune.serve.metrics import ServeMetrics
+from tests.fuzz.strategies import nested
 from tests.serve.fake_engine import FakeEngine, running
 
 KEY = "sk-fuzz"
@@ -30,11 +31,7 @@ scalars = st.one_of(
     st.text(max_size=12),
     st.sampled_from(["base", "tuned", "user", "assistant", "system", 1e-45, 2**64, -1, 0, "../../etc"]),
 )  # fmt: skip
-values = st.recursive(
-    scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(FIELDS), inner, max_size=4),
-    max_leaves=12,
-)
+values = nested(scalars, FIELDS, width=4, max_leaves=12)
 bodies = st.dictionaries(st.sampled_from(FIELDS), values, max_size=7)
 FUZZ = settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 
