@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The HTML report test drives Debian's Chromium (never a browser downloaded by a test tool).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-fast fuzz smoke compare dpo bench bench-dpo bench-scaling bench-ablation bench-profile bench-serve rerun-matrix gpu-check gpu-wheels \
+.PHONY: run test test-fast fuzz smoke compare dpo bench bench-dpo bench-scaling bench-pipeline bench-ablation bench-profile bench-serve rerun-matrix gpu-check gpu-wheels \
 	lint install clean
 
 install: $(STAMP)
@@ -44,6 +44,11 @@ bench-dpo: $(STAMP)
 
 bench-scaling: $(STAMP)
 	$(BIN)/python bench/scaling.py $(BENCH_ARGS)
+
+# The whole pipeline (`smoltune run`, smoke settings) on 1k, 10k and 52k generated rows: seconds per stage, peak RSS,
+# growth fits (bench/pipeline_scaling.py); BENCH_ARGS="--heldout-rows 0" skips the 1,000-held-out-rows run.
+bench-pipeline: $(STAMP)
+	$(BIN)/python bench/pipeline_scaling.py $(BENCH_ARGS)
 
 bench-ablation: $(STAMP)
 	$(BIN)/python bench/ablation.py $(BENCH_ARGS)

@@ -1,7 +1,13 @@
 """What the bench contenders share: their command line, the rows (tokenised once, identically for all), the
-measurement of a Trainer run and the result file. Imported by the contender scripts in this folder.
+measurement of a Trainer run, the progress file the bench's time box reads, and the result file. Imported by the
+contender scripts in this folder.
 
-    python bench/contender_trl.py --model DIR --train-file train.jsonl --steps 10 --result out.json
+    python bench/contender_trl.py --model DIR --train-file train.jsonl --steps 10 --result out.json --progress p.jsonl
+
+The progress file holds one JSON line when training begins (`{"event": "begin", "time": <epoch s>, ...}`), then
+one per finished micro-batch (`{"t": <s since begin>, "tokens": <real tokens so far>, "step": <optimizer steps
+done>}`) and one per logged loss (`{"t", "step", "loss"}`; smoltune's lines carry tokens and loss together): a
+contender stopped at its time box (bench/timebox.py) is reported from these lines.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--work-dir", required=True, help="scratch folder for the trainer")
     parser.add_argument("--set", action="append", default=[], help="smoltune only: train.KEY=VALUE overrides")
     parser.add_argument("--precision", default="fp32", help="contender (b): the precision measured fastest here")
+    parser.add_argument("--progress", help="JSON lines: training begun, each micro-batch, each logged loss")
     return parser.parse_args()
 
 
@@ -54,6 +61,57 @@ def cpu_loss_trainer(base: type) -> type:
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     return CpuLossTrainer
+
+
+class ProgressFile:
+    """Appends the progress lines (module docstring) to `path`, each flushed at once: the process may be killed
+    at any moment, and what it wrote until then is all the bench will know of it. No path: writes nothing."""
+
+    def __init__(self, path: str | None, precision: str) -> None:
+        self.path, self.precision = path, precision
+        self.started = time.perf_counter()
+
+    def write(self, line: dict[str, Any]) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(line) + "\n")
+                handle.flush()
+
+    def begin(self, max_steps: int) -> None:
+        self.started = time.perf_counter()
+        self.write({"event": "begin", "time": time.time(), "max_steps": max_steps, "precision": self.precision})
+
+    def micro_batch(self, tokens: int, step: int, loss: float | None = None) -> None:
+        line = {"t": self.seconds(), "tokens": int(tokens), "step": int(step)}
+        self.write(line if loss is None else {**line, "loss": round(float(loss), 5)})
+
+    def loss(self, step: int, loss: float) -> None:
+        self.write({"t": self.seconds(), "step": int(step), "loss": round(float(loss), 5)})
+
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
+
+
+def progress_callback(progress: ProgressFile) -> Any:
+    """A TrainerCallback writing `progress`: begin, every micro-batch (the substeps of gradient accumulation and
+    the step that ends it), every logged loss."""
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            progress.begin(state.max_steps)
+
+        def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            progress.micro_batch(state.num_input_tokens_seen, state.global_step)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            progress.micro_batch(state.num_input_tokens_seen, state.global_step)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:  # the final summary log carries train_loss, not a step's loss
+                progress.loss(state.global_step, logs["loss"])
+
+    return ProgressCallback()
 
 
 def measure_training(trainer: Any) -> dict[str, Any]:

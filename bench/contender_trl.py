@@ -1,6 +1,7 @@
 """Contender (a): plain transformers + peft + trl, SFTTrainer with TRL's default settings, as TRL's docs show it.
 
     python bench/contender_trl.py --model DIR --train-file train.jsonl --steps 10 --result a.json --work-dir /tmp/a
+    python bench/contender_trl.py ... --progress a.jsonl   # the lines bench/run.py's time box reads (common.py)
 
 Only what the seed job fixes is set (batch, accumulation, lr, warm-up, schedule, weight decay, seed, steps) plus
 `use_cpu`; everything else is TRL's default: gradient checkpointing on, bf16 autocast on, padded batches.
@@ -53,6 +54,8 @@ def train_with_trl(args: argparse.Namespace, name: str, dtype: torch.dtype | Non
         processing_class=tokenizer,
         peft_config=lora,
     )
+    precision = "bf16" if config.bf16 else "fp32"
+    trainer.add_callback(common.progress_callback(common.ProgressFile(args.progress, precision)))
     figures = common.measure_training(trainer)
     settings = {
         "gradient_checkpointing": config.gradient_checkpointing,
@@ -60,7 +63,7 @@ def train_with_trl(args: argparse.Namespace, name: str, dtype: torch.dtype | Non
         "optim": str(config.optim),
         "padding_free": config.padding_free,
     }
-    common.write_result(args.result, name, figures, settings, "bf16" if config.bf16 else "fp32")
+    common.write_result(args.result, name, figures, settings, precision)
 
 
 def main() -> None:

@@ -65,9 +65,10 @@ def main() -> None:
         train_dataset=Dataset.from_list(common.tokenized_rows(tokenizer, args.train_file)),
         processing_class=tokenizer,
     )
+    precision = "bf16" if model.dtype == torch.bfloat16 else "fp16" if model.dtype == torch.float16 else "fp32"
+    trainer.add_callback(common.progress_callback(common.ProgressFile(args.progress, precision)))
     figures = common.measure_training(trainer)
     settings = {"dtype": str(model.dtype), "bf16": config.bf16, "optim": str(config.optim)}
-    precision = "bf16" if model.dtype == torch.bfloat16 else "fp16" if model.dtype == torch.float16 else "fp32"
     common.write_result(args.result, "unsloth-notebook", figures, settings, precision)
 
 

@@ -25,7 +25,7 @@ from smoltune.pipeline.settings import apply_prefect_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.http_files: the same local HTTP server the tests use
-STAGES = ("resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate")
+STAGES = ("resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate_base", "evaluate")
 
 
 def parse_args() -> argparse.Namespace:

@@ -8,6 +8,10 @@ FLOPs per real token, LoRA (nanoGPT's `estimate_mfu` convention): the frozen mat
 backward (gradients of the activations only), the adapters 6·N_lora, attention 12·L·d·T (T = mean row length).
 The LM head (N_head = vocab·d, a fifth of SmolLM2-135M) counts 4·N_head on every token for a contender that
 computes all logits, and only on labelled tokens for one that computes logits only where a label exists.
+
+A contender stopped at its time box (bench/timebox.py, `finished: false`) counts at the speed it reached; one
+stopped before its first micro-batch has none and is left out of the fastest. Losses are compared over the steps
+both contenders logged. Every verdict line a stopped contender enters says "did not finish".
 """
 
 from __future__ import annotations
@@ -97,6 +101,37 @@ class DataStats:
     mean_row: float  # mean real tokens per row
 
 
+def finished(result: dict) -> bool:
+    """False for a contender stopped at its time box (bench/timebox.py); figures without the flag finished."""
+    return result.get("finished", True)
+
+
+def dnf(result: dict) -> str:
+    """' (did not finish: 3 of 10 steps)' for a contender stopped at its time box, '' for one that finished."""
+    return "" if finished(result) else f" (did not finish: {result['steps']} of {result['steps_planned']} steps)"
+
+
+def rss(result: dict) -> str:
+    """Peak RSS as measured: a stopped contender's is its process's high-water mark at the stop."""
+    if result.get("peak_rss_mb") is None:
+        return "unknown"
+    return f"{result['peak_rss_mb']:,.0f} MiB" + ("" if finished(result) else " (high-water mark)")
+
+
+def utilisation_of(key: str, result: dict, peaks: dict[str, float], shape: ModelShape, stats: DataStats) -> dict:
+    """MFU against the peak of the precision the contender trained in, and against the fp32 peak; None for a
+    contender stopped before its first micro-batch (no speed)."""
+    flops = flops_per_token(shape, stats.labelled_share, stats.mean_row, head_on_labels_only=key == "smoltune")
+    used, speed = result.get("precision", "fp32"), result["tokens_per_second"]
+    return {
+        "precision": used,
+        "finished": finished(result),
+        "flops_per_token": round(flops),
+        "mfu": None if speed is None else round(mfu(speed, flops, peaks.get(used or "fp32", peaks["fp32"])), 4),
+        "mfu_of_fp32_peak": None if speed is None else round(mfu(speed, flops, peaks["fp32"]), 4),
+    }
+
+
 def summarise(
     figures: dict[str, dict],
     dataset: str,
@@ -108,51 +143,100 @@ def summarise(
 ) -> dict:
     """Utilisation of every contender, and for smoltune the ratio, memory and loss verdicts of one dataset.
     `figures[key]` holds tokens_per_second, peak_rss_mb, losses and precision; smoltune computes logits only
-    on labelled tokens, every other contender on all of them."""
-    utilisation = {}
-    for key, result in figures.items():
-        flops = flops_per_token(shape, stats.labelled_share, stats.mean_row, head_on_labels_only=key == "smoltune")
-        used = result.get("precision", "fp32")
-        utilisation[key] = {
-            "precision": used,
-            "flops_per_token": round(flops),
-            "mfu": round(mfu(result["tokens_per_second"], flops, peaks.get(used, peaks["fp32"])), 4),
-            "mfu_of_fp32_peak": round(mfu(result["tokens_per_second"], flops, peaks["fp32"]), 4),
-        }
+    on labelled tokens, every other contender on all of them. A contender stopped at its time box carries
+    `finished: false` (its speed is the one it reached; None before its first micro-batch, which leaves it out
+    of the fastest) and every verdict line it enters says so."""
+    utilisation = {key: utilisation_of(key, result, peaks, shape, stats) for key, result in figures.items()}
     summary: dict = {"dataset": dataset, "data": asdict(stats), "utilisation": utilisation, "verdicts": []}
     present = [key for key in baselines if key in figures]
     if "smoltune" not in figures or not present:
         return summary
     ours = figures["smoltune"]
-    fastest = max(present, key=lambda key: figures[key]["tokens_per_second"])
-    ratio = ours["tokens_per_second"] / figures[fastest]["tokens_per_second"]
-    gaps = {key: round(max_loss_gap(ours["losses"], figures[key]["losses"]), 5) for key in present}
-    goal = SPEEDUP_GOAL_AMX if amx else SPEEDUP_GOAL_OTHER.get(dataset, SPEEDUP_GOAL_AMX)
-    summary.update(fastest_contender=fastest, speed_ratio=round(ratio, 3), loss_gap=gaps)
-    verdicts = [
-        f"speed ({dataset}): smoltune {ratio:.2f}x the fastest contender ({fastest}); goal >= {goal:g}x "
-        f"({'AMX' if amx else 'no AMX'}): " + ("met" if ratio >= goal else "NOT met"),
+    timed = [key for key in present if figures[key]["tokens_per_second"] is not None]
+    fastest = max(timed, key=lambda key: figures[key]["tokens_per_second"], default=None)
+    ratio = None
+    if fastest is not None and ours["tokens_per_second"] is not None:
+        ratio = ours["tokens_per_second"] / figures[fastest]["tokens_per_second"]
+    gaps = {key: common_loss_gap(ours["losses"], figures[key]["losses"]) for key in present}
+    summary.update(fastest_contender=fastest, speed_ratio=None if ratio is None else round(ratio, 3), loss_gap=gaps)
+    summary["left_out_of_fastest"] = [key for key in present if key not in timed]
+    summary["verdicts"] = [
+        speed_verdict(figures, dataset, present, fastest, ratio, amx),
+        utilisation_verdict(ours, utilisation["smoltune"], dataset, amx),
+        memory_verdict(figures, dataset, fastest),
     ]
-    ours_mfu = utilisation["smoltune"]["mfu"]
-    mfu_line = (
-        f"utilisation ({dataset}): smoltune {ours_mfu:.1%} of the measured {utilisation['smoltune']['precision']} "
-        f"peak ({utilisation['smoltune']['mfu_of_fp32_peak']:.1%} of the fp32 peak)"
+    if "unsloth" in gaps:
+        summary["verdicts"].append(quality_verdict(ours, figures["unsloth"], gaps["unsloth"], dataset))
+    return summary
+
+
+def common_loss_gap(losses: list[float], reference: list[float]) -> float | None:
+    """max_loss_gap over the steps both logged, rounded; None when they logged no step in common."""
+    return round(max_loss_gap(losses, reference), 5) if losses and reference else None
+
+
+def speed_verdict(
+    figures: dict[str, dict], dataset: str, present: list[str], fastest: str | None, ratio: float | None, amx: bool
+) -> str:
+    ours = figures["smoltune"]
+    goal = SPEEDUP_GOAL_AMX if amx else SPEEDUP_GOAL_OTHER.get(dataset, SPEEDUP_GOAL_AMX)
+    line = f"speed ({dataset}): smoltune{dnf(ours)} "
+    if ours["tokens_per_second"] is None:
+        line += f"finished no micro-batch: no speed; goal >= {goal:g}x not judged"
+    elif fastest is None:
+        line += f"has no contender to compare with; goal >= {goal:g}x not judged"
+    else:
+        line += (
+            f"{ratio:.2f}x the fastest contender ({fastest}{dnf(figures[fastest])}); goal >= {goal:g}x "
+            f"({'AMX' if amx else 'no AMX'}): " + ("met" if ratio >= goal else "NOT met")
+        )
+    untimed = [key for key in present if figures[key]["tokens_per_second"] is None]
+    if untimed:
+        line += f"; left out of the fastest: {', '.join(untimed)} (did not finish: no micro-batch finished)"
+    stopped = [key for key in present if key not in untimed and key != fastest and not finished(figures[key])]
+    if stopped:
+        line += "; counted at the speed reached before the stop: " + ", ".join(f"{k}{dnf(figures[k])}" for k in stopped)
+    return line
+
+
+def utilisation_verdict(ours: dict, use: dict, dataset: str, amx: bool) -> str:
+    if use["mfu"] is None:
+        line = f"utilisation ({dataset}): smoltune{dnf(ours)} finished no micro-batch: no utilisation"
+        return line + (f"; goal >= {MFU_GOAL_AMX:.0%} not judged" if amx else "")
+    line = (
+        f"utilisation ({dataset}): smoltune{dnf(ours)} {use['mfu']:.1%} of the measured {use['precision']} "
+        f"peak ({use['mfu_of_fp32_peak']:.1%} of the fp32 peak)"
     )
     if amx:
-        mfu_line += f"; goal >= {MFU_GOAL_AMX:.0%}: " + ("met" if ours_mfu >= MFU_GOAL_AMX else "NOT met")
-    verdicts.append(mfu_line)
-    rss_ok = ours["peak_rss_mb"] <= figures[fastest]["peak_rss_mb"]
-    verdicts.append(
-        f"memory ({dataset}): peak RSS {ours['peak_rss_mb']:,.0f} MiB vs {figures[fastest]['peak_rss_mb']:,.0f} MiB "
-        f"({fastest}); " + ("met" if rss_ok else "NOT met")
-    )
-    if "unsloth" in gaps:
-        precisions = {ours.get("precision", "fp32"), figures["unsloth"].get("precision", "fp32")}
-        tolerance = max(LOSS_TOLERANCE[p] for p in precisions)
-        same = gaps["unsloth"] <= tolerance
-        verdicts.append(
-            f"quality ({dataset}): largest per-step loss difference vs unsloth {gaps['unsloth']:.4f} "
-            f"({' vs '.join(sorted(precisions))}); within {tolerance}: " + ("yes" if same else "NO")
+        line += f"; goal >= {MFU_GOAL_AMX:.0%}: " + ("met" if use["mfu"] >= MFU_GOAL_AMX else "NOT met")
+    return line
+
+
+def memory_verdict(figures: dict[str, dict], dataset: str, fastest: str | None) -> str:
+    ours = figures["smoltune"]
+    line = f"memory ({dataset}): smoltune{dnf(ours)} peak RSS {rss(ours)}"
+    if fastest is None:
+        return line + "; no fastest contender to compare with: not judged"
+    theirs = figures[fastest]
+    line += f" vs {rss(theirs)} ({fastest}{dnf(theirs)}); "
+    if ours.get("peak_rss_mb") is None or theirs.get("peak_rss_mb") is None:
+        return line + "not judged"
+    return line + ("met" if ours["peak_rss_mb"] <= theirs["peak_rss_mb"] else "NOT met")
+
+
+def quality_verdict(ours: dict, unsloth: dict, gap: float | None, dataset: str) -> str:
+    precisions = {p for p in (ours.get("precision", "fp32"), unsloth.get("precision", "fp32")) if p}
+    if gap is None:
+        return (
+            f"quality ({dataset}): smoltune{dnf(ours)} and unsloth{dnf(unsloth)} logged no loss at a common step: "
+            "not compared"
         )
-    summary["verdicts"] = verdicts
-    return summary
+    tolerance = max(LOSS_TOLERANCE.get(p, max(LOSS_TOLERANCE.values())) for p in precisions)
+    line = (
+        f"quality ({dataset}): largest per-step loss difference vs unsloth {gap:.4f} "
+        f"({' vs '.join(sorted(precisions))}); within {tolerance}: " + ("yes" if gap <= tolerance else "NO")
+    )
+    if not (finished(ours) and finished(unsloth)):
+        common = min(len(ours["losses"]), len(unsloth["losses"]))
+        line += f"; over the {common} steps both logged: smoltune{dnf(ours)}, unsloth{dnf(unsloth)}"
+    return line

@@ -14,6 +14,7 @@ from smoltune.config import CompareConfig, variant_config
 from smoltune.pipeline.runs import begin_flow_run
 from tasks.compare import VariantResult, compare_report_task
 from tasks.evaluate import evaluate_task
+from tasks.evaluate_base import evaluate_base_task
 from tasks.fetch import fetch_dataset_task
 from tasks.model import resolve_model_task
 from tasks.prepare import prepare_dataset_task
@@ -41,7 +42,9 @@ def compare(config: CompareConfig) -> str:
     for variant in config.variants:
         job = variant_config(config, variant)
         trained = train_task(model, prepared, job, cache)
-        evaluated = evaluate_task(model, trained, prepared, job, cache)
+        # The base's figures are keyed without the training: measured for the first variant, Cached for the others.
+        base = evaluate_base_task(model, trained, prepared, job, cache)
+        evaluated = evaluate_task(model, trained, prepared, base, job, cache)
         (run_dir / variant.name).mkdir()
         (run_dir / variant.name / "train").symlink_to(trained.folder, target_is_directory=True)
         (run_dir / variant.name / "evaluation").symlink_to(evaluated.folder, target_is_directory=True)

@@ -1,5 +1,5 @@
-"""The fine-tuning flow: resolve model, fetch, validate, prepare, train, [export], evaluate, promote, model card,
-report, [track in MLflow], [publish to the Hub].
+"""The fine-tuning flow: resolve model, fetch, validate, prepare, train, [export], evaluate base, evaluate, promote,
+model card, report, [track in MLflow], [publish to the Hub].
 
     smoltune run --config configs/default.yaml            # through the CLI
     python -m flows.finetune                              # the seed job with defaults
@@ -17,6 +17,7 @@ from smoltune.config import PipelineConfig
 from smoltune.export.weights import check_exports
 from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, build_summary
 from tasks.evaluate import evaluate_task
+from tasks.evaluate_base import evaluate_base_task
 from tasks.export import export_task
 from tasks.fetch import fetch_dataset_task
 from tasks.model import resolve_model_task
@@ -28,11 +29,14 @@ from tasks.track import track_finetune
 from tasks.train import train_task
 from tasks.validate import validate_dataset_task
 
-STAGES = ("resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "export", "evaluate")
+STAGES = (
+    "resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "export", "evaluate_base",
+    "evaluate",
+)  # fmt: skip
 
 
 def sft_stages(config: PipelineConfig, redo: dict[str, bool], timer: StageTimer) -> RunRecords:
-    """Resolve, fetch, gate, prepare, train, [export], evaluate: each a cached task (the preference flow
+    """Resolve, fetch, gate, prepare, train, [export], evaluate base, evaluate: each a cached task (the preference flow
     starts from them)."""
     cache = config.output.cache_root
     # Model first: a missing, incomplete or unreachable model (or one a requested export cannot write) fails in
@@ -60,8 +64,11 @@ def sft_stages(config: PipelineConfig, redo: dict[str, bool], timer: StageTimer)
     if config.export.merged or config.export.gguf:
         with timer("export"):
             exported = export_task(model, trained, config, cache, redo["export"])
+    # The base's figures in a stage of their own, keyed without the training: a retraining reuses them.
+    with timer("evaluate_base"):
+        base = evaluate_base_task(model, trained, prepared, config, cache, redo["evaluate_base"])
     with timer("evaluate"):
-        evaluated = evaluate_task(model, trained, prepared, config, cache, redo["evaluate"])
+        evaluated = evaluate_task(model, trained, prepared, base, config, cache, redo["evaluate"])
 
     return RunRecords(model, fetched, validated, prepared, trained, evaluated, exported)
 

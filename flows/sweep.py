@@ -22,6 +22,7 @@ from smoltune.files import atomic_write_json
 from smoltune.pipeline.runs import begin_flow_run
 from smoltune.records import Evaluated, Trained
 from tasks.evaluate import evaluate_task
+from tasks.evaluate_base import evaluate_base_task
 from tasks.fetch import fetch_dataset_task
 from tasks.model import resolve_model_task
 from tasks.prepare import prepare_dataset_task
@@ -68,7 +69,12 @@ def sweep(
 
     jobs = grid_configs(config, ranks, learning_rates)
     trained = [train_task.submit(model, prepared, job, cache) for job in jobs]
-    evaluated = [evaluate_task.submit(model, t, prepared, job, cache) for t, job in zip(trained, jobs, strict=True)]
+    # The base's figures are keyed without the training (its precision only): one measurement for the grid, or
+    # one per precision where the machines differ; the other points find it Cached, or wait for it.
+    bases = [evaluate_base_task.submit(model, t, prepared, job, cache) for t, job in zip(trained, jobs, strict=True)]
+    evaluated = [
+        evaluate_task.submit(model, t, prepared, b, job, cache) for t, b, job in zip(trained, bases, jobs, strict=True)
+    ]
     rows = [sweep_row(job, t.result(), e.result()) for job, t, e in zip(jobs, trained, evaluated, strict=True)]
     atomic_write_json(run_dir / "sweep.json", rows)
     # Tracking (opt-in): one MLflow run for the sweep, each grid point nested under it.

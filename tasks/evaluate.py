@@ -1,9 +1,11 @@
 """Prefect task: held-out eval loss, accuracy and prompt generations, base vs tuned, and the lm-evaluation-harness
-tasks of `eval.harness`. Cached by the model, the training key, the held-out rows, the eval settings, the prompts
-file's content and the harness task files' content."""
+tasks of `eval.harness`. Only the tuned model is measured here; the base's figures come from the evaluate_base
+stage. Cached by the model, the training key, the base stage's key, the held-out rows, the eval settings, the
+prompts file's content and the harness task files' content."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,12 @@ from prefect.artifacts import create_table_artifact
 
 from smoltune.config import PipelineConfig
 from smoltune.evaluate.harness import measure_harness
-from smoltune.evaluate.stage import evaluate_tuned
+from smoltune.evaluate.stage import combine_figures, measure_tuned
 from smoltune.files import atomic_write_json
 from smoltune.pipeline.cache import Stage
 from smoltune.pipeline.keys import evaluate_parts
 from smoltune.pipeline.registry import promotion_metric
-from smoltune.records import Evaluated, HarnessFigures, Prepared, ResolvedModel, Trained
+from smoltune.records import BaseEvaluated, Evaluated, HarnessFigures, Prepared, ResolvedModel, Trained
 from smoltune.report.tables import harness_rows
 
 STAGE = Stage("evaluate", Evaluated, evaluate_parts, __name__)
@@ -38,24 +40,26 @@ def evaluate_task(
     model: ResolvedModel,
     trained: Trained,
     prepared: Prepared,
+    base: BaseEvaluated,
     config: PipelineConfig,
     cache_dir: str,
     refresh: bool = False,
 ) -> Evaluated:
+    training = trained.result
+    if (base.heldout_sha256, base.precision) != (prepared.eval_sha256, training.precision):
+        raise ValueError(f"base figures {base.folder} were measured on other rows or in another precision")
+
     def compute(out: Path) -> Evaluated:
-        figures, answers, generations = evaluate_tuned(
-            model.path,
-            trained.result.output_dir,
-            trained.result.mode,
-            prepared.eval_file,
-            config.eval,
-            config.data.template,
-            config.train.max_seq_length,
-            model.trust_remote_code,
-            trained.result.precision,
-        )
+        tuned, data = measure_tuned(
+            model.path, training.output_dir, training.mode, prepared.eval_file, config.eval, config.data.template,
+            config.train.max_seq_length, model.trust_remote_code, training.precision,
+        )  # fmt: skip
+        base_figures = json.loads(Path(base.base_file).read_text())
+        figures, answers, generations = combine_figures(base_figures, tuned, data, training.precision)
         if config.eval.harness is not None:  # lm-evaluation-harness tasks, in a process of their own
-            harness = measure_harness(config.eval.harness, model.path, trained.result, model.trust_remote_code, out)
+            harness = measure_harness(
+                config.eval.harness, model.path, training, model.trust_remote_code, out, base_figures["harness"]
+            )
             figures = figures.model_copy(update={"harness": harness})
         return Evaluated(
             figures=figures,
@@ -64,7 +68,7 @@ def evaluate_task(
             answers_file=str(atomic_write_json(out / "answers.json", answers)),
         )
 
-    inputs = {"model": model, "trained": trained, "prepared": prepared, "config": config}
+    inputs = {"model": model, "trained": trained, "prepared": prepared, "base": base, "config": config}
     result = STAGE.run(STAGE.task_folder(cache_dir=cache_dir, **inputs), compute, refresh)
     figures, logger = result.figures, get_run_logger()
     logger.info("eval loss base %.4f -> tuned %.4f", figures.eval_loss_base, figures.eval_loss_tuned)

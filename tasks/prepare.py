@@ -26,7 +26,8 @@ def prepare_dataset_task(
     refresh: bool = False,
 ) -> Prepared:
     def compute(out: Path) -> Prepared:
-        tokenizer = load_tokenizer(model.path, model.trust_remote_code) if data.template == "chat" else None
+        # The model's tokenizer formats chat prompts and tokenises the training rows once, for every retrain.
+        tokenizer = load_tokenizer(model.path, model.trust_remote_code)
         return prepare_dataset(fetched.rows_file, data, out, tokenizer, validated_key=validated.key)
 
     inputs = {"fetched": fetched, "validated": validated, "model": model, "data": data}

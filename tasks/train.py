@@ -51,6 +51,7 @@ def _train(model: ResolvedModel, prepared: Prepared, config: PipelineConfig, fol
         model.trust_remote_code,
         base_model_id=model.hub_id,
         load_in_4bit=config.model.load_in_4bit,
+        train_tokens=prepared.train_tokens_file,
     )
     # One of this machine's training slots: its Prefect concurrency limit under a server, else a file lock.
     result = train_in_subprocess(spec, on_step, slot=training_slot())

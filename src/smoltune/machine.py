@@ -3,16 +3,26 @@
     python -c "from smoltune.machine import cpu_name, cpu_flags; print(cpu_name(), cpu_flags()[:5])"
 
 Used where a choice or a figure depends on the machine: the precision measurement's cache key
-(smoltune.train.precision) and the benchmarks' labels (bench/verdicts.py). On CUDA, the card's compute
-capability decides what it computes in: `has_bf16` is the one rule for training, evaluation and kernels.
+(smoltune.train.precision) and the benchmarks' labels (bench/verdicts.py). `other_load` tells whether other
+processes were busy while something was measured: such a measurement is used once, never cached. On CUDA, the
+card's compute capability decides what it computes in: `has_bf16` is the one rule for training, evaluation and
+kernels.
 """
 
 from __future__ import annotations
 
+import os
 import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
+PROC_STAT = Path("/proc/stat")
+# Other processes may keep at most this much of one core busy, on average, during a measurement worth caching.
+IDLE_CORES = 0.25
 # Ampere (compute capability 8.0) is the first generation with bf16 units (and FlashAttention-2's kernels).
 # torch.cuda.is_bf16_supported() also counts emulation: it says yes on the seed's T4 (7.5), where bf16 is slow.
 AMPERE = (8, 0)
@@ -50,3 +60,38 @@ def has_bf16(capability: tuple[int, int]) -> bool:
 
 def card_name(capability: tuple[int, int]) -> str:
     return f"compute capability {capability[0]}.{capability[1]}"
+
+
+@dataclass
+class OtherLoad:
+    """CPU cores other processes kept busy, on average, while a block ran (None: this system cannot tell)."""
+
+    cores: float | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self.cores is not None and self.cores <= IDLE_CORES
+
+
+def _busy_seconds() -> float | None:
+    """Seconds all CPUs have spent busy since boot (Linux /proc/stat), else None."""
+    try:
+        fields = [int(x) for x in PROC_STAT.read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def other_load() -> Iterator[OtherLoad]:
+    """Measure how busy other processes kept the CPUs during the block: all CPUs' busy time minus this
+    process's own (every thread's). Without /proc/stat, the load average before the block stands in."""
+    load = OtherLoad()
+    before, own, started = _busy_seconds(), time.process_time(), time.monotonic()
+    yield load
+    after, elapsed = _busy_seconds(), time.monotonic() - started
+    if before is not None and after is not None and elapsed > 0:
+        load.cores = round(max(0.0, (after - before) - (time.process_time() - own)) / elapsed, 3)
+    elif hasattr(os, "getloadavg") and before is None:
+        load.cores = os.getloadavg()[0]

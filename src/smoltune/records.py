@@ -93,9 +93,13 @@ class Prepared(StageRecord):
     train_rows: int
     eval_rows: int
     note: str | None = Field(None, description="Fewer rows than asked for, if so (the report says it).")
+    train_tokens_file: str | None = Field(
+        None, description="The training rows' token ids, made once here (None: the training worker tokenises)."
+    )
+    train_tokens_sha256: str | None = None
 
     def outputs(self) -> list[str]:
-        return [self.train_file, self.eval_file]
+        return [self.train_file, self.eval_file] + ([self.train_tokens_file] if self.train_tokens_file else [])
 
 
 @dataclass
@@ -197,6 +201,21 @@ class EvalFigures(_Record):
     rouge_l_tuned: float | None = None
     accuracy_by_family: dict[str, dict[str, float]] = Field(default_factory=dict)
     harness: HarnessFigures | None = Field(None, description="lm-evaluation-harness tasks (eval.harness), if run.")
+
+
+class BaseEvaluated(StageRecord):
+    """The base model measured on the held-out rows, the eval prompts and the harness tasks, apart from any
+    adapter: a retraining (a new learning rate, say) never measures the base again."""
+
+    base_file: str = Field(
+        description="base.json: the base's eval loss, scores, held-out answers, prompt generations, seconds and "
+        "lm-evaluation-harness run (null without eval.harness)."
+    )
+    heldout_sha256: str = Field(description="The held-out rows it was measured on.")
+    precision: str = Field(description="The precision it ran in (the training's).")
+
+    def outputs(self) -> list[str]:
+        return [self.base_file]
 
 
 class Evaluated(StageRecord):

@@ -1,9 +1,11 @@
-"""The benchmark (bench/): its arithmetic and verdicts on fixed figures, the stretched rows of the scaling table,
-and `bench/run.py` end to end with all three contenders on the tiny llama."""
+"""The benchmark (bench/): its arithmetic and verdicts on fixed figures, the time box (box rule, figures of a stopped
+contender, a stand-in contender stopped for real), the stretched rows of the scaling table, and `bench/run.py`
+end to end with all four contenders on the tiny llama, and with contenders stopped at a tiny box."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +17,9 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import ablation  # noqa: E402
+import common  # noqa: E402
 import scaling  # noqa: E402
+import timebox  # noqa: E402
 import verdicts  # noqa: E402
 
 
@@ -92,6 +96,138 @@ def test_summary_without_baselines_gives_utilisation_only() -> None:
     assert summary["verdicts"] == [] and summary["utilisation"]["smoltune"]["mfu"] > 0
 
 
+def stopped(tokens_per_second: float | None, rss: float, losses: list[float], done: int, precision: str) -> dict:
+    """A contender's figures as the time box reports one it stopped (timebox.figures_from_progress)."""
+    return {**contender(tokens_per_second, rss, losses, precision), "finished": False, "steps": done}
+
+
+def test_summary_with_contenders_stopped_at_their_box() -> None:
+    figures = {
+        "trl": {**stopped(None, 1500, [], 0, "bf16"), "steps_planned": 10},
+        "trl_cpu": {**stopped(150.0, 1700, [2.0, 1.55, 1.5], 3, "fp32"), "steps_planned": 10},
+        "unsloth": contender(80.0, 1850, [2.0, 1.6, 1.52, 1.4], "fp32"),
+        "smoltune": {**stopped(330.0, 1600, [2.01, 1.62], 2, "fp32"), "steps_planned": 10},
+    }
+    summary = verdicts.summarise(
+        figures, "seed", PEAKS, SHAPE, STATS, amx=False, baselines=("trl", "trl_cpu", "unsloth")
+    )
+    assert summary["fastest_contender"] == "trl_cpu" and summary["speed_ratio"] == pytest.approx(2.2)
+    assert summary["left_out_of_fastest"] == ["trl"] and summary["utilisation"]["trl"]["mfu"] is None
+    assert summary["utilisation"]["smoltune"]["finished"] is False and summary["utilisation"]["unsloth"]["finished"]
+    speed, utilisation, memory, quality = summary["verdicts"]
+    assert all("smoltune (did not finish: 2 of 10 steps)" in line for line in (speed, utilisation, memory, quality))
+    assert "the fastest contender (trl_cpu (did not finish: 3 of 10 steps)); goal >= 2x (no AMX): met" in speed
+    assert "left out of the fastest: trl (did not finish: no micro-batch finished)" in speed
+    assert "1,600 MiB (high-water mark)" in memory and memory.endswith("met") and "NOT" not in memory
+    # Over the two steps both logged (2.01 vs 2.0, 1.62 vs 1.6), not the two unsloth went on to.
+    assert summary["loss_gap"] == {"trl": None, "trl_cpu": pytest.approx(0.07), "unsloth": pytest.approx(0.02)}
+    assert "vs unsloth 0.0200 (fp32); within 0.02: yes; over the 2 steps both logged" in quality
+
+
+def test_summary_when_smoltune_finished_no_micro_batch() -> None:
+    figures = {
+        "unsloth": contender(80.0, 1850, [2.0], "fp32"),
+        "smoltune": {**stopped(None, 900, [], 0, "fp32"), "steps_planned": 10},
+    }
+    summary = verdicts.summarise(figures, "long", PEAKS, SHAPE, STATS, amx=True, baselines=("unsloth",))
+    assert summary["speed_ratio"] is None and summary["fastest_contender"] == "unsloth"
+    speed, utilisation, memory, quality = summary["verdicts"]
+    assert "smoltune (did not finish: 0 of 10 steps) finished no micro-batch: no speed; goal >= 3x not judged" in speed
+    assert "no utilisation; goal >= 35% not judged" in utilisation and "did not finish" in utilisation
+    assert (
+        "smoltune (did not finish: 0 of 10 steps) peak RSS 900 MiB (high-water mark) vs 1,850 MiB (unsloth); met"
+        in memory
+    )
+    assert "logged no loss at a common step: not compared" in quality and "did not finish" in quality
+
+
+def test_the_box_shares_the_time_left_after_a_load_reserve() -> None:
+    assert timebox.box_seconds(1000, 4, 40) == pytest.approx((1000 - 4 * 40) / 4)  # 210 s each
+    assert timebox.box_seconds(1000, 4, 40, cap_s=60) == 60  # the user's box is a cap
+    assert timebox.box_seconds(100, 4, 40) == timebox.MIN_BOX_S  # the budget is spent: a few steps still
+    assert timebox.box_seconds(100, 4, 40, cap_s=2) == 2  # the user's box wins even below that
+    assert timebox.load_estimate([]) == timebox.FIRST_LOAD_GUESS_S == 40
+    assert timebox.load_estimate([20.0, 60.0]) == 40.0
+    budget = timebox.Budget(total_s=600)
+    assert budget.next_box(2) == pytest.approx((600 - timebox.FINAL_RESERVE_S - 2 * 40) / 2, abs=0.5)
+    budget.record({"process_seconds": 70.0, "seconds": 50.0})  # loaded and saved in 20 s: a smaller reserve
+    budget.record({"process_seconds": 30.0, "seconds": None})  # stopped while loading: all of it was loading
+    assert budget.next_box(2) == pytest.approx((600 - timebox.FINAL_RESERVE_S - 2 * 25) / 2, abs=0.5)
+
+
+def test_a_stopped_contender_is_reported_from_its_progress_lines(tmp_path: Path) -> None:
+    path = tmp_path / "progress.jsonl"
+    progress = common.ProgressFile(str(path), "bf16")
+    progress.begin(max_steps=10)
+    begun = timebox.read_progress(path)
+    assert begun[0]["event"] == "begin" and begun[0]["precision"] == "bf16" and begun[0]["max_steps"] == 10
+    assert abs(begun[0]["time"] - time.time()) < 5
+    lines = [begun[0]]
+    lines += [
+        {"t": 1.0, "tokens": 100, "step": 0},
+        {"t": 2.0, "tokens": 210, "step": 1},
+        {"t": 2.0, "step": 1, "loss": 2.5},
+    ]
+    lines += [{"t": 3.0, "tokens": 300, "step": 1}, {"t": 4.0, "tokens": 400, "step": 2, "loss": 2.25}]
+    lines += [{"t": 5.0, "tokens": 480, "step": 2}]
+    figures = timebox.figures_from_progress(lines, steps=10, stopped_after_s=5.6, peak_rss_mb=1234.56)
+    assert figures["finished"] is False and figures["reason"] == "stopped after 6 s of training: 2 of 10 steps"
+    assert figures["tokens_per_second"] == 96.0  # 480 tokens at its last finished micro-batch, 5 s in
+    assert (figures["steps"], figures["seconds_per_step"], figures["losses"]) == (2, 2.0, [2.5, 2.25])
+    assert figures["peak_rss_mb"] == 1234.6 and "high-water mark" in figures["peak_rss_kind"]
+    assert figures["precision"] == "bf16" and figures["tokens"] == 480
+
+
+def test_a_contender_stopped_before_a_micro_batch_has_no_speed(tmp_path: Path) -> None:
+    path = tmp_path / "progress.jsonl"
+    common.ProgressFile(str(path), "fp32").begin(max_steps=10)
+    path.write_text(path.read_text() + '{"t": 1.0, "tok')  # a line still being written is not read
+    figures = timebox.figures_from_progress(timebox.read_progress(path), 10, 30.2, None)
+    assert figures["tokens_per_second"] is None and figures["seconds_per_step"] is None and figures["steps"] == 0
+    assert figures["reason"] == "stopped after 30 s of training, before its first micro-batch finished: 0 of 10 steps"
+    never = timebox.figures_from_progress([], 10, 240.4, 800.0)
+    assert never["reason"] == "stopped after 240 s of loading, before training began: 0 of 10 steps"
+    assert never["precision"] is None and never["seconds"] is None and never["tokens_per_second"] is None
+
+
+# A stand-in for a contender, named as one: it loads for argv[2] seconds, then trains forever (a micro-batch of 50
+# real tokens every 0.2 s, progress lines as bench/common.py writes them), with a child process of its own that
+# must go with it when it is stopped.
+STAND_IN_CONTENDER = """
+import json, subprocess, sys, time
+progress, load, child = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+open(child, "w").write(str(subprocess.Popen(["sleep", "60"]).pid))
+time.sleep(load)
+started = time.perf_counter()
+def write(line):
+    with open(progress, "a") as handle:
+        handle.write(json.dumps(line) + "\\n")
+write({"event": "begin", "time": time.time(), "max_steps": 1000, "precision": "fp32"})
+for n in range(1, 10**6):
+    time.sleep(0.2)
+    write({"t": time.perf_counter() - started, "tokens": 50 * n, "step": n // 4})
+"""
+
+
+@pytest.mark.parametrize(("load", "expected"), [(0.0, "s of training"), (60.0, "before training began")])
+def test_the_box_stops_a_contender_and_its_whole_group(tmp_path: Path, load: float, expected: str) -> None:
+    script, child = tmp_path / "stand_in.py", tmp_path / "child.pid"
+    script.write_text(STAND_IN_CONTENDER)
+    progress = tmp_path / "progress.jsonl"
+    command = [sys.executable, str(script), str(progress), str(load), str(child)]
+    started = time.monotonic()
+    status, stop = timebox.run_boxed(command, dict(os.environ), progress, box_s=1.5, load_s=3.0)
+    assert stop is not None and time.monotonic() - started < 3.0 + timebox.KILL_GRACE_S + 3
+    figures = timebox.figures_from_progress(stop.lines, 1000, stop.seconds, stop.peak_rss_mb)
+    assert expected in figures["reason"] and figures["peak_rss_mb"] > 1  # the stand-in's own high-water mark
+    if load == 0:
+        assert 1.5 <= stop.seconds < 3 and figures["tokens_per_second"] == pytest.approx(250, rel=0.3)
+    assert status == -15  # SIGTERM was enough
+    pid = int(child.read_text())
+    time.sleep(0.5)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
 def test_long_answer_rows_are_long_and_mostly_answer(tiny_model_dir: Path) -> None:
     """150-400 tokens a row with the seed model's tokenizer (checked in the bench run of docs/benchmarks.md); here
     the shape that makes that true: multi-step answers, longer than their prompts, deterministic for a seed."""
@@ -140,7 +276,7 @@ def test_bench_runs_all_four_contenders_on_both_datasets(tiny_model_dir: Path, t
         assert set(contenders) == {"trl", "trl_cpu", "unsloth", "smoltune"}
         for result in contenders.values():
             assert result["steps"] == 2 and result["tokens"] > 0 and len(result["losses"]) == 2
-            assert result["precision"] in ("fp32", "bf16")
+            assert result["precision"] in ("fp32", "bf16") and result["finished"] is True
         # All four trained on the same rows: the same real tokens.
         assert len({r["tokens"] for r in contenders.values()}) == 1
         summary = dataset["summary"]
@@ -149,6 +285,33 @@ def test_bench_runs_all_four_contenders_on_both_datasets(tiny_model_dir: Path, t
     long, seed = report["datasets"]["long"]["summary"]["data"], report["datasets"]["seed"]["summary"]["data"]
     assert long["labelled_share"] > 0.5 > seed["labelled_share"] and long["mean_row"] > seed["mean_row"]
     assert "(d) smoltune" in completed.stdout and "speed (long): smoltune" in completed.stdout
+
+
+@pytest.mark.slow
+def test_bench_stops_contenders_at_a_tiny_box_and_says_so(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """2,000 steps in a 2 s box: both contenders are stopped, reported from their progress lines, and the run
+    still ends with its table and verdicts."""
+    out = tmp_path / "bench.json"
+    command = [sys.executable, str(BENCH / "run.py"), "--model", str(tiny_model_dir), "--steps", "2000"]
+    command += ["--rows", "20", "--datasets", "seed", "--contenders", "trl_cpu,smoltune", "--box-s", "2"]
+    command += ["--out", str(out)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["budget"]["box_cap_s"] == 2 and report["budget"]["elapsed_s"] < 600
+    dataset = report["datasets"]["seed"]
+    for result in dataset["contenders"].values():
+        assert result["finished"] is False and result["box_s"] == 2 and result["steps_planned"] == 2000
+        assert result["reason"].startswith("stopped after ") and "s of training" in result["reason"]
+        assert result["reason"].endswith(f"{result['steps']} of 2000 steps") and result["steps"] < 2000
+        assert 2 <= result["seconds"] < 2 + 2 and result["precision"] in ("fp32", "bf16")
+        assert result["peak_rss_mb"] > 100 and (result["tokens_per_second"] or 1) > 0
+        assert result["process_seconds"] < result["seconds"] + timebox.LOAD_ALLOWANCE_S + timebox.KILL_GRACE_S + 5
+    assert all("did not finish" in line for line in dataset["summary"]["verdicts"])
+    assert len(dataset["summary"]["verdicts"]) == 3  # speed, utilisation, memory: no unsloth to compare losses with
+    printed = completed.stdout
+    assert printed.count("box 2 s of training") == 2 and "(d) smoltune did not finish: stopped after" in printed
+    assert verdicts.machine_label() in report["machine"] and "machine: " in printed
 
 
 def test_gpu_check_ends_within_its_deadline(tmp_path: Path) -> None:

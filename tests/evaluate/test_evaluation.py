@@ -1,4 +1,5 @@
-"""Evaluation on the tiny model: finite losses for base and tuned, one answer per prompt."""
+"""Evaluation on the tiny model: finite losses for base and tuned, one answer per prompt; the base and the tuned
+model measured apart (as the pipeline caches the base) give exactly the figures of both measured together."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from smoltune.data.builtin import generate_rows
 from smoltune.data.stage import prepare_dataset
 from smoltune.evaluate.prompts import EvalPromptsError, load_eval_prompts
 from smoltune.evaluate.scoring import score_answers
-from smoltune.evaluate.stage import evaluate_tuned
+from smoltune.evaluate.stage import combine_figures, evaluate_tuned, measure_base, measure_tuned
 from smoltune.files import read_jsonl, write_jsonl
 from smoltune.train.runner import train_in_subprocess
 from smoltune.train.spec import TrainSpec
@@ -34,17 +35,18 @@ def test_malformed_prompts_file_is_named(tmp_path: Path) -> None:
         load_eval_prompts(tmp_path / "absent.yaml")
 
 
-def test_evaluate_adapter_base_vs_tuned(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_evaluate_adapter_base_vs_tuned(tiny_model_dir: Path, tmp_path: Path, mode: str) -> None:
     raw = write_jsonl(tmp_path / "raw.jsonl", generate_rows(60, seed=4))
     prepared = prepare_dataset(raw, DataConfig(num_samples=16, eval_samples=6, seed=0), tmp_path)
-    config = TrainConfig(max_steps=2, warmup_steps=0, batch_size=2, grad_accum=1, learning_rate=1e-2)
+    config = TrainConfig(max_steps=2, warmup_steps=0, batch_size=2, grad_accum=1, learning_rate=1e-2, mode=mode)
     spec = TrainSpec(str(tiny_model_dir), prepared.train_file, str(tmp_path / "out"), config.model_dump())
     trained = train_in_subprocess(spec)
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text("prompts:\n  - instruction: Add the two numbers.\n    input: 1 and 2\n  - Say hi.\n")
     ev = EvalConfig(prompts_file=str(prompts), max_new_tokens=5, answer_max_new_tokens=3, batch_size=4)
     figures, answers, generations = evaluate_tuned(
-        str(tiny_model_dir), trained.output_dir, "lora", prepared.eval_file, ev, "alpaca", 256
+        str(tiny_model_dir), trained.output_dir, mode, prepared.eval_file, ev, "alpaca", 256
     )
     assert figures.eval_rows == 6
     assert math.isfinite(figures.eval_loss_base) and math.isfinite(figures.eval_loss_tuned)
@@ -56,6 +58,14 @@ def test_evaluate_adapter_base_vs_tuned(tiny_model_dir: Path, tmp_path: Path) ->
     assert figures.checked_rows == len(checkable) > 0 and len(answers) == 6
     for name in ("accuracy", "exact_match", "normalised_match", "rouge_l"):
         assert 0 <= getattr(figures, f"{name}_base") <= 1 and 0 <= getattr(figures, f"{name}_tuned") <= 1
+
+    # Measured apart, as the pipeline does (the base alone, cached; then the tuned model alone): the same figures,
+    # answers and generations as with one model in memory and the adapter switched off (full: the base beside it).
+    base = measure_base(str(tiny_model_dir), prepared.eval_file, ev, "alpaca", 256)
+    tuned, data = measure_tuned(str(tiny_model_dir), trained.output_dir, mode, prepared.eval_file, ev, "alpaca", 256)
+    split, split_answers, split_generations = combine_figures(base, tuned, data, "fp32")
+    assert split.model_dump(exclude={"eval_seconds"}) == figures.model_dump(exclude={"eval_seconds"})
+    assert split_answers == answers and split_generations == generations
 
 
 def test_score_answers_by_family() -> None:

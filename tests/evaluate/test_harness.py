@@ -1,6 +1,7 @@
 """lm-evaluation-harness inside the evaluate stage, on the tiny random llama with a LoRA adapter made without
 training: every metric lands in the record with its standard error, the tuned figures are the ones lm-eval's own
-`hf` model with `peft=` gives, and a task that cannot load is one ConfigError. The task data is written by the
+`hf` model with `peft=` gives, the base's run kept apart (as the pipeline caches it) gives the same figures, and a
+task that cannot load is one ConfigError. The task data is written by the
 test (tests/evaluate/harness_tasks.py); nothing is downloaded."""
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import pytest
 
 from smoltune.config import HarnessConfig
 from smoltune.errors import ConfigError
-from smoltune.evaluate.harness import model_args, run_harness
-from smoltune.records import EvalFigures
+from smoltune.evaluate.harness import measure_harness, measure_harness_base, model_args, run_harness
+from smoltune.records import EvalFigures, TrainResult
 from tests.evaluate.harness_tasks import write_task_folder
 
 LIMIT = 4
@@ -88,6 +89,25 @@ def test_tuned_figures_equal_lm_evals_own_peft_model(measured) -> None:
         for label in ("base", "tuned"):
             ours = (getattr(score, label), getattr(score, f"{label}_stderr"))
             assert ours == (direct[label][task][f"{metric},none"], direct[label][task][f"{metric}_stderr,none"])
+
+
+@pytest.mark.slow
+def test_the_base_run_apart_gives_the_same_figures(
+    measured, tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
+) -> None:
+    """The evaluate_base stage runs the harness on the base alone; the evaluate stage then on the tuned model."""
+    harness, _, together = measured
+    numbers = dict.fromkeys(["trainable_params", "total_params", "steps", "tokens_seen", "saved_mb"], 1)
+    trained = TrainResult(
+        backend="hf", backend_reason="", mode="lora", lora_rank=4, device="cpu", train_seconds=1.0,
+        tokens_per_second=1.0, peak_memory_mb=1.0, losses=[1.0], step_log=[], output_dir=str(adapter_dir), **numbers,
+    )  # fmt: skip
+    (tmp_path / "base").mkdir()
+    (tmp_path / "tuned").mkdir()
+    base_run = measure_harness_base(harness, str(tiny_model_dir), "fp32", False, tmp_path / "base")
+    assert set(base_run["results"]) == {"base"}  # the base's run alone, as base.json keeps it
+    apart = measure_harness(harness, str(tiny_model_dir), trained, False, tmp_path / "tuned", base_run)
+    assert apart.scores == together.scores and apart.commands == together.commands
 
 
 def test_a_task_that_cannot_load_is_one_config_error(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
-"""eval.harness without running the harness: config checks (one line per problem, before training), the evaluate
-stage's cache key over the task files' content, promotion by a harness metric, the report's table, and the
-shipped example task's data."""
+"""eval.harness without running the harness: config checks (one line per problem, before training), the cache keys
+of the evaluate_base and evaluate stages over the task files' content, promotion by a harness metric, the report's
+table, and the shipped example task's data."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,28 +16,33 @@ from smoltune.errors import ConfigError
 from smoltune.evaluate.harness import harness_scores, lm_eval_command, model_args
 from smoltune.evaluate.harness_example import EXAMPLE_DATA, example_rows
 from smoltune.files import read_jsonl
-from smoltune.pipeline.keys import evaluate_parts
+from smoltune.pipeline.keys import evaluate_base_parts, evaluate_parts
 from smoltune.pipeline.registry import promotion_metric
 from smoltune.records import EvalFigures, HarnessFigures
 from smoltune.report.markdown import _harness_section, render_report
 from tests.evaluate.harness_tasks import write_task_folder
 from tests.report.test_report import make_summary
 
+KeyParts = Callable[[object], dict]
+
 
 def harness_config(folder: Path, *more: str):
     return load_config(None, [f"eval.harness.include_path={folder}", "eval.harness.tasks=[tiny_gen, tiny_mc]", *more])
 
 
-def key_parts(config) -> dict:
+@pytest.fixture(params=[evaluate_base_parts, evaluate_parts], ids=["evaluate_base", "evaluate"])
+def key_parts(request: pytest.FixtureRequest) -> KeyParts:
+    """The key of the stage that runs the harness on the base, or of the one that runs it on the tuned model."""
     records = {
         "model": SimpleNamespace(sha256="m"),
-        "trained": SimpleNamespace(key="t"),
+        "trained": SimpleNamespace(key="t", result=SimpleNamespace(precision="fp32")),
+        "base": SimpleNamespace(key="b"),
         "prepared": SimpleNamespace(eval_sha256="e"),
     }
-    return evaluate_parts({"cache_dir": "c", "config": config, **records})[1]
+    return lambda config: request.param({"cache_dir": "c", "config": config, **records})[1]
 
 
-def test_key_follows_task_file_content_not_names_or_times(tmp_path: Path) -> None:
+def test_key_follows_task_file_content_not_names_or_times(tmp_path: Path, key_parts: KeyParts) -> None:
     folder = write_task_folder(tmp_path / "tasks")
     config = harness_config(folder)
     first = key_parts(config)
@@ -54,7 +60,9 @@ def test_key_follows_task_file_content_not_names_or_times(tmp_path: Path) -> Non
     assert key_parts(harness_config(folder))["harness"] != first["harness"]
 
 
-def test_key_covers_a_data_file_outside_the_folder_and_the_settings_but_not_the_metric(tmp_path: Path) -> None:
+def test_key_covers_a_data_file_outside_the_folder_and_the_settings_but_not_the_metric(
+    tmp_path: Path, key_parts: KeyParts
+) -> None:
     folder = write_task_folder(tmp_path / "tasks")
     outside = tmp_path / "elsewhere.jsonl"
     (folder / "rows.jsonl").rename(outside)

@@ -55,4 +55,7 @@ def test_compare_flow_on_the_tiny_model(prefect_server: None, tiny_model_dir: Pa
     assert (run_dir / "lora-r4" / "train" / "adapter").is_dir() and (run_dir / "full" / "train" / "model").is_dir()
     answers = [json.loads((run_dir / v / "evaluation" / "answers.json").read_text()) for v in ("lora-r4", "full")]
     assert [a["reference"] for a in answers[0]] == [a["reference"] for a in answers[1]]
+    # One measurement of the base for both variants (its key leaves out the training): the second found it Cached.
+    bases = [p for p in (Path(config.pipeline.output.cache_root) / "evaluate_base").iterdir() if p.is_dir()]
+    assert len(bases) == 1 and [a["base"] for a in answers[0]] == [a["base"] for a in answers[1]]
     assert (run_dir / "compare.html").read_text().count("data:image/png;base64,") == 1

@@ -43,7 +43,8 @@ def test_flow_writes_run_folder_and_publishes_the_report(
     assert run_dir.parent == tmp_path
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["model"]["kind"] == "local" and summary["train"]["steps"] == 2
-    stages = ["resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate", "promote"]
+    stages = ["resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate_base"]
+    stages += ["evaluate", "promote"]
     assert list(summary["stage_seconds"]) == stages
     assert summary["promotion"]["promoted"] is True and summary["promotion"]["current_value"] is None
     assert (tmp_path / "registry.json").is_file()

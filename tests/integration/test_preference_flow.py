@@ -22,7 +22,7 @@ PREFERENCE = {
     "train_preference",
     "evaluate_preference",
 }
-SFT = {"resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate"}
+SFT = {"resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate_base", "evaluate"}
 PAIRS = "preference={num_pairs: 8, eval_pairs: 4, min_pairs: 4, max_steps: 2, batch_size: 2, grad_accum: 2}"
 
 

@@ -20,8 +20,8 @@ from tests.conftest import REPO
 from tests.http_files import FileServer
 from tests.tiny_model import tiny_overrides
 
-STAGES = ["resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate"]
-AFTER_DATA = {"fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate"}
+STAGES = ["resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate_base", "evaluate"]
+AFTER_DATA = {"fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate_base", "evaluate"}
 
 
 class Note(StageRecord):
@@ -93,6 +93,7 @@ def test_a_record_of_another_shape_is_recomputed(tmp_path: Path) -> None:
 def test_each_stage_versions_exactly_the_code_it_runs() -> None:
     files = {module: versions.stage_code(module)[0] for module in ("tasks.fetch", "tasks.validate", "tasks.train")}
     files |= {m: versions.stage_code(m)[0] for m in ("tasks.prepare", "tasks.evaluate", "tasks.model")}
+    files["tasks.evaluate_base"] = versions.stage_code("tasks.evaluate_base")[0]
     cached = list(files.values())
     assert not any("src/smoltune/report/markdown.py" in f for f in cached)  # report edits retrain nothing
     assert [m for m, f in files.items() if "data_checks/suite.py" in f] == ["tasks.validate"]
@@ -163,7 +164,10 @@ def edit(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     versions.stage_code.cache_clear()
 
 
-STAGE_MODULES = ("tasks.model", "tasks.fetch", "tasks.validate", "tasks.prepare", "tasks.train", "tasks.evaluate")
+STAGE_MODULES = (
+    "tasks.model", "tasks.fetch", "tasks.validate", "tasks.prepare", "tasks.train", "tasks.evaluate_base",
+    "tasks.evaluate",
+)  # fmt: skip
 
 
 def code_versions() -> dict[str, str]:
@@ -218,6 +222,37 @@ def test_a_changed_default_reruns_only_the_stages_whose_settings_it_changes(edit
     assert keys["fetch"][0] == keys["fetch"][1] and keys["train"][0] != keys["train"][1]
 
 
+def test_the_base_evaluation_key_leaves_out_the_training() -> None:
+    """Every retraining, and every variant of a comparison, shares one measurement of the base; what the base
+    answers, on which rows and in which precision is in its key."""
+    from smoltune.config import PipelineConfig
+    from smoltune.pipeline.keys import evaluate_base_parts
+    from smoltune.records import ResolvedModel, Trained, TrainResult
+
+    def base_key(overrides: dict | None = None, eval_sha256: str = "2", **result: str) -> dict:
+        config = PipelineConfig(**(overrides or {}))
+        model = ResolvedModel(source="m", kind="local", path="/m", sha256="0", description="m")
+        prepared = Prepared(
+            train_file="t", eval_file="e", train_sha256="1", eval_sha256=eval_sha256, train_rows=1, eval_rows=1
+        )
+        numbers = dict.fromkeys(["trainable_params", "total_params", "steps", "tokens_seen", "saved_mb"], 1)
+        training = TrainResult(
+            backend="hf", backend_reason="", device="cpu", lora_rank=16, train_seconds=1.0, tokens_per_second=1.0,
+            peak_memory_mb=1.0, losses=[1.0], step_log=[], output_dir=f"/out/{result}", **numbers,
+            **{"mode": "lora", "precision": "fp32", **result},
+        )  # fmt: skip
+        trained = Trained(key=str(result), result=training)
+        inputs = {"cache_dir": "c", "config": config, "model": model, "prepared": prepared, "trained": trained}
+        return evaluate_base_parts(inputs)[1]
+
+    same = base_key()
+    assert base_key({"train": {"learning_rate": 1e-3}}) == same  # a retraining
+    assert base_key(mode="full") == same  # full fine-tuning measures the same base weights
+    assert base_key({"eval": {"answer_max_new_tokens": 4}}) != same
+    assert base_key(eval_sha256="3") != same  # other held-out rows
+    assert base_key(precision="bf16") != same  # the base runs in the training's precision
+
+
 def test_each_change_reruns_exactly_what_it_affects(
     prefect_server: None, tiny_model_dir: Path, tmp_path: Path, edit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -235,26 +270,29 @@ def test_each_change_reruns_exactly_what_it_affects(
     assert unchanged["report"] == "Completed"  # the run's own folder and artifacts are always written
     assert (run_dir / "train" / "adapter").is_dir() and (run_dir / "report.md").is_file()
 
-    prompts.write_text("prompts:\n  - Say hello.\n")  # same path, new content
-    assert rerun_stages(run(config)[0]) == {"evaluate"}
+    prompts.write_text("prompts:\n  - Say hello.\n")  # same path, new content: the base answers them too
+    assert rerun_stages(run(config)[0]) == {"evaluate_base", "evaluate"}
 
+    # A retraining measures only the new model: the base's figures do not depend on the training.
     lr = load_config("configs/smoke.yaml", [*base, "train.learning_rate=1e-3"])
     assert rerun_stages(run(lr)[0]) == {"train", "evaluate"}
+    longer = load_config("configs/smoke.yaml", [*base, "eval.answer_max_new_tokens=4"])
+    assert rerun_stages(run(longer)[0]) == {"evaluate_base", "evaluate"}
 
     data.write_text("".join(json.dumps(r) + "\n" for r in generate_rows(60, seed=2)))
     assert rerun_stages(run(config)[0]) == AFTER_DATA
 
     edit("src/smoltune/report/markdown.py")  # the report is rendered anew every run; nothing is retrained
     assert rerun_stages(run(config)[0]) == set()
-    edit("data_checks/suite.py")  # a stricter gate re-gates the data and reruns everything after it
-    assert rerun_stages(run(config)[0]) == {"validate_dataset", "prepare_dataset", "train", "evaluate"}
+    edit("data_checks/suite.py")  # a stricter gate re-gates the data and retrains; the same held-out rows keep
+    assert rerun_stages(run(config)[0]) == {"validate_dataset", "prepare_dataset", "train", "evaluate"}  # base
     edit("src/smoltune/train/trainer.py")
     assert rerun_stages(run(config)[0]) == {"train", "evaluate"}
 
     real_installed = versions._installed
     monkeypatch.setattr(versions, "_installed", lambda d: "99.0" if d == "peft" else real_installed(d))
-    versions.stage_code.cache_clear()  # a peft upgrade: train (and evaluate, which loads the adapter) rerun
-    assert rerun_stages(run(config)[0]) == {"train", "evaluate"}
+    versions.stage_code.cache_clear()  # a peft upgrade: train, and both evaluations (their code imports peft)
+    assert rerun_stages(run(config)[0]) == {"train", "evaluate_base", "evaluate"}
 
 
 def test_a_missing_output_is_rebuilt(prefect_server: None, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -281,6 +319,11 @@ def test_a_missing_output_is_rebuilt(prefect_server: None, tiny_model_dir: Path,
     (run_dir / "evaluation" / "answers.json").resolve().unlink()
     states, run_dir, _ = run(config)
     assert rerun_stages(states, stages) == {"evaluate"} and (run_dir / "evaluation" / "answers.json").is_file()
+
+    [base_file] = (Path(config.output.cache_root) / "evaluate_base").glob("*/base.json")
+    base_file.unlink()  # the base's figures are measured again, into the same key: the evaluation stays Cached
+    states, run_dir, _ = run(config)
+    assert rerun_stages(states, stages) == {"evaluate_base"} and base_file.is_file()
 
     (run_dir / "data" / "eval.jsonl").resolve().unlink()
     states, _, _ = run(config)

@@ -133,10 +133,13 @@ def test_tracking_never_changes_a_stage_key(tmp_path: Path) -> None:
     records = {
         "cache_dir": str(tmp_path),
         "model": SimpleNamespace(sha256="m" * 64),
-        "prepared": SimpleNamespace(train_sha256="t" * 64, eval_sha256="e" * 64, validated_key="v"),
-        "trained": SimpleNamespace(key="trained"),
+        "prepared": SimpleNamespace(
+            train_sha256="t" * 64, eval_sha256="e" * 64, validated_key="v", train_tokens_sha256="k" * 64
+        ),
+        "trained": SimpleNamespace(key="trained", result=SimpleNamespace(precision="fp32")),
+        "base": SimpleNamespace(key="base"),
     }
-    for parts in (keys.train_parts, keys.evaluate_parts, keys.export_parts):
+    for parts in (keys.train_parts, keys.evaluate_base_parts, keys.evaluate_parts, keys.export_parts):
         assert parts(records | {"config": plain}) == parts(records | {"config": tracked}), parts.__name__
     # W&B (or TensorBoard) through train.report_to: TRL gets the reporters, and no key changes either.
     wandb = job(tmp_path, "train.report_to=[wandb]")

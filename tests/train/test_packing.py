@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from smoltune.config import TrainConfig
 from smoltune.data.tokens import IGNORE_INDEX
@@ -288,3 +289,31 @@ def test_labelled_positions_come_from_the_host_and_change_nothing(
         monkeypatch.setattr(torch.Tensor, "nonzero", no_nonzero)
         given = labelled_token_loss(segments, batch)
     assert given.item() == pytest.approx(reference.item(), abs=1e-7)
+
+
+def test_rows_split_from_the_packed_sequence_get_each_rows_own_gradients() -> None:
+    """segment_attention takes rows by `split` (one concatenation backward, not a zeroed full copy per row):
+    outputs and q/k/v gradients equal attention computed on each row apart."""
+    from types import SimpleNamespace
+
+    from smoltune.train.packing import ROW_EDGES, segment_attention
+
+    torch.manual_seed(0)
+    sizes, heads, kv_heads, dim = [5, 9, 3], 4, 2, 8
+    edges = [0, 5, 14, 17]
+    packed = [torch.randn(1, 17, h, dim).transpose(1, 2).requires_grad_() for h in (heads, kv_heads, kv_heads)]
+    out, _ = segment_attention(
+        SimpleNamespace(training=True), *packed, None, cu_seq_lens_q=torch.tensor(edges), **{ROW_EDGES: edges}
+    )
+    upstream = torch.randn_like(out)
+    out.backward(upstream)
+    apart = [t.detach().clone().requires_grad_() for t in packed]
+    rows = [
+        F.scaled_dot_product_attention(*(t[:, :, a:b] for t in apart), is_causal=True, enable_gqa=True)
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
+    expected = torch.cat(rows, dim=2).transpose(1, 2)
+    expected.backward(upstream)
+    assert sum(sizes) == 17 and torch.allclose(out, expected, atol=1e-6)
+    for ours, theirs in zip(packed, apart, strict=True):
+        assert torch.allclose(ours.grad, theirs.grad, atol=1e-6)

@@ -5,11 +5,16 @@ measurement runs once per machine; training in bf16 keeps adapters fp32 and trac
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from smoltune import machine
 from smoltune.config import TrainConfig
 from smoltune.errors import ConfigError
 from smoltune.machine import has_bf16
@@ -87,6 +92,7 @@ def test_the_trainer_settings_on_a_t4() -> None:
 def test_the_cpu_is_measured_once_per_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list = []
     monkeypatch.setenv("SMOLTUNE_HOME", str(tmp_path))
+    monkeypatch.setattr(machine, "_busy_seconds", lambda: 100.0)  # an idle machine: nothing else ran
     monkeypatch.setattr(precision_module, "measure_gflops", lambda shapes: calls.append(shapes) or dict(AMX_LIKE))
     model = tmp_path / "model"
     model.mkdir()
@@ -99,6 +105,42 @@ def test_the_cpu_is_measured_once_per_machine(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(precision_module, "_machine_key", lambda shapes: "another machine")
     precision_module.resolve_precision("cpu", "lora", "auto", model)
     assert len(calls) == 2
+
+
+def test_a_measurement_on_a_busy_machine_is_used_once_and_not_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list = []
+    monkeypatch.setenv("SMOLTUNE_HOME", str(tmp_path))
+    monkeypatch.setattr(precision_module, "measure_gflops", lambda shapes: calls.append(shapes) or dict(AMX_LIKE))
+    busy = iter(range(0, 10_000, 50))  # each reading 50 CPU-seconds later: other processes kept the CPUs busy
+    monkeypatch.setattr(machine, "_busy_seconds", lambda: float(next(busy)))
+    model = tmp_path / "model"
+    model.mkdir()
+    first = precision_module.resolve_precision("cpu", "lora", "auto", model)
+    precision_module.resolve_precision("cpu", "lora", "auto", model)
+    assert first.gflops == AMX_LIKE and len(calls) == 2  # used, and measured again next time
+    assert not (tmp_path / "precision.json").exists()
+    assert "not cached" in capsys.readouterr().err
+    # An entry cached by earlier code (plain rates, no proof the machine was idle) is measured again.
+    monkeypatch.setattr(machine, "_busy_seconds", lambda: 100.0)
+    key = precision_module._machine_key(precision_module.matmul_shapes(model))
+    (tmp_path / "precision.json").write_text(json.dumps({key: {"fp32": 1.0, "bf16": 3.0}}))
+    precision_module.resolve_precision("cpu", "lora", "auto", model)
+    assert len(calls) == 3 and json.loads((tmp_path / "precision.json").read_text())[key]["rates"] == AMX_LIKE
+
+
+def test_other_load_sees_another_busy_process() -> None:
+    spinner = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"]
+    )
+    try:
+        time.sleep(0.5)  # the spinner is running
+        with machine.other_load() as load:
+            time.sleep(1.5)
+    finally:
+        spinner.wait()
+    assert load.cores is not None and load.cores >= 0.5 and not load.idle
 
 
 def test_measurement_reports_each_precision() -> None:

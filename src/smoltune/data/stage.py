@@ -19,6 +19,7 @@ from smoltune.data.formats import normalise
 from smoltune.data.prompts import to_prompt_completion
 from smoltune.data.sources import Download, download_source, load_records, read_file
 from smoltune.data.split import shortfall, split_rows
+from smoltune.data.tokens import save_token_ids, token_ids
 from smoltune.files import read_jsonl, sha256_file, write_jsonl
 from smoltune.hub import hub_commit
 from smoltune.records import Fetched, Prepared
@@ -96,11 +97,12 @@ def fetch_dataset(data: DataConfig, out_dir: Path, prefetched: Download | None =
 def prepare_dataset(
     raw_file: str | Path, data: DataConfig, out_dir: Path, tokenizer: Any = None, validated_key: str = ""
 ) -> Prepared:
-    """Split raw rows into `train.jsonl` and `eval.jsonl` with prompt / completion fields."""
+    """Split raw rows into `train.jsonl` and `eval.jsonl` with prompt / completion fields; with the model's
+    `tokenizer`, the training rows' token ids too (`train_tokens.npz`: tokenised here once, not per training)."""
     train, held_out = split_rows(read_jsonl(raw_file), data.num_samples, data.eval_samples, data.seed)
-    train_path = write_jsonl(
-        out_dir / "train.jsonl", [to_prompt_completion(r, data.template, tokenizer) for r in train]
-    )
+    train_examples = [to_prompt_completion(r, data.template, tokenizer) for r in train]
+    train_path = write_jsonl(out_dir / "train.jsonl", train_examples)
+    tokens = save_token_ids(out_dir / "train_tokens.npz", token_ids(tokenizer, train_examples)) if tokenizer else None
     eval_path = write_jsonl(
         out_dir / "eval.jsonl", [to_prompt_completion(r, data.template, tokenizer) for r in held_out]
     )
@@ -113,4 +115,6 @@ def prepare_dataset(
         train_rows=len(train),
         eval_rows=len(held_out),
         note=shortfall(len(train), len(held_out), data.num_samples, data.eval_samples),
+        train_tokens_file=str(tokens) if tokens else None,
+        train_tokens_sha256=sha256_file(tokens) if tokens else None,
     )

@@ -69,15 +69,10 @@ class BaseAndTuned:
 
     @contextmanager
     def base(self) -> Iterator[None]:
-        import torch
-
-        from smoltune.train.fused_lora import fuse_lora_linears
-
         if self.base_model is None:
             with self.tuned.disable_adapter():
                 yield
-            self.model = self.tuned.merge_and_unload() if self.tuned.dtype == torch.float32 else self.tuned
-            fuse_lora_linears(self.model)
+            self.model = ready_to_answer(self.tuned)
             return
         self.model = self.base_model
         try:
@@ -86,20 +81,48 @@ class BaseAndTuned:
             self.model = self.tuned
 
 
+def ready_to_answer(tuned: Any) -> Any:
+    """A LoRA model as it answers for the tuned figures: fp32 weights merged, 16-bit ones fused (BaseAndTuned)."""
+    import torch
+
+    from smoltune.train.fused_lora import fuse_lora_linears
+
+    model = tuned.merge_and_unload() if tuned.dtype == torch.float32 else tuned
+    fuse_lora_linears(model)
+    return model
+
+
+def load_one(model_path: str, trust_remote_code: bool, dtype: str | None = None) -> tuple[Any, Any]:
+    """One model and its tokenizer in `dtype`, by default the device's (smoltune.model), with the cache-friendly
+    decode attention (smoltune.evaluate.attention)."""
+    from smoltune.evaluate.attention import register_decode_attention
+
+    return load_model_and_tokenizer(model_path, pick_device(), trust_remote_code, register_decode_attention(), dtype)
+
+
 def load_tuned(
     model_path: str, output_dir: str, mode: str, trust_remote_code: bool, dtype: str | None = None
 ) -> tuple[BaseAndTuned, Any]:
-    """Base and tuned model in `dtype` (adapters included), by default the device's (smoltune.model), with the
-    cache-friendly decode attention (smoltune.evaluate.attention)."""
-    from smoltune.evaluate.attention import register_decode_attention
-
-    device, attention = pick_device(), register_decode_attention()
+    """Base and tuned model in `dtype` (adapters included), loaded as `load_one` loads one."""
     if mode == "lora":
         from peft import PeftModel
 
-        base, tokenizer = load_model_and_tokenizer(model_path, device, trust_remote_code, attention, dtype)
+        base, tokenizer = load_one(model_path, trust_remote_code, dtype)
         tuned = PeftModel.from_pretrained(base, output_dir, autocast_adapter_dtype=False)
         return BaseAndTuned(tuned), tokenizer
-    tuned, tokenizer = load_model_and_tokenizer(output_dir, device, trust_remote_code, attention, dtype)
-    base, _ = load_model_and_tokenizer(model_path, device, trust_remote_code, attention, dtype)
+    tuned, tokenizer = load_one(output_dir, trust_remote_code, dtype)
+    base, _ = load_one(model_path, trust_remote_code, dtype)
     return BaseAndTuned(tuned, base), tokenizer
+
+
+def load_tuned_alone(
+    model_path: str, output_dir: str, mode: str, trust_remote_code: bool, dtype: str | None = None
+) -> tuple[Any, Any]:
+    """The tuned model alone, answering as `BaseAndTuned.model` does after `base()`: no base pass, and in full
+    fine-tuning no base model beside it (the base is measured in a stage of its own)."""
+    if mode == "lora":
+        from peft import PeftModel
+
+        base, tokenizer = load_one(model_path, trust_remote_code, dtype)
+        return ready_to_answer(PeftModel.from_pretrained(base, output_dir, autocast_adapter_dtype=False)), tokenizer
+    return load_one(output_dir, trust_remote_code, dtype)

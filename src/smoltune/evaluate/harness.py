@@ -7,7 +7,8 @@ The models are loaded the way the harness's own `hf` model loads them (`pretrain
 `HarnessFigures.commands` reproduce the figures with the `lm_eval` CLI. The harness runs in a child process:
 HF_HUB_OFFLINE / HF_DATASETS_OFFLINE only take effect when set before `datasets` and `huggingface_hub` are
 imported, the harness seeds Python's, NumPy's and torch's global generators, and the flow's process may have
-imported Unsloth, which patches the Llama classes process-wide.
+imported Unsloth, which patches the Llama classes process-wide. The base's run (`measure_harness_base`) and the
+tuned model's (`measure_harness`) are separate runs: the pipeline caches the base's apart from any adapter.
 """
 
 from __future__ import annotations
@@ -32,25 +33,48 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # transformers 5 
 _TASK_PROBLEM = 3  # the child's exit code when a task cannot be loaded (its message is in the result file)
 
 
+def base_args(model_path: str, precision: str, trust_remote_code: bool = False) -> dict[str, Any]:
+    """The `hf` model's arguments for the base model."""
+    base: dict[str, Any] = {"pretrained": model_path, "dtype": DTYPES[precision]}
+    if trust_remote_code:
+        base["trust_remote_code"] = True
+    return base
+
+
 def model_args(
     model_path: str, output_dir: str, mode: str, precision: str, trust_remote_code: bool = False
 ) -> dict[str, dict[str, Any]]:
     """The `hf` model's arguments for the base and the tuned model."""
-    base: dict[str, Any] = {"pretrained": model_path, "dtype": DTYPES[precision]}
-    if trust_remote_code:
-        base["trust_remote_code"] = True
+    base = base_args(model_path, precision, trust_remote_code)
     tuned = {**base, "peft": output_dir} if mode == "lora" else {**base, "pretrained": output_dir}
     return {"base": base, "tuned": tuned}
 
 
-def measure_harness(
-    harness: HarnessConfig, model_path: str, trained: TrainResult, trust_remote_code: bool, work_dir: Path
-) -> HarnessFigures:
-    """The harness on the base model and on what `trained` produced, in its precision, on this machine's device."""
+def measure_harness_base(
+    harness: HarnessConfig, model_path: str, precision: str, trust_remote_code: bool, work_dir: Path
+) -> dict[str, Any]:
+    """The harness on the base model alone, in the training's precision (`harness_run`'s raw run): the
+    evaluate_base stage caches it, so a new adapter never runs the harness on the base again."""
     from smoltune.model import pick_device
 
-    models = model_args(model_path, trained.output_dir, trained.mode, trained.precision, trust_remote_code)
-    return run_harness(harness, models, pick_device(), work_dir)
+    models = {"base": base_args(model_path, precision, trust_remote_code)}
+    return harness_run(harness, models, pick_device(), work_dir)
+
+
+def measure_harness(
+    harness: HarnessConfig,
+    model_path: str,
+    trained: TrainResult,
+    trust_remote_code: bool,
+    work_dir: Path,
+    base_run: dict[str, Any],
+) -> HarnessFigures:
+    """The harness on what `trained` produced, in its precision, on this machine's device, beside the base's
+    run (`measure_harness_base`)."""
+    from smoltune.model import pick_device
+
+    args = model_args(model_path, trained.output_dir, trained.mode, trained.precision, trust_remote_code)
+    return harness_figures(harness, base_run, harness_run(harness, {"tuned": args["tuned"]}, pick_device(), work_dir))
 
 
 def lm_eval_command(args: dict[str, Any], harness: HarnessConfig, device: str) -> str:
@@ -66,12 +90,13 @@ def lm_eval_command(args: dict[str, Any], harness: HarnessConfig, device: str) -
     return " ".join([*(f"{k}={v}" for k, v in OFFLINE.items()), *map(shlex.quote, words)])
 
 
-def run_harness(
+def harness_run(
     harness: HarnessConfig, models: dict[str, dict[str, Any]], device: str, work_dir: Path
-) -> HarnessFigures:
-    """Every metric of `harness.tasks` for each of `models` (base, tuned), measured by lm-evaluation-harness in
-    a child process; raw results stay in `work_dir/harness.json`. A task that cannot be loaded (unknown name,
-    broken YAML, missing data file) is a ConfigError."""
+) -> dict[str, Any]:
+    """The harness's raw results for each of `models` (label -> `hf` arguments), measured in a child process,
+    with the command that reproduces each, the harness's version and the wall time (JSON-serialisable); the
+    child's own output stays in `work_dir/harness.json`. A task that cannot be loaded (unknown name, broken YAML,
+    missing data file) is a ConfigError."""
     started = time.perf_counter()
     spec = {"harness": harness.model_dump(mode="json"), "models": models, "device": device}
     spec_file = atomic_write_json(work_dir / "harness_spec.json", spec)
@@ -93,15 +118,33 @@ def run_harness(
             f"lm-evaluation-harness failed on this model (exit {done.returncode}); its output is above. Training is "
             "saved: fix the cause and rerun (only evaluation runs again)"
         )
+    return {
+        "results": {label: result[label] for label in models},
+        "commands": {label: lm_eval_command(args, harness, device) for label, args in models.items()},
+        "lm_eval_version": result["lm_eval_version"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def harness_figures(harness: HarnessConfig, *runs: dict[str, Any]) -> HarnessFigures:
+    """The figures of `harness_run` runs that measured, between them, "base" and "tuned". Pure."""
+    results = {label: raw for run in runs for label, raw in run["results"].items()}
     return HarnessFigures(
         tasks=harness.tasks,
-        scores=harness_scores(result["base"], result["tuned"]),
+        scores=harness_scores(results["base"], results["tuned"]),
         limit=harness.limit,
         num_fewshot=harness.num_fewshot,
-        seconds=round(time.perf_counter() - started, 2),
-        lm_eval_version=result["lm_eval_version"],
-        commands={label: lm_eval_command(args, harness, device) for label, args in models.items()},
+        seconds=round(sum(run["seconds"] for run in runs), 2),
+        lm_eval_version=runs[-1]["lm_eval_version"],
+        commands={label: command for run in runs for label, command in run["commands"].items()},
     )
+
+
+def run_harness(
+    harness: HarnessConfig, models: dict[str, dict[str, Any]], device: str, work_dir: Path
+) -> HarnessFigures:
+    """Every metric of `harness.tasks` for base and tuned (`models`), measured in one child process."""
+    return harness_figures(harness, harness_run(harness, models, device, work_dir))
 
 
 def _number(value: Any) -> float | None:

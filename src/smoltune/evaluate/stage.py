@@ -1,16 +1,23 @@
 """Held-out evaluation of the base and the tuned model.
 
-    python -c "from smoltune.evaluate.stage import evaluate_tuned; help(evaluate_tuned)"
+    python -c "from smoltune.evaluate.stage import measure_base; help(measure_base)"
 
 Eval loss is the mean cross-entropy over the answer tokens of held-out rows (prompt tokens masked exactly as
 in training). Generations are greedy, so base and tuned answers differ only because of the adapter.
+
+The base and the tuned model are measured apart (`measure_base`, `measure_tuned`) and combined by
+`combine_figures`: the base's figures depend only on the base weights, the held-out rows, the eval settings and
+the precision, so the pipeline caches them in a stage of their own and a new adapter measures only itself.
+`evaluate_tuned` measures both with one model in memory (the adapter switched off for the base).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -19,7 +26,7 @@ from rich.progress import Progress
 from smoltune.config import EvalConfig
 from smoltune.data.prompts import format_prompt
 from smoltune.data.tokens import tokenize_rows
-from smoltune.evaluate.generation import generate_answers, load_tuned
+from smoltune.evaluate.generation import generate_answers, load_one, load_tuned, load_tuned_alone
 from smoltune.evaluate.loss import mean_answer_loss
 from smoltune.evaluate.prompts import load_eval_prompts
 from smoltune.evaluate.scoring import MATCH_SCORES, score_answers
@@ -28,7 +35,69 @@ from smoltune.records import EvalFigures
 from smoltune.train.precision import DTYPES
 
 
-def evaluate_tuned(
+@dataclass(frozen=True)
+class HeldOut:
+    """What a model is measured on: the held-out rows (tokenised as in training) and the eval prompts."""
+
+    rows: list[dict[str, Any]]
+    tokens: list[Any]
+    prompts: list[dict[str, Any]]
+    texts: list[str]
+
+    def batches(self, batch_size: int) -> int:
+        """Batches one model's measurement takes (loss, answers, prompts): the progress bar's length."""
+        return 2 * math.ceil(len(self.rows) / batch_size) + math.ceil(len(self.texts) / batch_size)
+
+
+def held_out(tokenizer: Any, eval_file: str, ev: EvalConfig, template: str, max_seq_length: int) -> HeldOut:
+    rows = read_jsonl(eval_file)
+    prompts = load_eval_prompts(ev.prompts_file)
+    return HeldOut(
+        rows=rows,
+        tokens=tokenize_rows(tokenizer, rows, max_seq_length, mask_prompt=True),
+        prompts=prompts,
+        texts=[format_prompt(p, template, tokenizer) for p in prompts],
+    )
+
+
+def measure(model: Any, tokenizer: Any, data: HeldOut, ev: EvalConfig, step: Callable[[], None]) -> dict[str, Any]:
+    """One model's loss, scores, held-out answers and prompt generations (what base.json holds for the base)."""
+    loss = mean_answer_loss(model, data.tokens, tokenizer.pad_token_id, ev.batch_size, step)
+    prompts = [r["prompt"] for r in data.rows]
+    answers = generate_answers(model, tokenizer, prompts, ev.answer_max_new_tokens, ev.batch_size, step)
+    generations = generate_answers(model, tokenizer, data.texts, ev.max_new_tokens, ev.batch_size, step)
+    return {"loss": loss, "score": score_answers(data.rows, answers), "answers": answers, "prompts": generations}
+
+
+@contextmanager
+def _progress(description: str, total: int) -> Iterator[Callable[[], None]]:
+    with Progress(console=Console(stderr=True)) as progress:  # stdout stays for the CLI's run folder line
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)
+
+
+def measure_base(
+    model_path: str,
+    eval_file: str,
+    ev: EvalConfig,
+    template: str,
+    max_seq_length: int,
+    trust_remote_code: bool = False,
+    precision: str = "fp32",
+) -> dict[str, Any]:
+    """The base model alone, in the training's `precision`: `measure`'s figures plus the seconds it took.
+
+    The same function as the adapter switched off (LoRA) or the base loaded beside the tuned model (full
+    fine-tuning): the base weights and the base tokenizer (a full fine-tune saves it unchanged)."""
+    started = time.perf_counter()
+    model, tokenizer = load_one(model_path, trust_remote_code, DTYPES[precision])
+    data = held_out(tokenizer, eval_file, ev, template, max_seq_length)
+    with _progress("evaluating base", data.batches(ev.batch_size)) as step:
+        base = measure(model, tokenizer, data, ev, step)
+    return {**base, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def measure_tuned(
     model_path: str,
     output_dir: str,
     mode: str,
@@ -38,33 +107,23 @@ def evaluate_tuned(
     max_seq_length: int,
     trust_remote_code: bool = False,
     precision: str = "fp32",
-) -> tuple[EvalFigures, list[dict[str, Any]], list[dict[str, Any]]]:
-    """(figures, held-out answers, prompt generations) of the base and the tuned model, both in the training's
-    `precision` (fp32, bf16 or fp16)."""
+) -> tuple[dict[str, Any], HeldOut]:
+    """The tuned model alone (`measure`'s figures plus seconds), and what it was measured on."""
     started = time.perf_counter()
-    models, tokenizer = load_tuned(model_path, output_dir, mode, trust_remote_code, DTYPES[precision])
-    rows = read_jsonl(eval_file)
-    held_out = tokenize_rows(tokenizer, rows, max_seq_length, mask_prompt=True)
-    prompts = load_eval_prompts(ev.prompts_file)
-    texts = [format_prompt(p, template, tokenizer) for p in prompts]
+    model, tokenizer = load_tuned_alone(model_path, output_dir, mode, trust_remote_code, DTYPES[precision])
+    data = held_out(tokenizer, eval_file, ev, template, max_seq_length)
+    with _progress("evaluating tuned", data.batches(ev.batch_size)) as step:
+        tuned = measure(model, tokenizer, data, ev, step)
+    return {**tuned, "seconds": round(time.perf_counter() - started, 2)}, data
 
-    def measure(step: Callable[[], None]) -> dict[str, Any]:
-        loss = mean_answer_loss(models.model, held_out, tokenizer.pad_token_id, ev.batch_size, step)
-        answers = generate_answers(
-            models.model, tokenizer, [r["prompt"] for r in rows], ev.answer_max_new_tokens, ev.batch_size, step
-        )
-        generations = generate_answers(models.model, tokenizer, texts, ev.max_new_tokens, ev.batch_size, step)
-        return {"loss": loss, "score": score_answers(rows, answers), "answers": answers, "prompts": generations}
 
-    batches = 2 * (2 * math.ceil(len(rows) / ev.batch_size) + math.ceil(len(texts) / ev.batch_size))
-    with Progress(console=Console(stderr=True)) as progress:  # stdout stays for the CLI's run folder line
-        task = progress.add_task("evaluating base and tuned", total=batches)
-        with models.base():
-            base = measure(lambda: progress.advance(task))
-        tuned = measure(lambda: progress.advance(task))
+def combine_figures(
+    base: dict[str, Any], tuned: dict[str, Any], data: HeldOut, precision: str
+) -> tuple[EvalFigures, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(figures, held-out answers, prompt generations) of base beside tuned. Pure."""
     figures = EvalFigures(
-        eval_rows=len(held_out),
-        eval_seconds=round(time.perf_counter() - started, 2),
+        eval_rows=len(data.tokens),
+        eval_seconds=round(base["seconds"] + tuned["seconds"], 2),
         eval_precision=precision,
         eval_loss_base=round(base["loss"], 5),
         eval_loss_tuned=round(tuned["loss"], 5),
@@ -83,9 +142,33 @@ def evaluate_tuned(
     )
     answers = [
         {"family": r.get("family"), "reference": r["output"], "base": b, "tuned": t}
-        for r, b, t in zip(rows, base["answers"], tuned["answers"], strict=True)
+        for r, b, t in zip(data.rows, base["answers"], tuned["answers"], strict=True)
     ]
     generations = [
-        {**p, "base": b, "tuned": t} for p, b, t in zip(prompts, base["prompts"], tuned["prompts"], strict=True)
+        {**p, "base": b, "tuned": t} for p, b, t in zip(data.prompts, base["prompts"], tuned["prompts"], strict=True)
     ]
     return figures, answers, generations
+
+
+def evaluate_tuned(
+    model_path: str,
+    output_dir: str,
+    mode: str,
+    eval_file: str,
+    ev: EvalConfig,
+    template: str,
+    max_seq_length: int,
+    trust_remote_code: bool = False,
+    precision: str = "fp32",
+) -> tuple[EvalFigures, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Base and tuned with one model in memory (the adapter switched off for the base), both in the training's
+    `precision` (fp32, bf16 or fp16): for a single measurement outside the pipeline (benchmarks, GPU checks)."""
+    started = time.perf_counter()
+    models, tokenizer = load_tuned(model_path, output_dir, mode, trust_remote_code, DTYPES[precision])
+    data = held_out(tokenizer, eval_file, ev, template, max_seq_length)
+    with _progress("evaluating base and tuned", 2 * data.batches(ev.batch_size)) as step:
+        with models.base():
+            base = measure(models.model, tokenizer, data, ev, step)
+        tuned = measure(models.model, tokenizer, data, ev, step)
+    seconds = round(time.perf_counter() - started, 2)
+    return combine_figures({**base, "seconds": seconds}, {**tuned, "seconds": 0.0}, data, precision)

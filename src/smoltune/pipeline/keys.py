@@ -92,7 +92,8 @@ def prepare_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "rows": inputs["fetched"].sha256,
         "validated": inputs["validated"].key,
         "split": data.model_dump(mode="json", include={"num_samples", "eval_samples", "seed", "template"}),
-        "tokenizer": inputs["model"].sha256 if data.template == "chat" else None,
+        # The training rows are tokenised here (and chat prompts formatted) with the model's tokenizer.
+        "tokenizer": inputs["model"].sha256,
     }
 
 
@@ -103,6 +104,7 @@ def train_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         # The training rows' content, not the prepare key: more held-out rows do not retrain. The gate's key
         # is included so that a stricter gate reruns everything after it.
         "rows": prepared.train_sha256,
+        "tokens": prepared.train_tokens_sha256,  # what the worker reads (tokenisation code changes it)
         "validated": prepared.validated_key,
         # Where it trains is not what it trains: N processes share out the same global batch in the same
         # order (tests/train/test_distributed.py: equal losses), so a 1-process result serves a 2-process request.
@@ -118,12 +120,32 @@ def export_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     }
 
 
+def evaluate_base_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The base's figures: the base weights, the held-out rows, the eval settings, the precision; never the
+    training key (nor its mode: LoRA and full fine-tuning measure the same base weights), so every retraining,
+    and every variant of a comparison or sweep, shares one base measurement."""
+    config = inputs["config"]
+    prompts = Path(config.eval.prompts_file)
+    return inputs["cache_dir"], {
+        "model": inputs["model"].sha256,
+        "rows": inputs["prepared"].eval_sha256,
+        # The prompts file counts by its content (below), not its name; eval.metric measures nothing.
+        "eval": config.eval.model_dump(mode="json", exclude={"metric", "prompts_file"}),
+        "prompts": sha256_file(prompts) if prompts.is_file() else None,
+        "template": config.data.template,
+        "max_seq_length": config.train.max_seq_length,
+        "precision": inputs["trained"].result.precision,  # the base is measured in the training's precision
+        "harness": harness_identity(config.eval.harness),
+    }
+
+
 def evaluate_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     config = inputs["config"]
     prompts = Path(config.eval.prompts_file)
     return inputs["cache_dir"], {
         "model": inputs["model"].sha256,
         "trained": inputs["trained"].key,  # the training key: model, rows, settings, code
+        "base": inputs["base"].key,  # the base's figures it is compared with
         "rows": inputs["prepared"].eval_sha256,
         # eval.metric only chooses the figure promotion reads: changing it measures nothing again.
         "eval": config.eval.model_dump(mode="json", exclude={"metric"}),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -64,12 +65,20 @@ class PeakMemory:
 
 class StepLog(TrainerCallback):
     """Collects one record per logged optimizer step: loss, learning rate, grad norm, real tokens so far; and
-    stops a run that diverged (`FiniteGuard`). `loss_scaling`: the run trains in fp16 with a loss scaler."""
+    stops a run that diverged (`FiniteGuard`). `loss_scaling`: the run trains in fp16 with a loss scaler.
+    `on_begin` is called once the model is loaded and training starts (a benchmark times training from there)."""
 
-    def __init__(self, on_step: Any = None, loss_scaling: bool = False) -> None:
+    def __init__(
+        self, on_step: Any = None, loss_scaling: bool = False, on_begin: Callable[[], None] | None = None
+    ) -> None:
         self.steps: list[dict[str, float]] = []
         self.on_step = on_step
+        self.on_begin = on_begin
         self.guard = FiniteGuard(loss_scaling)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.on_begin is not None:
+            self.on_begin()
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
         if not logs or "loss" not in logs:

@@ -73,25 +73,18 @@ def segment_attention(
 
         return flex_rows(module, query, key, value, boundaries, scale), None
     edges = kwargs.get(ROW_EDGES) or boundaries.tolist()
-    # query: (1, heads, tokens, head_dim); key/value may have fewer heads (grouped-query attention).
+    # query: (1, heads, tokens, head_dim); key/value may have fewer heads (grouped-query attention). Rows are
+    # taken by `split`, not by slicing: the backward of a slice writes into a zeroed copy of the whole tensor, so
+    # R rows cost R full-size fills and adds per tensor and layer; split's backward is one concatenation.
+    sizes = [end - start for start, end in zip(edges[:-1], edges[1:], strict=True)]
+    parts = zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2), strict=True)
     if dropout and module.training:
         rows = [
-            F.scaled_dot_product_attention(
-                query[:, :, start:end],
-                key[:, :, start:end],
-                value[:, :, start:end],
-                dropout_p=dropout,
-                scale=scaling,
-                is_causal=True,
-                enable_gqa=True,
-            )
-            for start, end in zip(edges[:-1], edges[1:], strict=True)
+            F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=True)
+            for q, k, v in parts
         ]
     else:  # the kernel measured faster here for this dtype (smoltune.train.row_attention)
-        rows = [
-            row_attention(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], scaling)
-            for start, end in zip(edges[:-1], edges[1:], strict=True)
-        ]
+        rows = [row_attention(q, k, v, scaling) for q, k, v in parts]
     return torch.cat(rows, dim=2).transpose(1, 2).contiguous(), None
 
 

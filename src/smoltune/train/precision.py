@@ -148,8 +148,12 @@ def _machine_key(shapes: list[tuple[int, int]]) -> str:
 
 
 def cpu_matmul_gflops(model_path: str | Path) -> dict[str, float]:
-    """This machine's fp32 and bf16 matmul rates at the model's shapes, measured once and cached per machine."""
+    """This machine's fp32 and bf16 matmul rates at the model's shapes, measured once and cached per machine.
+    A measurement taken while other processes kept the CPUs busy is used for this run only, never cached (a busy
+    machine once cached bf16 as 3x fp32 where bf16 is emulated); entries cached without that check are
+    measured again."""
     from smoltune.files import atomic_write_json, smoltune_home
+    from smoltune.machine import other_load
 
     shapes = matmul_shapes(model_path)
     key = _machine_key(shapes)
@@ -160,11 +164,17 @@ def cpu_matmul_gflops(model_path: str | Path) -> dict[str, float]:
         known = {}
     if not isinstance(known, dict):
         known = {}
-    if isinstance(known.get(key), dict):
-        return known[key]
-    rates = measure_gflops(shapes)
+    entry = known.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("rates"), dict):
+        return entry["rates"]
+    with other_load() as load:
+        rates = measure_gflops(shapes)
+    if not load.idle:
+        busy = "an unknown load" if load.cores is None else f"{load.cores:.2f} cores busy elsewhere"
+        print(f"smoltune: matmul speed measured with {busy}: used for this run, not cached", file=sys.stderr)
+        return rates
     cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cache, {**known, key: rates})
+    atomic_write_json(cache, {**known, key: {"rates": rates, "other_cores": load.cores}})
     return rates
 
 

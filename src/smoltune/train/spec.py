@@ -24,6 +24,7 @@ class TrainSpec:
     trust_remote_code: bool = False
     base_model_id: str | None = None  # recorded in adapter_config.json instead of this machine's cache path
     load_in_4bit: bool = False  # QLoRA: the frozen base quantised to 4-bit NF4 (CUDA only)
+    train_tokens: str | None = None  # the prepare stage's token ids of train_file's rows (None: tokenise them)
 
 
 def finished_result(work_dir: str | Path) -> TrainResult | None:

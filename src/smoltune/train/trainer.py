@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from smoltune.config import UNSLOTH_ONE_PROCESS, TrainConfig
-from smoltune.data.tokens import tokenize_rows
+from smoltune.data.tokens import IGNORE_INDEX, load_token_ids, token_ids, training_rows
 from smoltune.errors import ConfigError
 from smoltune.files import atomic_dir, atomic_write_json, dir_size_mb, read_jsonl
 from smoltune.model import load_model_and_tokenizer, pick_device
@@ -191,6 +191,30 @@ class Setup:
     settings: dict[str, Any]  # SFTConfig's arguments
 
 
+def rows_to_train(spec: TrainSpec, tokenizer: Any, config: TrainConfig) -> list[dict[str, Any]]:
+    """input_ids and labels of the training rows, cut to max_seq_length: from the prepare stage's token ids when
+    it made them (no tokenisation here), else tokenised now. Rows left without a labelled token (a prompt that
+    fills max_seq_length) add no loss and are dropped, as TRL's own preparation (skipped: see sft_settings) does."""
+    ids = load_token_ids(spec.train_tokens) if spec.train_tokens else token_ids(tokenizer, read_jsonl(spec.train_file))
+    rows = training_rows(ids, config.max_seq_length, config.train_on_responses_only)
+    kept = [row for row in rows if any(label != IGNORE_INDEX for label in row["labels"])]
+    if rows and not kept:
+        raise ConfigError(
+            [
+                f"train.max_seq_length: every training row's prompt fills its {config.max_seq_length} tokens, "
+                "leaving no answer token to learn from; raise it or shorten the prompts"
+            ]
+        )
+    return kept
+
+
+def train_dataset(rows: list[dict[str, Any]]) -> Any:
+    """The rows as a `datasets.Dataset`, built column-wise (faster than row by row on 50k rows)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]})
+
+
 def set_up(spec: TrainSpec, work_dir: Path) -> Setup:
     """Device, process rank, backend, precision and fast path decided; model, tokenizer and rows loaded."""
     import torch
@@ -210,7 +234,7 @@ def set_up(spec: TrainSpec, work_dir: Path) -> Setup:
     torch.manual_seed(config.seed)
     model, tokenizer = load_for_training(backend, spec, config, device, fast, precision)
     trainable, total = count_parameters(model)
-    rows = tokenize_rows(tokenizer, read_jsonl(spec.train_file), config.max_seq_length, config.train_on_responses_only)
+    rows = rows_to_train(spec, tokenizer, config)
     rows_per_step = config.batch_size * config.grad_accum // rank.world  # per process
     fast = fit_packing(fast, [len(r["input_ids"]) for r in rows], rows_per_step, config.speed.max_packed_tokens)
     settings = sft_settings(config, device, str(work_dir / "checkpoints"), fast, precision, rank.world)
@@ -297,13 +321,17 @@ def collect_result(setup: Setup, spec: TrainSpec, trainer: Any, output_dir: Path
     )
 
 
-def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | None = None) -> TrainResult | None:
+def train(
+    spec: TrainSpec,
+    on_step: Callable[[dict[str, float], int], None] | None = None,
+    on_begin: Callable[[], None] | None = None,
+) -> TrainResult | None:
     """Train per `spec`, resuming from the last complete checkpoint; a finished folder returns its result.
     Under torchrun every rank trains its share and rank 0 alone saves and returns the result (others: None)."""
     # torch, datasets, trl and transformers (through checkpoints) load before the backend: Unsloth's import then
     # patches a trl already loaded, as in every measured run; loaded after Unsloth, they may be patched otherwise.
+    import datasets  # noqa: F401
     import torch  # noqa: F401
-    from datasets import Dataset
     from trl import SFTConfig
 
     from smoltune.train.checkpoints import StopOnSignal, latest_complete_checkpoint, logged_steps
@@ -316,9 +344,9 @@ def train(spec: TrainSpec, on_step: Callable[[dict[str, float], int], None] | No
     setup = set_up(spec, work_dir)
     resume = latest_complete_checkpoint(work_dir / "checkpoints")
     earlier = logged_steps(resume) if resume else []
-    step_log = StepLog(on_step, loss_scaling=setup.precision.fp16)
+    step_log = StepLog(on_step, loss_scaling=setup.precision.fp16, on_begin=on_begin)
     stopper = StopOnSignal()
-    trainer = build_trainer(setup, SFTConfig(**setup.settings), Dataset.from_list(setup.rows), step_log, stopper)
+    trainer = build_trainer(setup, SFTConfig(**setup.settings), train_dataset(setup.rows), step_log, stopper)
     with PeakMemory(cuda=setup.device == "cuda") as peak:
         started_at, started = datetime.now(UTC).isoformat(timespec="milliseconds"), time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
