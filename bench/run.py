@@ -50,7 +50,9 @@ CONTENDERS = {
     "smoltune": ("(d) smoltune", "contender_smoltune.py"),
 }
 BASELINES = ("trl", "trl_cpu", "unsloth")
-DATASETS = ("seed", "long")
+DATASETS = ("seed", "long")  # what `make bench` runs
+MAX_LENGTH = 2048  # the seed job's max_seq_length: the `max` rows fill it (`--datasets max`, not in the default)
+EXTRA_DATASETS = ("max",)
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=100, help="training rows per dataset")
     parser.add_argument("--model", default="embedded", help="model.source: 'embedded' or a local model folder")
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of the default")
-    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset of seed,long")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: seed, long, max")
     parser.add_argument("--out", default="runs/bench/bench.json", help="where the figures go (JSON)")
     parser.add_argument("--budget-min", type=float, default=20.0, help="minutes for the whole invocation (20)")
     parser.add_argument("--box-s", type=float, help="at most this many seconds of training per contender")
@@ -69,9 +71,10 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def prepare_rows(dataset: str, rows: int, work: Path) -> Path:
+def prepare_rows(dataset: str, rows: int, work: Path, model: str | None = None) -> Path:
     """The dataset's training rows as prompt/completion JSONL: `seed` samples the built-in rows as the seed job's
-    prepare stage does; `long` generates worked word problems."""
+    prepare stage does; `long` generates worked word problems; `max` stretches the seed rows to fill the seed
+    job's max_seq_length (2048 tokens a row; the tokenizer of `model` measures them)."""
     from smoltune.config import DataConfig
     from smoltune.data.prompts import to_prompt_completion
     from smoltune.data.split import split_rows
@@ -80,8 +83,13 @@ def prepare_rows(dataset: str, rows: int, work: Path) -> Path:
     from smoltune.files import write_jsonl
 
     data = DataConfig(num_samples=rows)
-    if dataset == "seed":
+    if dataset in ("seed", "max"):
         chosen, _ = split_rows(load_rows(data), data.num_samples, data.eval_samples, data.seed)
+        if dataset == "max":
+            import scaling
+
+            seed = [to_prompt_completion(r, data.template) for r in chosen]
+            return scaling.write_stretched(model, seed, MAX_LENGTH, work, count=rows, name=dataset)
     else:
         chosen = worked_rows(rows, seed=data.seed)
     return write_jsonl(work / f"{dataset}.jsonl", [to_prompt_completion(r, data.template) for r in chosen])
@@ -201,7 +209,7 @@ def run_all(
     runs = len(datasets) * len(keys)
     runs_left = runs
     for dataset in datasets:
-        train_file = prepare_rows(dataset, args.rows, work)
+        train_file = prepare_rows(dataset, args.rows, work, model)
         stats = data_stats(model, train_file)
         figures = {}
         for key in keys:
@@ -235,9 +243,9 @@ def main() -> None:
     args = parse_args()
     budget = timebox.Budget(args.budget_min * 60, args.box_s)
     keys, datasets = selected(args)
-    unknown = sorted(set(keys) - set(CONTENDERS)) + sorted(set(datasets) - set(DATASETS))
+    unknown = sorted(set(keys) - set(CONTENDERS)) + sorted(set(datasets) - set(DATASETS + EXTRA_DATASETS))
     if unknown:
-        sys.exit(f"bench: unknown {', '.join(unknown)}; contenders: {', '.join(CONTENDERS)}; datasets: seed, long")
+        sys.exit(f"bench: unknown {', '.join(unknown)}; contenders: {', '.join(CONTENDERS)}; datasets: seed, long, max")
     from smoltune.model import pick_device, resolve_model
     from smoltune.train.precision import resolve_precision
 

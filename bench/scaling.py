@@ -45,12 +45,15 @@ def stretched_rows(tokenizer: object, rows: list[dict], length: int, count: int)
     return out
 
 
-def write_stretched(model: str, source: Path, length: int, work: Path) -> Path:
+def write_stretched(
+    model: str, source: Path | list[dict], length: int, work: Path, count: int = 16, name: str = "train"
+) -> Path:
+    """`count` rows of about `length` tokens stretched from `source` (a JSONL file or its rows), as JSONL."""
     from smoltune.data.tokens import load_tokenizer
     from smoltune.files import read_jsonl, write_jsonl
 
-    rows = stretched_rows(load_tokenizer(model), read_jsonl(source), length, count=16)
-    return write_jsonl(work / f"train-{length}.jsonl", rows)
+    rows = source if isinstance(source, list) else read_jsonl(source)
+    return write_jsonl(work / f"{name}-{length}.jsonl", stretched_rows(load_tokenizer(model), rows, length, count))
 
 
 def points(model: str, seed_rows: Path, work: Path) -> list[tuple[str, Path, tuple[str, ...]]]:

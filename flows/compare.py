@@ -1,17 +1,22 @@
-"""The comparison flow: LoRA r=16 vs LoRA r=256 vs full fine-tuning on the same prepared data.
+"""The comparison flow: LoRA r=16 vs LoRA r=256 vs full fine-tuning on the same prepared data, and DPO on top of
+any variant that sets `preference`.
 
     smoltune compare --config configs/compare.yaml
 
 Data is fetched, validated and prepared once; each variant trains (in its own process) and is evaluated in
-its own sub-folder of the run; one report puts the figures side by side and checks the seed's claims.
+its own sub-folder of the run; a variant with a `preference` section then runs the preference flow's stages on
+its SFT result; one report puts the figures side by side and checks the seed's claims.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow
 
-from smoltune.config import CompareConfig, variant_config
-from smoltune.pipeline.runs import begin_flow_run
+from flows.preference import PREFERENCE_STAGES, preference_stages
+from smoltune.config import CompareConfig, variant_jobs
+from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run
 from tasks.compare import VariantResult, compare_report_task
 from tasks.evaluate import evaluate_task
 from tasks.evaluate_base import evaluate_base_task
@@ -22,13 +27,25 @@ from tasks.track import track_compare
 from tasks.train import train_task
 from tasks.validate import validate_dataset_task
 
+# A comparison has no `refresh`: every stage, the preference ones included, is taken from the cache when it can be.
+NO_REFRESH = dict.fromkeys(PREFERENCE_STAGES, False)
+
+
+def _link(folder: Path, stage_folders: dict[str, str]) -> None:
+    """The variant's sub-folder of the run: a link to each stage folder it used."""
+    folder.mkdir()
+    for name, target in stage_folders.items():
+        (folder / name).symlink_to(target, target_is_directory=True)
+
 
 @flow(name="compare")
 def compare(config: CompareConfig) -> str:
     """Train and evaluate every variant of `config`; returns the run folder with the comparison report."""
-    # The same checks as the CLI's for runs started from the Prefect API or UI, before anything runs.
+    # The same checks as the CLI's for runs started from the Prefect API or UI, before anything runs: the shared
+    # job, then every variant as a job of its own (a DPO variant as the preference flow would check it).
     shared, run_dir = begin_flow_run(config.pipeline, "flow parameter config.pipeline")
     config = config.model_copy(update={"pipeline": shared})
+    jobs = variant_jobs(config, "flow parameter config")
     cache = shared.output.cache_root
 
     # Shared stages (cached like the finetune flow's): one model, one dataset, one gate, one split.
@@ -39,16 +56,28 @@ def compare(config: CompareConfig) -> str:
 
     # One variant at a time: two trainings at once would share two CPU cores and distort every figure.
     results = []
-    for variant in config.variants:
-        job = variant_config(config, variant)
+    for variant, job in zip(config.variants, jobs, strict=True):
+        # SFT: keyed by the variant's train settings only, so a DPO variant whose SFT settings equal another
+        # variant's finds its training (and evaluations) Cached.
         trained = train_task(model, prepared, job, cache)
         # The base's figures are keyed without the training: measured for the first variant, Cached for the others.
         base = evaluate_base_task(model, trained, prepared, job, cache)
         evaluated = evaluate_task(model, trained, prepared, base, job, cache)
-        (run_dir / variant.name).mkdir()
-        (run_dir / variant.name / "train").symlink_to(trained.folder, target_is_directory=True)
-        (run_dir / variant.name / "evaluation").symlink_to(evaluated.folder, target_is_directory=True)
-        results.append(VariantResult(name=variant.name, trained=trained, evaluated=evaluated))
+        sft = RunRecords(model, fetched, validated, prepared, trained, evaluated)
+        # DPO variants: the preference flow's stages on this variant's SFT result, evaluated on the same held-out
+        # rows as every variant.
+        dpo = preference_stages(job, sft, NO_REFRESH, StageTimer()) if job.preference is not None else None
+        links = {"train": trained.folder, "evaluation": evaluated.folder} | (dpo.stage_folders() if dpo else {})
+        _link(run_dir / variant.name, links)
+        results.append(
+            VariantResult(
+                name=variant.name,
+                trained=trained,
+                evaluated=evaluated,
+                dpo=dpo.trained if dpo else None,
+                dpo_evaluated=dpo.evaluated if dpo else None,
+            )
+        )
 
     compare_report_task(str(run_dir), results)
     # Tracking (opt-in): one MLflow run for the comparison, each variant nested under it.

@@ -661,7 +661,11 @@ class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*$", description="Folder-safe name, e.g. lora-r16.")
-    set: dict[str, Any] = Field(default_factory=dict, description="Overrides, e.g. {train.lora.r: 256}.")
+    set: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of train.*, eval.* or preference.*, e.g. {train.lora.r: 256}; setting preference "
+        "({preference: {}} for the defaults) tunes this variant's SFT result further with DPO.",
+    )
 
 
 class CompareConfig(BaseModel):
@@ -675,8 +679,10 @@ class CompareConfig(BaseModel):
 
 # What a variant may set: the shared stages (model, data, gate, split) run once with the top-level settings, so a
 # variant's model.*, data.*, validation.* or train.max_seq_length (which the gate checked lengths against) would be
-# validated and then ignored; refuse them instead.
-VARIANT_SECTIONS = ("train", "eval")
+# validated and then ignored; refuse them instead. A variant that sets `preference` (`preference: {}` for the
+# defaults) is its SFT result tuned further with DPO, as the preference flow does; a top-level `preference:`
+# section holds the DPO settings such variants start from and trains nothing by itself.
+VARIANT_SECTIONS = ("train", "eval", "preference")
 SHARED_TRAIN_FIELDS = ("max_seq_length",)
 
 
@@ -688,8 +694,8 @@ def variant_problems(variant: Variant) -> list[str]:
         if parts[0] not in VARIANT_SECTIONS or (parts[0] == "train" and parts[1:2] and parts[1] in SHARED_TRAIN_FIELDS):
             problems.append(
                 f"variant {variant.name}: {key} would be ignored, since every variant shares one model, dataset, "
-                f"gate and split; set it at the top level (variants may set {' and '.join(VARIANT_SECTIONS)}.*, "
-                "except train.max_seq_length), or run a separate job"
+                f"gate and split; set it at the top level (variants may set "
+                f"{', '.join(f'{s}.*' for s in VARIANT_SECTIONS)}, except train.max_seq_length), or run a separate job"
             )
     return problems
 
@@ -703,12 +709,46 @@ def _dotted_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def variant_config(compare: CompareConfig, variant: Variant) -> PipelineConfig:
-    """The shared job with the variant's overrides applied (validated like a job of its own)."""
+    """The shared job with the variant's overrides applied (validated like a job of its own, so a DPO variant
+    is refused for what the preference flow refuses). Only a variant that sets preference.* runs DPO: it starts
+    from the top-level `preference` section, or from the defaults when there is none."""
     overrides = [
         f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}" for key, value in variant.set.items()
     ]
-    data = apply_overrides(compare.pipeline.model_dump(mode="json"), overrides)
-    return build_config(data, source=f"variant {variant.name}")
+    data = compare.pipeline.model_dump(mode="json")
+    data["preference"] = (data["preference"] or {}) if _sets_preference(variant) else None
+    return build_config(apply_overrides(data, overrides), source=f"variant {variant.name}")
+
+
+def _sets_preference(variant: Variant) -> bool:
+    return any(key.split(".")[0] == "preference" for key in variant.set)
+
+
+def variant_jobs(compare: CompareConfig, source: str = "compare config") -> list[PipelineConfig]:
+    """Every variant's job, in order; or one ConfigError listing every variant's problems, each naming its
+    variant, before anything runs (the CLI and flow runs started from the Prefect API or UI both check here)."""
+    names = [v.name for v in compare.variants]
+    if len(set(names)) != len(names):
+        raise ConfigError([f"variant names must be unique, got {names}"], source)
+    problems: list[str] = []
+    jobs: list[PipelineConfig] = []
+    for variant in compare.variants:
+        ignored = variant_problems(variant)
+        problems += ignored
+        if ignored:
+            continue  # the job would validate fields that take no effect
+        try:
+            jobs.append(variant_config(compare, variant))
+        except ConfigError as err:
+            problems += [f"variant {variant.name}: {problem}" for problem in err.problems]
+    if not problems and compare.pipeline.preference is not None and not any(job.preference for job in jobs):
+        problems.append(
+            "preference: no variant sets preference, so no variant would run DPO; add `preference: {}` to the set "
+            "of each variant to tune with DPO (the top-level section holds the settings they start from)"
+        )
+    if problems:
+        raise ConfigError(problems, source)
+    return jobs
 
 
 def load_compare_config(path: str | Path, overrides: list[str] | None = None) -> CompareConfig:
@@ -723,12 +763,5 @@ def load_compare_config(path: str | Path, overrides: list[str] | None = None) ->
     except ValidationError as err:
         problems = [f"variants.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
         raise ConfigError(problems, str(path)) from None
-    names = [v.name for v in compare.variants]
-    if len(set(names)) != len(names):
-        raise ConfigError([f"variant names must be unique, got {names}"], str(path))
-    problems = [p for v in compare.variants for p in variant_problems(v)]
-    if problems:
-        raise ConfigError(problems, str(path))
-    for variant in compare.variants:
-        variant_config(compare, variant)  # every variant must be a valid job before anything runs
+    variant_jobs(compare, str(path))  # every variant must be a valid job before anything runs
     return compare

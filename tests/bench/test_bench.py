@@ -18,6 +18,7 @@ sys.path.insert(0, str(BENCH))
 
 import ablation  # noqa: E402
 import common  # noqa: E402
+import run  # noqa: E402
 import scaling  # noqa: E402
 import timebox  # noqa: E402
 import verdicts  # noqa: E402
@@ -261,6 +262,15 @@ def test_stretched_rows_reach_the_requested_length(tiny_model_dir: Path) -> None
     lengths = [len(r["input_ids"]) for r in tokenize_rows(tokenizer, stretched, 4096, mask_prompt=True)]
     assert all(120 <= n <= 136 for n in lengths), lengths
     assert len({r["prompt"] for r in stretched}) == 4
+
+
+def test_max_rows_fill_the_seed_jobs_max_seq_length(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from smoltune.data.tokens import load_tokenizer, tokenize_rows
+    from smoltune.files import read_jsonl
+
+    rows = read_jsonl(run.prepare_rows("max", 3, tmp_path, str(tiny_model_dir)))
+    lengths = [len(r["input_ids"]) for r in tokenize_rows(load_tokenizer(str(tiny_model_dir)), rows, 4096, True)]
+    assert len(rows) == 3 and all(run.MAX_LENGTH - 16 <= n <= run.MAX_LENGTH + 8 for n in lengths), lengths
 
 
 @pytest.mark.slow
