@@ -83,13 +83,13 @@ def prepare_rows(dataset: str, rows: int, work: Path, model: str | None = None) 
     from smoltune.files import write_jsonl
 
     data = DataConfig(num_samples=rows)
-    if dataset in ("seed", "max"):
-        chosen, _ = split_rows(load_rows(data), data.num_samples, data.eval_samples, data.seed)
-        if dataset == "max":
-            import scaling
+    if dataset == "max":  # the text of every built-in row, cut into `rows` rows of MAX_LENGTH tokens
+        import scaling
 
-            seed = [to_prompt_completion(r, data.template) for r in chosen]
-            return scaling.write_stretched(model, seed, MAX_LENGTH, work, count=rows, name=dataset)
+        corpus = [to_prompt_completion(r, data.template) for r in load_rows(data)]
+        return scaling.write_stretched(model, corpus, MAX_LENGTH, work, count=rows, name=dataset)
+    if dataset == "seed":
+        chosen, _ = split_rows(load_rows(data), data.num_samples, data.eval_samples, data.seed)
     else:
         chosen = worked_rows(rows, seed=data.seed)
     return write_jsonl(work / f"{dataset}.jsonl", [to_prompt_completion(r, data.template) for r in chosen])
