@@ -89,9 +89,10 @@ def other_load() -> Iterator[OtherLoad]:
     process's own (every thread's). Without /proc/stat, the load average before the block stands in."""
     load = OtherLoad()
     before, own, started = _busy_seconds(), time.process_time(), time.monotonic()
+    average = os.getloadavg()[0] if before is None and hasattr(os, "getloadavg") else None
     yield load
     after, elapsed = _busy_seconds(), time.monotonic() - started
     if before is not None and after is not None and elapsed > 0:
         load.cores = round(max(0.0, (after - before) - (time.process_time() - own)) / elapsed, 3)
-    elif hasattr(os, "getloadavg") and before is None:
-        load.cores = os.getloadavg()[0]
+    else:
+        load.cores = average

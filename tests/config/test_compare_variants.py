@@ -117,7 +117,7 @@ def test_a_dpo_variant_has_the_sft_cache_keys_of_its_twin(tmp_path: Path) -> Non
         "prepared": SimpleNamespace(
             train_sha256="t", train_tokens_sha256="k", validated_key="v", eval_sha256="e", eval_file="x"
         ),
-        "trained": SimpleNamespace(key="trained", result=SimpleNamespace(precision="fp32")),
+        "trained": SimpleNamespace(key="trained", result=SimpleNamespace(precision="fp32", device="cpu")),
         "base": SimpleNamespace(key="base"),
     }
     for parts in (train_parts, evaluate_base_parts, evaluate_parts):

@@ -35,7 +35,7 @@ def key_parts(request: pytest.FixtureRequest) -> KeyParts:
     """The key of the stage that runs the harness on the base, or of the one that runs it on the tuned model."""
     records = {
         "model": SimpleNamespace(sha256="m"),
-        "trained": SimpleNamespace(key="t", result=SimpleNamespace(precision="fp32")),
+        "trained": SimpleNamespace(key="t", result=SimpleNamespace(precision="fp32", device="cpu")),
         "base": SimpleNamespace(key="b"),
         "prepared": SimpleNamespace(eval_sha256="e"),
     }

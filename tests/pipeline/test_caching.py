@@ -237,9 +237,9 @@ def test_the_base_evaluation_key_leaves_out_the_training() -> None:
         )
         numbers = dict.fromkeys(["trainable_params", "total_params", "steps", "tokens_seen", "saved_mb"], 1)
         training = TrainResult(
-            backend="hf", backend_reason="", device="cpu", lora_rank=16, train_seconds=1.0, tokens_per_second=1.0,
+            backend="hf", backend_reason="", lora_rank=16, train_seconds=1.0, tokens_per_second=1.0,
             peak_memory_mb=1.0, losses=[1.0], step_log=[], output_dir=f"/out/{result}", **numbers,
-            **{"mode": "lora", "precision": "fp32", **result},
+            **{"mode": "lora", "precision": "fp32", "device": "cpu", **result},
         )  # fmt: skip
         trained = Trained(key=str(result), result=training)
         inputs = {"cache_dir": "c", "config": config, "model": model, "prepared": prepared, "trained": trained}
@@ -251,6 +251,7 @@ def test_the_base_evaluation_key_leaves_out_the_training() -> None:
     assert base_key({"eval": {"answer_max_new_tokens": 4}}) != same
     assert base_key(eval_sha256="3") != same  # other held-out rows
     assert base_key(precision="bf16") != same  # the base runs in the training's precision
+    assert base_key(device="cuda") != same  # and on its device
 
 
 def test_each_change_reruns_exactly_what_it_affects(

@@ -136,7 +136,7 @@ def test_tracking_never_changes_a_stage_key(tmp_path: Path) -> None:
         "prepared": SimpleNamespace(
             train_sha256="t" * 64, eval_sha256="e" * 64, validated_key="v", train_tokens_sha256="k" * 64
         ),
-        "trained": SimpleNamespace(key="trained", result=SimpleNamespace(precision="fp32")),
+        "trained": SimpleNamespace(key="trained", result=SimpleNamespace(precision="fp32", device="cpu")),
         "base": SimpleNamespace(key="base"),
     }
     for parts in (keys.train_parts, keys.evaluate_base_parts, keys.evaluate_parts, keys.export_parts):

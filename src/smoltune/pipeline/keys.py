@@ -135,6 +135,7 @@ def evaluate_base_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "template": config.data.template,
         "max_seq_length": config.train.max_seq_length,
         "precision": inputs["trained"].result.precision,  # the base is measured in the training's precision
+        "device": inputs["trained"].result.device,  # and on its device, as the tuned model is
         "harness": harness_identity(config.eval.harness),
     }
 

@@ -238,6 +238,10 @@ def set_up(spec: TrainSpec, work_dir: Path) -> Setup:
     rows_per_step = config.batch_size * config.grad_accum // rank.world  # per process
     fast = fit_packing(fast, [len(r["input_ids"]) for r in rows], rows_per_step, config.speed.max_packed_tokens)
     settings = sft_settings(config, device, str(work_dir / "checkpoints"), fast, precision, rank.world)
+    if backend == "unsloth":
+        # Unsloth's own preparation of the (already cut) rows is what lets its trainer keep padding-free batching
+        # on; skipped, it scans every row and turns it off.
+        settings.pop("dataset_kwargs", None)
     return Setup(
         config=config,
         device=device,
