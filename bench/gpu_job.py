@@ -45,7 +45,7 @@ def run_job(name: str, model_choice: str, overrides: list[str], out: Path) -> di
 
     from smoltune.config import load_config
     from smoltune.data.stage import load_rows, prepare_dataset
-    from smoltune.evaluate.stage import evaluate_tuned
+    from smoltune.evaluate.stage import EvalRequest, evaluate_tuned
     from smoltune.files import write_jsonl
     from smoltune.train.runner import train_in_subprocess
     from smoltune.train.spec import TrainSpec
@@ -60,16 +60,9 @@ def run_job(name: str, model_choice: str, overrides: list[str], out: Path) -> di
     spec = TrainSpec(model, prepared.train_file, str(work / "train"), config.train.model_dump(mode="json"))
     trained = train_in_subprocess(spec)
     started = time.perf_counter()
-    figures, _, _ = evaluate_tuned(
-        model,
-        trained.output_dir,
-        trained.mode,
-        prepared.eval_file,
-        config.eval,
-        config.data.template,
-        config.train.max_seq_length,
-        precision=trained.precision,
-    )
+    request = EvalRequest(model, trained.output_dir, trained.mode, prepared.eval_file, config.eval,
+                          config.data.template, config.train.max_seq_length, precision=trained.precision)  # fmt: skip
+    figures, _, _ = evaluate_tuned(request)
     return {
         "name": name,
         "model": what,

@@ -9,7 +9,8 @@ AVX2-only CPU, ~130 on one with AMX), so a fixed number of steps takes minutes o
 another. Before each contender its box is the time left, less a reserve for loading every contender still to
 run, shared evenly among them (`box_seconds`). A contender that has not begun training within the load
 allowance, or has trained longer than its box, is stopped with its whole process group (SIGTERM, SIGKILL after
-KILL_GRACE_S); its speed is what it reached until then.
+KILL_GRACE_S); its speed is what it reached until then. Whatever the end of a contender (its own exit, a crash, the
+stop at its box), its group is ended the same way: workers or a server it started must not outlive it.
 """
 
 from __future__ import annotations
@@ -126,15 +127,45 @@ class Stopped:
     peak_rss_mb: float | None
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group `pgid` is left (a zombie not yet reaped by its new parent counts)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def stop_group(process: subprocess.Popen) -> None:
     """SIGTERM to the process's group, SIGKILL after KILL_GRACE_S to whatever of the group is left (the trainer's
-    own children too)."""
-    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+    own children too), and the process reaped. Its group outlives it: a contender that exited by itself leaves
+    its children in the group (started with `start_new_session`, the group's id is the contender's pid)."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE_S
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=KILL_GRACE_S)
+    # The children get the same grace as the contender (a server shutting down), not a SIGKILL at once.
+    while group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def watch(process: subprocess.Popen, progress: Path, box_s: float | None, load_s: float | None) -> Stopped | None:
+    """Poll `process` until it exits (None) or it has trained longer than `box_s` or not begun training within
+    `load_s` (what it had done by then; the caller stops it)."""
+    started = time.time()
+    while process.poll() is None:
+        lines = read_progress(progress)
+        begun = next((line["time"] for line in lines if line.get("event") == "begin"), None)
+        now = time.time()
+        late = begun is None and load_s is not None and now - started > load_s
+        if late or (begun is not None and box_s is not None and now - begun > box_s):
+            return Stopped(lines, now - (started if begun is None else begun), high_water_mark_mb(process.pid))
+        time.sleep(POLL_S)
+    return None
 
 
 def run_boxed(
@@ -143,20 +174,11 @@ def run_boxed(
     """Run `command` in its own process group until it exits, or stop it once it has trained longer than `box_s`
     or not begun training within `load_s` (None: no limit). Its exit status, and what it had done if stopped."""
     progress.unlink(missing_ok=True)
-    started = time.time()
     process = subprocess.Popen(command, env=env, start_new_session=True)
     try:
-        while process.poll() is None:
-            lines = read_progress(progress)
-            begun = next((line["time"] for line in lines if line.get("event") == "begin"), None)
-            now = time.time()
-            late = begun is None and load_s is not None and now - started > load_s
-            if late or (begun is not None and box_s is not None and now - begun > box_s):
-                stopped = Stopped(lines, now - (started if begun is None else begun), high_water_mark_mb(process.pid))
-                stop_group(process)
-                return process.returncode, stopped
-            time.sleep(POLL_S)
-        return process.returncode, None
+        stopped = watch(process, progress, box_s, load_s)
     finally:
-        if process.poll() is None:  # the bench itself was interrupted
-            stop_group(process)
+        # Every end of a contender (its own exit, a crash, its box, the bench interrupted) ends its whole group:
+        # dataloader workers or a server left behind would take the CPUs from the next contender.
+        stop_group(process)
+    return process.returncode, stopped

@@ -13,9 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
+from prefect.states import Cancelled, State
 
 from flows.preference import PREFERENCE_STAGES, preference_stages
 from smoltune.config import CompareConfig, variant_jobs
+from smoltune.errors import StoppedError
 from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run
 from tasks.compare import VariantResult, compare_report_task
 from tasks.evaluate import evaluate_task
@@ -39,8 +41,9 @@ def _link(folder: Path, stage_folders: dict[str, str]) -> None:
 
 
 @flow(name="compare")
-def compare(config: CompareConfig) -> str:
-    """Train and evaluate every variant of `config`; returns the run folder with the comparison report."""
+def compare(config: CompareConfig) -> str | State:
+    """Train and evaluate every variant of `config`; returns the run folder with the comparison report (a
+    Cancelled state when a signal stopped a training)."""
     # The same checks as the CLI's for runs started from the Prefect API or UI, before anything runs: the shared
     # job, then every variant as a job of its own (a DPO variant as the preference flow would check it).
     shared, run_dir = begin_flow_run(config.pipeline, "flow parameter config.pipeline")
@@ -56,28 +59,32 @@ def compare(config: CompareConfig) -> str:
 
     # One variant at a time: two trainings at once would share two CPU cores and distort every figure.
     results = []
-    for variant, job in zip(config.variants, jobs, strict=True):
-        # SFT: keyed by the variant's train settings only, so a DPO variant whose SFT settings equal another
-        # variant's finds its training (and evaluations) Cached.
-        trained = train_task(model, prepared, job, cache)
-        # The base's figures are keyed without the training: measured for the first variant, Cached for the others.
-        base = evaluate_base_task(model, trained, prepared, job, cache)
-        evaluated = evaluate_task(model, trained, prepared, base, job, cache)
-        sft = RunRecords(model, fetched, validated, prepared, trained, evaluated)
-        # DPO variants: the preference flow's stages on this variant's SFT result, evaluated on the same held-out
-        # rows as every variant.
-        dpo = preference_stages(job, sft, NO_REFRESH, StageTimer()) if job.preference is not None else None
-        links = {"train": trained.folder, "evaluation": evaluated.folder} | (dpo.stage_folders() if dpo else {})
-        _link(run_dir / variant.name, links)
-        results.append(
-            VariantResult(
-                name=variant.name,
-                trained=trained,
-                evaluated=evaluated,
-                dpo=dpo.trained if dpo else None,
-                dpo_evaluated=dpo.evaluated if dpo else None,
+    try:
+        for variant, job in zip(config.variants, jobs, strict=True):
+            # SFT: keyed by the variant's train settings only, so a DPO variant whose SFT settings equal another
+            # variant's finds its training (and evaluations) Cached.
+            trained = train_task(model, prepared, job, cache)
+            # The base's figures are keyed without the training: measured for the first variant, Cached for the
+            # others.
+            base = evaluate_base_task(model, trained, prepared, job, cache)
+            evaluated = evaluate_task(model, trained, prepared, base, job, cache)
+            sft = RunRecords(model, fetched, validated, prepared, trained, evaluated)
+            # DPO variants: the preference flow's stages on this variant's SFT result, evaluated on the same
+            # held-out rows as every variant.
+            dpo = preference_stages(job, sft, NO_REFRESH, StageTimer()) if job.preference is not None else None
+            links = {"train": trained.folder, "evaluation": evaluated.folder} | (dpo.stage_folders() if dpo else {})
+            _link(run_dir / variant.name, links)
+            results.append(
+                VariantResult(
+                    name=variant.name,
+                    trained=trained,
+                    evaluated=evaluated,
+                    dpo=dpo.trained if dpo else None,
+                    dpo_evaluated=dpo.evaluated if dpo else None,
+                )
             )
-        )
+    except StoppedError as err:  # stopped on request: Cancelled, the error raised to the caller (flows/finetune.py)
+        return Cancelled(message=str(err), data=err)
 
     compare_report_task(str(run_dir), results)
     # Tracking (opt-in): one MLflow run for the comparison, each variant nested under it.

@@ -12,8 +12,10 @@ content-addressed folders and tasks pass paths, hashes and small dicts.
 from __future__ import annotations
 
 from prefect import flow
+from prefect.states import Cancelled, State
 
 from smoltune.config import PipelineConfig
+from smoltune.errors import StoppedError
 from smoltune.export.weights import check_exports
 from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, build_summary
 from tasks.evaluate import evaluate_task
@@ -76,14 +78,21 @@ def sft_stages(config: PipelineConfig, redo: dict[str, bool], timer: StageTimer)
 # log_prints stays off: dill (used by `datasets` to fingerprint functions) captures `dis` output via print,
 # which Prefect would otherwise log line by line.
 @flow(name="finetune")
-def finetune(config: PipelineConfig = PipelineConfig(), refresh: list[str] | None = None) -> str:  # noqa: B008
-    """Fine-tune `config.model.source` on `config.data.source`; returns the run folder's path."""
+def finetune(config: PipelineConfig = PipelineConfig(), refresh: list[str] | None = None) -> str | State:  # noqa: B008
+    """Fine-tune `config.model.source` on `config.data.source`; returns the run folder's path (a Cancelled state
+    when a signal stopped the training)."""
     # The same checks as the CLI's for runs started from the Prefect API or UI, before anything runs.
     config, run_dir = begin_flow_run(config, "flow parameter config")
     redo = {stage: bool({stage, "all"} & set(refresh or [])) for stage in STAGES}
     timer = StageTimer()
 
-    sft = sft_stages(config, redo, timer)
+    try:
+        sft = sft_stages(config, redo, timer)
+    except StoppedError as err:
+        # Stopped on request (a pod stop, a Prefect cancellation, Ctrl-C) with a checkpoint: Prefect's Cancelled,
+        # not Failed (a fault) or Crashed (the infrastructure died). The error is the state's data, so a caller
+        # asking for the result (the CLI: exit 143/130, one line) still gets it raised.
+        return Cancelled(message=str(err), data=err)
 
     # Promotion: the registry keeps the best adapter per (model, data, held-out set); this run replaces it
     # only if better on the same held-out rows.

@@ -14,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prefect import flow
+from prefect.states import Cancelled, State
 
 from flows.finetune import STAGES as SFT_STAGES
 from flows.finetune import sft_stages
 from smoltune.config import PipelineConfig, PreferenceConfig
-from smoltune.errors import ConfigError
+from smoltune.errors import ConfigError, StoppedError
 from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, build_summary, with_preference
 from smoltune.records import (
     PreferenceEvaluated,
@@ -103,19 +104,22 @@ def preference_stages(
 
 
 @flow(name="preference")
-def preference(config: PipelineConfig = DEFAULT, refresh: list[str] | None = None) -> str:
-    """SFT (cached) then DPO per `config.preference`; returns the run folder's path."""
+def preference(config: PipelineConfig = DEFAULT, refresh: list[str] | None = None) -> str | State:
+    """SFT (cached) then DPO per `config.preference`; returns the run folder's path (a Cancelled state when a
+    signal stopped a training)."""
     config, run_dir = begin_flow_run(config, "flow parameter config")
     if config.preference is None:
         raise ConfigError(["preference: the preference flow needs a preference section (see configs/dpo.yaml)"])
     redo = {stage: bool({stage, "all"} & set(refresh or [])) for stage in STAGES}
     timer = StageTimer()
 
-    # SFT first: the same tasks and keys as the finetune flow, so an SFT run already done is a cache hit.
-    sft = sft_stages(config, redo, timer)
-
-    # DPO on the SFT result: pairs, their gate and split, the reference, training, evaluation against SFT.
-    dpo = preference_stages(config, sft, redo, timer)
+    try:
+        # SFT first: the same tasks and keys as the finetune flow, so an SFT run already done is a cache hit.
+        sft = sft_stages(config, redo, timer)
+        # DPO on the SFT result: pairs, their gate and split, the reference, training, evaluation against SFT.
+        dpo = preference_stages(config, sft, redo, timer)
+    except StoppedError as err:  # stopped on request: Cancelled, the error raised to the caller (flows/finetune.py)
+        return Cancelled(message=str(err), data=err)
 
     # Promotion: SFT then DPO offered to the registry on the same held-out rows; it keeps the better adapter.
     with timer("promote"):

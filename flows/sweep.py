@@ -15,9 +15,11 @@ from __future__ import annotations
 import os
 
 from prefect import flow
+from prefect.states import Cancelled, State
 from prefect_dask import DaskTaskRunner
 
 from smoltune.config import PipelineConfig, build_config
+from smoltune.errors import StoppedError
 from smoltune.files import atomic_write_json
 from smoltune.pipeline.runs import begin_flow_run
 from smoltune.records import Evaluated, Trained
@@ -56,9 +58,9 @@ def sweep(
     config: PipelineConfig = PipelineConfig(),  # noqa: B008
     ranks: list[int] = [8, 16],  # noqa: B006 - Prefect renders list defaults in the UI form
     learning_rates: list[float] = [2e-4],  # noqa: B006
-) -> list[dict]:
+) -> list[dict] | State:
     """Train and evaluate every grid point; returns one row of figures per point (also in the run folder's
-    sweep.json)."""
+    sweep.json), or a Cancelled state when a signal stopped a training."""
     # The same checks as the CLI's for runs started from the Prefect API or UI, before anything runs.
     config, run_dir = begin_flow_run(config, "flow parameter config")
     cache = config.output.cache_root
@@ -75,7 +77,10 @@ def sweep(
     evaluated = [
         evaluate_task.submit(model, t, prepared, b, job, cache) for t, b, job in zip(trained, bases, jobs, strict=True)
     ]
-    rows = [sweep_row(job, t.result(), e.result()) for job, t, e in zip(jobs, trained, evaluated, strict=True)]
+    try:
+        rows = [sweep_row(job, t.result(), e.result()) for job, t, e in zip(jobs, trained, evaluated, strict=True)]
+    except StoppedError as err:  # stopped on request: Cancelled, the error raised to the caller (flows/finetune.py)
+        return Cancelled(message=str(err), data=err)
     atomic_write_json(run_dir / "sweep.json", rows)
     # Tracking (opt-in): one MLflow run for the sweep, each grid point nested under it.
     track_sweep(config, run_dir, jobs, [t.result() for t in trained], [e.result() for e in evaluated])

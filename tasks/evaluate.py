@@ -1,7 +1,7 @@
 """Prefect task: held-out eval loss, accuracy and prompt generations, base vs tuned, and the lm-evaluation-harness
 tasks of `eval.harness`. Only the tuned model is measured here; the base's figures come from the evaluate_base
-stage. Cached by the model, the training key, the base stage's key, the held-out rows, the eval settings, the
-prompts file's content and the harness task files' content."""
+stage. Cached by the model, the training key, the content of the base's figures (a re-measured base reruns this),
+the held-out rows, the eval settings, the prompts file's content and the harness task files' content."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from prefect.artifacts import create_table_artifact
 
 from smoltune.config import PipelineConfig
 from smoltune.evaluate.harness import measure_harness
-from smoltune.evaluate.stage import combine_figures, measure_tuned
+from smoltune.evaluate.stage import EvalRequest, combine_figures, measure_tuned
 from smoltune.files import atomic_write_json
 from smoltune.pipeline.cache import Stage
 from smoltune.pipeline.keys import evaluate_parts
@@ -51,8 +51,10 @@ def evaluate_task(
 
     def compute(out: Path) -> Evaluated:
         tuned, data = measure_tuned(
-            model.path, training.output_dir, training.mode, prepared.eval_file, config.eval, config.data.template,
-            config.train.max_seq_length, model.trust_remote_code, training.precision,
+            EvalRequest(
+                model.path, training.output_dir, training.mode, prepared.eval_file, config.eval, config.data.template,
+                config.train.max_seq_length, model.trust_remote_code, training.precision,
+            )
         )  # fmt: skip
         base_figures = json.loads(Path(base.base_file).read_text())
         figures, answers, generations = combine_figures(base_figures, tuned, data, training.precision)

@@ -133,6 +133,11 @@ class StoppedError(SmoltuneError, RuntimeError):
         self.signum = signum
         self.exit_code = 128 + signum
 
+    def __reduce__(self) -> tuple:
+        # Pickled with the signal (the default rebuilds from the message alone and fails): a Prefect run's
+        # Cancelled state carries it as data, and a Dask worker's training returns it to the flow.
+        return type(self), (self.args[0] if self.args else "", self.signum)
+
 
 class PublishError(SmoltuneError, RuntimeError):
     """Publishing to the Hugging Face Hub failed. A code of its own (no other kind fits: the Hub is a destination,

@@ -229,6 +229,31 @@ def test_the_box_stops_a_contender_and_its_whole_group(tmp_path: Path, load: flo
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
+def process_gone(pid: int) -> bool:
+    """No process `pid`, or only its zombie (dead, waiting for its new parent to reap it)."""
+    return not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+# A stand-in for a contender that crashes, named as one: it starts a child (a dataloader worker, a server) and
+# exits 1 by itself before training, leaving the child running.
+CRASHING_CONTENDER = """
+import subprocess, sys
+open(sys.argv[1], "w").write(str(subprocess.Popen(["sleep", "60"]).pid))
+sys.exit(1)
+"""
+
+
+def test_a_contender_that_crashes_takes_its_children_with_it(tmp_path: Path) -> None:
+    script, child = tmp_path / "crashing.py", tmp_path / "child.pid"
+    script.write_text(CRASHING_CONTENDER)
+    command = [sys.executable, str(script), str(child)]
+    status, stop = timebox.run_boxed(command, dict(os.environ), tmp_path / "progress.jsonl", box_s=60, load_s=60)
+    assert status == 1 and stop is None  # it ended by itself: not reported as stopped at its box
+    pid = int(child.read_text())
+    time.sleep(0.5)
+    assert process_gone(pid)
+
+
 def test_long_answer_rows_are_long_and_mostly_answer(tiny_model_dir: Path) -> None:
     """150-400 tokens a row with the seed model's tokenizer (checked in the bench run of docs/benchmarks.md); here
     the shape that makes that true: multi-step answers, longer than their prompts, deterministic for a seed."""

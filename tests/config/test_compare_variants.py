@@ -118,7 +118,14 @@ def test_a_dpo_variant_has_the_sft_cache_keys_of_its_twin(tmp_path: Path) -> Non
             train_sha256="t", train_tokens_sha256="k", validated_key="v", eval_sha256="e", eval_file="x"
         ),
         "trained": SimpleNamespace(key="trained", result=SimpleNamespace(precision="fp32", device="cpu")),
-        "base": SimpleNamespace(key="base"),
+        "base": SimpleNamespace(key="base", base_file=str(base_file(tmp_path))),
     }
     for parts in (train_parts, evaluate_base_parts, evaluate_parts):
         assert parts({**records, "config": got["dpo"]}) == parts({**records, "config": got["plain"]}), parts
+
+
+def base_file(folder: Path) -> Path:
+    """A stand-in for the evaluate_base stage's result file (the evaluate key reads its content)."""
+    path = folder / "base.json"
+    path.write_text('{"loss": 1.0}')
+    return path

@@ -13,7 +13,7 @@ from smoltune.data.builtin import generate_rows
 from smoltune.data.stage import prepare_dataset
 from smoltune.evaluate.prompts import EvalPromptsError, load_eval_prompts
 from smoltune.evaluate.scoring import score_answers
-from smoltune.evaluate.stage import combine_figures, evaluate_tuned, measure_base, measure_tuned
+from smoltune.evaluate.stage import EvalRequest, combine_figures, evaluate_tuned, measure_base, measure_tuned
 from smoltune.files import read_jsonl, write_jsonl
 from smoltune.train.runner import train_in_subprocess
 from smoltune.train.spec import TrainSpec
@@ -45,9 +45,8 @@ def test_evaluate_adapter_base_vs_tuned(tiny_model_dir: Path, tmp_path: Path, mo
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text("prompts:\n  - instruction: Add the two numbers.\n    input: 1 and 2\n  - Say hi.\n")
     ev = EvalConfig(prompts_file=str(prompts), max_new_tokens=5, answer_max_new_tokens=3, batch_size=4)
-    figures, answers, generations = evaluate_tuned(
-        str(tiny_model_dir), trained.output_dir, mode, prepared.eval_file, ev, "alpaca", 256
-    )
+    request = EvalRequest(str(tiny_model_dir), trained.output_dir, mode, prepared.eval_file, ev, "alpaca", 256)
+    figures, answers, generations = evaluate_tuned(request)
     assert figures.eval_rows == 6
     assert math.isfinite(figures.eval_loss_base) and math.isfinite(figures.eval_loss_tuned)
     # A large learning rate on a random model must move the held-out loss: base and tuned really differ.
@@ -62,7 +61,7 @@ def test_evaluate_adapter_base_vs_tuned(tiny_model_dir: Path, tmp_path: Path, mo
     # Measured apart, as the pipeline does (the base alone, cached; then the tuned model alone): the same figures,
     # answers and generations as with one model in memory and the adapter switched off (full: the base beside it).
     base = measure_base(str(tiny_model_dir), prepared.eval_file, ev, "alpaca", 256)
-    tuned, data = measure_tuned(str(tiny_model_dir), trained.output_dir, mode, prepared.eval_file, ev, "alpaca", 256)
+    tuned, data = measure_tuned(request)
     split, split_answers, split_generations = combine_figures(base, tuned, data, "fp32")
     assert split.model_dump(exclude={"eval_seconds"}) == figures.model_dump(exclude={"eval_seconds"})
     assert split_answers == answers and split_generations == generations

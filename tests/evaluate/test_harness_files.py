@@ -31,12 +31,14 @@ def harness_config(folder: Path, *more: str):
 
 
 @pytest.fixture(params=[evaluate_base_parts, evaluate_parts], ids=["evaluate_base", "evaluate"])
-def key_parts(request: pytest.FixtureRequest) -> KeyParts:
+def key_parts(request: pytest.FixtureRequest, tmp_path: Path) -> KeyParts:
     """The key of the stage that runs the harness on the base, or of the one that runs it on the tuned model."""
+    base_file = tmp_path / "base.json"
+    base_file.write_text('{"loss": 1.0}')
     records = {
         "model": SimpleNamespace(sha256="m"),
         "trained": SimpleNamespace(key="t", result=SimpleNamespace(precision="fp32", device="cpu")),
-        "base": SimpleNamespace(key="b"),
+        "base": SimpleNamespace(key="b", base_file=str(base_file)),
         "prepared": SimpleNamespace(eval_sha256="e"),
     }
     return lambda config: request.param({"cache_dir": "c", "config": config, **records})[1]

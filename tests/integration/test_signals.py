@@ -1,6 +1,7 @@
 """SIGTERM sent to the CLI's process only (what Kubernetes does to a pod's main process, and what a Prefect
 cancellation does to a flow-run process) reaches the training worker: it stops at a step boundary, writes a
-checkpoint, the locks are released, the CLI exits 143 with one line, and a rerun resumes from that checkpoint."""
+checkpoint, the locks are released, the CLI exits 143 with one line, the flow run ends Cancelled with that line's
+message, and a rerun resumes from that checkpoint."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tests.tiny_model import tiny_overrides
 
 SMOLTUNE = str(Path(sys.executable).parent / "smoltune")
 STEP = re.compile(r"step (\d+)/(\d+)")
+FLOW_RUN = re.compile(r"Flow run '([^']+)'")  # Prefect's log prefix, naming the CLI's flow run
 
 
 class Cli:
@@ -58,6 +60,19 @@ class Cli:
         return code, "".join(self.lines)
 
 
+def flow_run_state(output: str) -> tuple[str, str]:
+    """The final state (type, message) of the flow run whose log lines are in `output`, from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    match = FLOW_RUN.search(output)
+    assert match, output
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[match.group(1)])))
+    assert len(runs) == 1 and runs[0].state is not None, runs
+    return runs[0].state.type.value, runs[0].state.message or ""
+
+
 def complete_checkpoints(runs: Path) -> list[int]:
     found = runs.glob("_cache/train/*/checkpoints/checkpoint-*/smoltune_complete.json")
     return sorted(int(p.parent.name.split("-")[1]) for p in found)
@@ -80,6 +95,9 @@ def test_sigterm_stops_training_with_a_checkpoint_and_a_rerun_resumes(
     assert code == 143, output
     assert "Traceback" not in output and output.count("error:") == 1, output
     assert "stopped by SIGTERM" in output and "rerun resumes" in output, output
+    # Stopped on request: Cancelled (not Failed, nor Crashed), with the message the CLI printed.
+    state, message = flow_run_state(output)
+    assert state == "CANCELLED" and "stopped by SIGTERM" in message and f"error: {message}" in output, (state, message)
     saved = complete_checkpoints(tmp_path / "runs")
     assert len(saved) == 1 and saved[0] >= 1, saved
 

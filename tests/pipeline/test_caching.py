@@ -254,6 +254,35 @@ def test_the_base_evaluation_key_leaves_out_the_training() -> None:
     assert base_key(device="cuda") != same  # and on its device
 
 
+def test_the_evaluation_key_follows_the_content_of_the_base_figures(tmp_path: Path) -> None:
+    """`--refresh evaluate_base` measures the base again into the same stage folder, under the same key: the
+    figures it wrote, not that key, decide whether the evaluation (which compares with them) reruns."""
+    from types import SimpleNamespace
+
+    from smoltune.config import PipelineConfig
+    from smoltune.pipeline.keys import evaluate_parts
+    from smoltune.records import BaseEvaluated
+
+    base_file = tmp_path / "base.json"
+    base_file.write_text(json.dumps({"loss": 2.5, "seconds": 3.1}))
+    base = BaseEvaluated(key="b", folder=str(tmp_path), base_file=str(base_file), heldout_sha256="e", precision="fp32")
+    # Stand-ins for the other upstream records: only the fields the key function reads.
+    inputs = {
+        "cache_dir": "c",
+        "config": PipelineConfig(),
+        "model": SimpleNamespace(sha256="m"),
+        "trained": SimpleNamespace(key="t"),
+        "prepared": SimpleNamespace(eval_sha256="e"),
+        "base": base,
+    }
+    first = evaluate_parts(inputs)[1]
+    assert evaluate_parts(inputs)[1] == first
+    base_file.write_text(json.dumps({"loss": 2.5, "seconds": 3.4}))  # measured again: same key, other figures
+    again = evaluate_parts(inputs)[1]
+    assert again != first
+    assert evaluate_parts({**inputs, "base": base.model_copy(update={"key": "other"})})[1] == again  # content only
+
+
 def test_each_change_reruns_exactly_what_it_affects(
     prefect_server: None, tiny_model_dir: Path, tmp_path: Path, edit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,9 +351,9 @@ def test_a_missing_output_is_rebuilt(prefect_server: None, tiny_model_dir: Path,
     assert rerun_stages(states, stages) == {"evaluate"} and (run_dir / "evaluation" / "answers.json").is_file()
 
     [base_file] = (Path(config.output.cache_root) / "evaluate_base").glob("*/base.json")
-    base_file.unlink()  # the base's figures are measured again, into the same key: the evaluation stays Cached
-    states, run_dir, _ = run(config)
-    assert rerun_stages(states, stages) == {"evaluate_base"} and base_file.is_file()
+    base_file.unlink()  # the base's figures are measured again, into the same key; the evaluation, keyed by
+    states, run_dir, _ = run(config)  # their content (its seconds at least differ), compares with the new ones
+    assert rerun_stages(states, stages) == {"evaluate_base", "evaluate"} and base_file.is_file()
 
     (run_dir / "data" / "eval.jsonl").resolve().unlink()
     states, _, _ = run(config)

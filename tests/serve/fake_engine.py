@@ -1,6 +1,7 @@
-"""A stand-in for the serving engine that implements its contract (smoltune.serve.types; `submit`, handles with
-`events`/`result`/`cancel`, `drain`, the observer hooks) without a model, so the HTTP layer is tested in
-milliseconds. One character is one token (ids are code points below 256). A prompt picks a behaviour:
+"""A stand-in for the serving engine that implements its contract (smoltune.serve.types; `submit`, `drain`, the
+observer hooks) without a model, so the HTTP layer is tested in milliseconds. Its handles are the engine's own
+`RequestHandle` (blocking and asyncio sides), fed from a thread per request as the decode thread feeds them. One
+character is one token (ids are code points below 256). A prompt picks a behaviour:
 
 - "FAIL" in it: decoding fails (GenerationError) after one token;
 - "SLOW" in it: a token every 50 ms, for 200 tokens, so a test can disconnect or pass a deadline mid-stream;
@@ -10,20 +11,19 @@ milliseconds. One character is one token (ids are code points below 256). A prom
 
 from __future__ import annotations
 
-import queue
 import random
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from smoltune.serve.request import RequestHandle
 from smoltune.serve.types import (
     Completion,
     EngineClosed,
     EngineFull,
-    GenerationError,
     GenerationParams,
     TokenEvent,
     TokenLogprob,
@@ -56,15 +56,10 @@ def token(text: str, logprob: float | None, k: int | None) -> TokenLogprob:
     return TokenLogprob(ord(text) % VOCAB, text, logprob, top)
 
 
-@dataclass
-class FakeHandle:
-    engine: FakeEngine
-    prompt_ids: list[int]
-    adapter: str | None
-    params: GenerationParams
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    _events: queue.Queue = field(default_factory=queue.Queue)
-    _done: Any = None
+class FakeHandle(RequestHandle):
+    def __init__(self, engine: FakeEngine, prompt_ids: list[int], adapter: str | None, params: GenerationParams):
+        super().__init__()
+        self.engine, self.prompt_ids, self.adapter, self.params = engine, prompt_ids, adapter, params
 
     def start(self) -> None:
         threading.Thread(target=self._run, daemon=True).start()
@@ -83,7 +78,7 @@ class FakeHandle:
         answer, delay = self._answer()
         text, tokens, finish = "", [], "length"
         for i, char in enumerate(answer[: self.params.max_new_tokens]):
-            if self.cancelled.is_set():
+            if self.cancelled:
                 finish = "cancelled"
                 break
             if self.params.deadline_s is not None and time.monotonic() - start > self.params.deadline_s:
@@ -91,7 +86,7 @@ class FakeHandle:
                 break
             time.sleep(delay)
             if "FAIL" in self.engine.tokenizer.decode(self.prompt_ids) and i == 1:
-                self._events.put(GenerationError("decoding failed for this request"))
+                self.fail("decoding failed for this request")
                 return
             tokens.append(token(char, -0.5 - 0.1 * i, self.params.logprobs))
             text += char
@@ -101,32 +96,18 @@ class FakeHandle:
                 break
             if obs is not None:
                 (obs.on_first_token if i == 0 else obs.on_token)(self.adapter, 0.01)
-            self._events.put(TokenEvent(char, tokens[-1]))
+            self.emit(TokenEvent(char, tokens[-1]))
         prompt_lp = ()
         if self.params.echo_logprobs:
             chars = [chr(i) for i in self.prompt_ids]
             prompt_lp = tuple(token(c, None if j == 0 else -1.0, self.params.logprobs) for j, c in enumerate(chars))
-        self._done = Completion(text, len(self.prompt_ids), len(tokens), finish, tuple(tokens), prompt_lp)
         if obs is not None:
             obs.on_batch(1)
             obs.on_finish(self.adapter, len(self.prompt_ids), len(tokens), finish)
-        self._events.put(None)
-
-    def events(self):  # noqa: ANN201
-        while (event := self._events.get()) is not None:
-            if isinstance(event, Exception):
-                self._events.put(event)  # result() raises it too
-                raise event
-            yield event
-        self._events.put(None)
-
-    def result(self, timeout: float | None = None) -> Completion:
-        for _ in self.events():
-            pass
-        return self._done
+        self.finish(Completion(text, len(self.prompt_ids), len(tokens), finish, tuple(tokens), prompt_lp))
 
     def cancel(self) -> None:
-        self.cancelled.set()
+        super().cancel()
         self.engine.cancelled.append(self)
 
 

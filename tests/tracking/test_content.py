@@ -137,7 +137,7 @@ def test_tracking_never_changes_a_stage_key(tmp_path: Path) -> None:
             train_sha256="t" * 64, eval_sha256="e" * 64, validated_key="v", train_tokens_sha256="k" * 64
         ),
         "trained": SimpleNamespace(key="trained", result=SimpleNamespace(precision="fp32", device="cpu")),
-        "base": SimpleNamespace(key="base"),
+        "base": SimpleNamespace(key="base", base_file=str(base_file(tmp_path))),
     }
     for parts in (keys.train_parts, keys.evaluate_base_parts, keys.evaluate_parts, keys.export_parts):
         assert parts(records | {"config": plain}) == parts(records | {"config": tracked}), parts.__name__
@@ -169,3 +169,10 @@ def test_a_wrong_uri_gives_a_warning_not_an_exception(httpserver: HTTPServer) ->
 
 def test_tracking_off_does_nothing() -> None:
     assert track(TrackingConfig(), TrackedRun(name="r3")).warning is None
+
+
+def base_file(folder: Path) -> Path:
+    """A stand-in for the evaluate_base stage's result file (the evaluate key reads its content)."""
+    path = folder / "base.json"
+    path.write_text('{"loss": 1.0}')
+    return path

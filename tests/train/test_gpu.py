@@ -199,7 +199,7 @@ def test_qlora_trains_and_its_adapter_loads_on_the_16_bit_base(
     from smoltune.config import EvalConfig
     from smoltune.data.builtin import generate_rows
     from smoltune.data.prompts import to_prompt_completion
-    from smoltune.evaluate.stage import evaluate_tuned
+    from smoltune.evaluate.stage import EvalRequest, evaluate_tuned
     from smoltune.files import write_jsonl
     from smoltune.train.runner import train_in_subprocess
     from smoltune.train.spec import TrainSpec
@@ -212,8 +212,7 @@ def test_qlora_trains_and_its_adapter_loads_on_the_16_bit_base(
     eval_file = write_jsonl(tmp_path / "eval.jsonl", [{**r, **to_prompt_completion(r)} for r in generate_rows(4)])
     prompts = tmp_path / "prompts.yaml"
     prompts.write_text("prompts:\n  - Say hi.\n")
-    figures, _, _ = evaluate_tuned(  # the evaluation loads the base in 16 bits: the adapter must fit it
-        str(tiny_model_dir), result.output_dir, "lora", str(eval_file), EvalConfig(prompts_file=str(prompts)),
-        "alpaca", 256, precision=result.precision,
-    )  # fmt: skip
+    request = EvalRequest(str(tiny_model_dir), result.output_dir, "lora", str(eval_file),
+                          EvalConfig(prompts_file=str(prompts)), "alpaca", 256, precision=result.precision)  # fmt: skip
+    figures, _, _ = evaluate_tuned(request)  # the evaluation loads the base in 16 bits: the adapter must fit it
     assert math.isfinite(figures.eval_loss_tuned)

@@ -130,6 +130,30 @@ def test_a_measurement_on_a_busy_machine_is_used_once_and_not_cached(
     assert len(calls) == 3 and json.loads((tmp_path / "precision.json").read_text())[key]["rates"] == AMX_LIKE
 
 
+def test_a_resumed_training_keeps_the_precision_it_started_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rerun in a training's work folder (resuming after a crash) trains in the precision the training started
+    in, even where measuring again (on a busy machine: never cached) would pick another."""
+    monkeypatch.setenv("SMOLTUNE_HOME", str(tmp_path / "home"))
+    busy = iter(range(0, 10_000, 50))  # other processes kept the CPUs busy: each measurement is used once
+    monkeypatch.setattr(machine, "_busy_seconds", lambda: float(next(busy)))
+    rates = [AMX_LIKE]
+    monkeypatch.setattr(precision_module, "measure_gflops", lambda shapes: dict(rates[-1]))
+    work, model = tmp_path / "work", tmp_path / "model"
+    first = precision_module.resolve_precision("cpu", "lora", "auto", model, work)
+    assert first.name == "bf16" and (work / precision_module.STORED_FILE).is_file()
+    rates.append(AVX2_ONLY)
+    assert precision_module.resolve_precision("cpu", "lora", "auto", model).name == "fp32"  # measured anew
+    capsys.readouterr()
+    assert precision_module.resolve_precision("cpu", "lora", "auto", model, work) == first  # the rerun
+    assert "the precision this training started in" in capsys.readouterr().err
+    # Stored for another request, or unreadable: resolved again (and stored).
+    assert precision_module.resolve_precision("cpu", "lora", "fp32", model, work).name == "fp32"
+    (work / precision_module.STORED_FILE).write_text("{not json")
+    assert precision_module.resolve_precision("cpu", "lora", "auto", model, work).name == "fp32"
+
+
 def test_other_load_sees_another_busy_process() -> None:
     spinner = subprocess.Popen(
         [sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"]

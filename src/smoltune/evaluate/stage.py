@@ -8,7 +8,8 @@ in training). Generations are greedy, so base and tuned answers differ only beca
 The base and the tuned model are measured apart (`measure_base`, `measure_tuned`) and combined by
 `combine_figures`: the base's figures depend only on the base weights, the held-out rows, the eval settings and
 the precision, so the pipeline caches them in a stage of their own and a new adapter measures only itself.
-`evaluate_tuned` measures both with one model in memory (the adapter switched off for the base).
+`evaluate_tuned` measures both with one model in memory (the adapter switched off for the base). Both take an
+`EvalRequest`: the tuned model and what it is measured on.
 """
 
 from __future__ import annotations
@@ -97,23 +98,36 @@ def measure_base(
     return {**base, "seconds": round(time.perf_counter() - started, 2)}
 
 
-def measure_tuned(
-    model_path: str,
-    output_dir: str,
-    mode: str,
-    eval_file: str,
-    ev: EvalConfig,
-    template: str,
-    max_seq_length: int,
-    trust_remote_code: bool = False,
-    precision: str = "fp32",
-) -> tuple[dict[str, Any], HeldOut]:
+@dataclass(frozen=True)
+class EvalRequest:
+    """What measuring a tuned model needs: the base, the training's output, the held-out rows and the settings."""
+
+    model_path: str  # the base model's folder
+    output_dir: str  # the training's adapter (LoRA) or model (full fine-tuning)
+    mode: str  # the training's: "lora" or "full"
+    eval_file: str  # the held-out rows
+    ev: EvalConfig
+    template: str
+    max_seq_length: int
+    trust_remote_code: bool = False
+    precision: str = "fp32"  # the training's (fp32, bf16 or fp16): the models are loaded in it
+
+
+def _loaded(request: EvalRequest, loader: Callable[..., tuple[Any, Any]]) -> tuple[Any, Any, HeldOut]:
+    """`loader`'s model(s) for `request` in the training's precision, the tokenizer, and what they are measured on."""
+    model, tokenizer = loader(
+        request.model_path, request.output_dir, request.mode, request.trust_remote_code, DTYPES[request.precision]
+    )
+    data = held_out(tokenizer, request.eval_file, request.ev, request.template, request.max_seq_length)
+    return model, tokenizer, data
+
+
+def measure_tuned(request: EvalRequest) -> tuple[dict[str, Any], HeldOut]:
     """The tuned model alone (`measure`'s figures plus seconds), and what it was measured on."""
     started = time.perf_counter()
-    model, tokenizer = load_tuned_alone(model_path, output_dir, mode, trust_remote_code, DTYPES[precision])
-    data = held_out(tokenizer, eval_file, ev, template, max_seq_length)
-    with _progress("evaluating tuned", data.batches(ev.batch_size)) as step:
-        tuned = measure(model, tokenizer, data, ev, step)
+    model, tokenizer, data = _loaded(request, load_tuned_alone)
+    with _progress("evaluating tuned", data.batches(request.ev.batch_size)) as step:
+        tuned = measure(model, tokenizer, data, request.ev, step)
     return {**tuned, "seconds": round(time.perf_counter() - started, 2)}, data
 
 
@@ -150,25 +164,15 @@ def combine_figures(
     return figures, answers, generations
 
 
-def evaluate_tuned(
-    model_path: str,
-    output_dir: str,
-    mode: str,
-    eval_file: str,
-    ev: EvalConfig,
-    template: str,
-    max_seq_length: int,
-    trust_remote_code: bool = False,
-    precision: str = "fp32",
-) -> tuple[EvalFigures, list[dict[str, Any]], list[dict[str, Any]]]:
+def evaluate_tuned(request: EvalRequest) -> tuple[EvalFigures, list[dict[str, Any]], list[dict[str, Any]]]:
     """Base and tuned with one model in memory (the adapter switched off for the base), both in the training's
-    `precision` (fp32, bf16 or fp16): for a single measurement outside the pipeline (benchmarks, GPU checks)."""
+    precision: for a single measurement outside the pipeline (benchmarks, GPU checks)."""
     started = time.perf_counter()
-    models, tokenizer = load_tuned(model_path, output_dir, mode, trust_remote_code, DTYPES[precision])
-    data = held_out(tokenizer, eval_file, ev, template, max_seq_length)
+    models, tokenizer, data = _loaded(request, load_tuned)
+    ev = request.ev
     with _progress("evaluating base and tuned", 2 * data.batches(ev.batch_size)) as step:
         with models.base():
             base = measure(models.model, tokenizer, data, ev, step)
         tuned = measure(models.model, tokenizer, data, ev, step)
     seconds = round(time.perf_counter() - started, 2)
-    return combine_figures({**base, "seconds": seconds}, {**tuned, "seconds": 0.0}, data, precision)
+    return combine_figures({**base, "seconds": seconds}, {**tuned, "seconds": 0.0}, data, request.precision)

@@ -146,7 +146,9 @@ def evaluate_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return inputs["cache_dir"], {
         "model": inputs["model"].sha256,
         "trained": inputs["trained"].key,  # the training key: model, rows, settings, code
-        "base": inputs["base"].key,  # the base's figures it is compared with
+        # The base's figures it is compared with, by their content: `--refresh evaluate_base` measures the base
+        # again into the same stage folder (same key), and what it wrote must rerun this comparison.
+        "base": sha256_file(Path(inputs["base"].base_file)),
         "rows": inputs["prepared"].eval_sha256,
         # eval.metric only chooses the figure promotion reads: changing it measures nothing again.
         "eval": config.eval.model_dump(mode="json", exclude={"metric"}),

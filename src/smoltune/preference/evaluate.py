@@ -17,12 +17,9 @@ from statistics import mean
 from typing import Any
 
 from smoltune.config import EvalConfig
-from smoltune.data.prompts import format_prompt
-from smoltune.data.tokens import tokenize_example, tokenize_rows
-from smoltune.evaluate.generation import generate_answers
-from smoltune.evaluate.loss import mean_answer_loss
-from smoltune.evaluate.prompts import load_eval_prompts
-from smoltune.evaluate.scoring import MATCH_SCORES, score_answers
+from smoltune.data.tokens import tokenize_example
+from smoltune.evaluate.scoring import MATCH_SCORES
+from smoltune.evaluate.stage import held_out, measure
 from smoltune.files import read_jsonl
 from smoltune.records import EvalFigures, PreferenceFigures
 
@@ -115,12 +112,9 @@ def evaluate_preference(
         chosen, rejected = pair_examples(tok, pairs, job.pair_max_length)
         c, r = (answer_logps(model, x, tok.pad_token_id, ev.batch_size) for x in (chosen, rejected))
         logps[name] = list(zip(c, r, strict=True))
-    rows = read_jsonl(job.eval_rows_file)  # the DPO model (last loaded) answers the SFT held-out rows and prompts
-    prompts = [format_prompt(p, job.template, tok) for p in load_eval_prompts(ev.prompts_file)]
-    loss = mean_answer_loss(model, tokenize_rows(tok, rows, max_length, True), tok.pad_token_id, ev.batch_size)
-    answers = generate_answers(model, tok, [r["prompt"] for r in rows], ev.answer_max_new_tokens, ev.batch_size)
-    generations = generate_answers(model, tok, prompts, ev.max_new_tokens, ev.batch_size)
-    score = score_answers(rows, answers)
+    # The DPO model (last loaded) answers the SFT held-out rows and the prompts, measured as the SFT evaluation did.
+    dpo = measure(model, tok, held_out(tok, job.eval_rows_file, ev, job.template, max_length), ev, lambda: None)
+    loss, score, generations = dpo["loss"], dpo["score"], dpo["prompts"]
     figures = PreferenceFigures(
         eval_pairs=len(pairs),
         beta=beta,

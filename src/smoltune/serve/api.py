@@ -99,7 +99,7 @@ def pick(engine: Any, model: str | None, request: Request) -> tuple[str | None, 
 def _open_routes(app: Any, engine: Any, metrics: ServeMetrics) -> None:
     """No key: load balancers and Prometheus reach these (documented in docs/serving.md)."""
 
-    # async: they never block, and the thread pool the generation routes wait in may be full.
+    # async: they never block, and the thread pool (submissions, the plain def routes) may be busy.
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "models": [engine.base_name, *engine.adapters]}
@@ -176,7 +176,8 @@ async def _answer(
     engine: Any, request: Any, req: Any, jobs: list, shape: Any, metrics: ServeMetrics, options: ServeOptions,
     *, chat: bool, logprobs: int | None,
 ) -> Any:  # fmt: skip
-    """Submit the jobs; stream the one choice, or wait for all and shape the reply."""
+    """Submit the jobs (in a worker thread: tokenised prompts, once per request); stream the one choice, or await
+    all and shape the reply (on the loop: no thread per waiting request)."""
     from fastapi.responses import StreamingResponse
 
     param = "messages" if chat else "prompt"
@@ -190,7 +191,7 @@ async def _answer(
                        deadline_s=options.request_timeout_s, on_close=metrics.in_flight.dec)  # fmt: skip
         return StreamingResponse(events, media_type="text/event-stream")
     try:
-        done = await run_in_threadpool(wait_all, handles, options.request_timeout_s)
+        done = await wait_all(handles, options.request_timeout_s)
     finally:
         metrics.in_flight.dec()
     return shape(done)

@@ -1,12 +1,14 @@
 """From a validated request to engine submissions and back: one submission per (prompt, choice), the results
 waited for within the request's deadline, a stream relayed event by event and cancelled if the client leaves.
 
-Blocking calls on the engine's handles run in worker threads so the event loop keeps serving /health and
-/metrics while requests decode.
+Submission (tokenised prompts handed to the engine) runs in a worker thread, once per request; the results are
+awaited on the event loop (`handle.aresult`), so a request waiting for its tokens holds no thread and the loop
+keeps serving /health and /metrics while requests decode.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, replace
@@ -96,19 +98,22 @@ def submit_all(engine: Any, jobs: list[Job], param: str) -> list[Any]:
     return handles
 
 
-def wait_all(handles: list[Any], deadline_s: float | None) -> list[Completion]:
-    """Every handle's result; a deadline passed or a failed generation becomes an API error (and frees the rest)."""
+async def wait_all(handles: list[Any], deadline_s: float | None) -> list[Completion]:
+    """Every handle's result; a deadline passed or a failed generation becomes an API error (and frees the rest).
+    The handles share one wait of deadline + grace (they were submitted together)."""
     results: dict[int, Completion] = {}
+    loop = asyncio.get_running_loop()
+    end = None if deadline_s is None else loop.time() + deadline_s + DEADLINE_GRACE_S
     try:
         for handle in handles:
             if id(handle) not in results:
-                timeout = None if deadline_s is None else deadline_s + DEADLINE_GRACE_S
-                results[id(handle)] = handle.result(timeout=timeout)
+                timeout = None if end is None else max(0.0, end - loop.time())
+                results[id(handle)] = await handle.aresult(timeout)
     except TimeoutError:
         raise deadline_error(deadline_s) from None
     except GenerationError as err:
         raise ApiError(500, str(err) or "generation failed", "server_error") from None
-    finally:
+    finally:  # also when the awaiting task is cancelled
         for handle in handles:
             if id(handle) not in results:
                 handle.cancel()

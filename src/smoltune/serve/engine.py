@@ -164,8 +164,9 @@ class Engine:
         lengths = [r.reserved for r in self._admitted] + [request.reserved]
         if footprint(lengths, self.max_batch) > self.kv_budget_tokens:
             raise EngineFull("the server's KV cache is full with other requests; retry shortly")
-        # A bounded queue: every waiting request holds one of the API's worker threads, so an unbounded one would
-        # let a burst of short requests fill the thread pool (then nothing, /v1/models included, is answered).
+        # A bounded queue: a waiting request holds no thread (the API awaits it on its event loop) but holds its
+        # prompt, its reserved KV rows and a client that waits; a burst beyond a few rounds of the batch is told to
+        # retry (503) rather than left to time out in a queue it cannot leave soon.
         if len(self._admitted) >= MAX_QUEUED_PER_SLOT * self.max_batch:
             raise EngineFull(f"{len(self._admitted)} requests are already waiting or running; retry shortly")
 

@@ -1,4 +1,7 @@
-"""Server-sent events for one streamed choice, relayed from the engine's `handle.events()` as tokens decode.
+"""Server-sent events for one streamed choice, relayed from the engine's `handle.aevents()` as tokens decode.
+
+The relay awaits each event on the event loop (the decode thread hands it over), so a stream holds no worker
+thread: many concurrent streams cost the decode thread no GIL contention from threads waiting on their queues.
 
 A client that disconnects cancels its generation: Starlette cancels this generator when the connection drops
 (the `finally` below), and each event also checks `request.is_disconnected()` for servers that do not. A failed
@@ -8,13 +11,12 @@ generation or a passed deadline becomes an error event in OpenAI's shape, then `
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from smoltune.serve import openai_format as fmt
 from smoltune.serve.dispatch import deadline_error, internal_error
 from smoltune.serve.types import GenerationError
-
-_END = object()
 
 
 async def relay(
@@ -28,8 +30,6 @@ async def relay(
     deadline_s: float | None,
     on_close: Any,
 ) -> AsyncIterator[str]:
-    from starlette.concurrency import run_in_threadpool
-
     rid = fmt.new_id("chatcmpl" if chat else "cmpl")
     kind = "chat.completion.chunk" if chat else "text_completion"
     finished = False
@@ -37,15 +37,16 @@ async def relay(
         if chat:
             head = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
             yield fmt.sse(fmt.envelope(kind, model, [head], rid))
-        events, offset = await run_in_threadpool(lambda: iter(handle.events())), 0
-        while (event := await run_in_threadpool(next, events, _END)) is not _END:
-            if await request.is_disconnected():
-                return
-            if event.text or event.token is not None:
-                choice = fmt.stream_delta(chat, event.text, event.token, logprobs, None, offset)
-                yield fmt.sse(fmt.envelope(kind, model, [choice], rid))
-                offset += len(event.token.text) if event.token is not None else len(event.text)
-        done = await run_in_threadpool(handle.result)
+        offset = 0
+        async with aclosing(handle.aevents()) as events:  # closed at once if the client leaves mid-stream
+            async for event in events:
+                if await request.is_disconnected():
+                    return
+                if event.text or event.token is not None:
+                    choice = fmt.stream_delta(chat, event.text, event.token, logprobs, None, offset)
+                    yield fmt.sse(fmt.envelope(kind, model, [choice], rid))
+                    offset += len(event.token.text) if event.token is not None else len(event.text)
+        done = await handle.aresult()
         finished = True
         if done.finish_reason == "deadline":
             yield _error_event(deadline_error(deadline_s))

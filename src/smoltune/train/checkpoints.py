@@ -57,12 +57,14 @@ class StopOnSignal(TrainerCallback):
     next step boundary with a checkpoint (marked complete by MarkCompleteCheckpoints, which runs on save).
     `raise_if_stopped`, called after `trainer.train()`, then ends the worker with 128 + the signal and no result,
     so a partial training is never cached as finished and a rerun resumes from that checkpoint. A second signal
-    while the step finishes stops the process at once. Installed in the worker's main thread."""
+    while the step finishes stops the process at once. Installed in the worker's main thread. In a data-parallel
+    run all ranks stop at the same step, whichever got the signal (smoltune.train.distributed.agreed_stop)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self.signum: int | None = None  # received by this process
+        self.stopped_by: int | None = None  # acted on: this process's signal, or another rank's
         for signum in self.SIGNALS:
             signal.signal(signum, self._note)
 
@@ -73,18 +75,23 @@ class StopOnSignal(TrainerCallback):
         self.signum = signum
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.signum is not None:
+        from smoltune.train.distributed import agreed_stop
+
+        self.stopped_by = agreed_stop(self.signum)
+        if self.stopped_by is not None:
             control.should_save = True
             control.should_training_stop = True
 
     def raise_if_stopped(self, step: int, max_steps: int) -> None:
         """After `trainer.train()`: a training that reached max_steps is finished (its result is saved and the
-        parent still stops after it); one stopped earlier ends the worker here."""
-        if self.signum is not None and step < max_steps:
-            name = signal.Signals(self.signum).name
+        parent still stops after it); one stopped earlier ends the worker here (every rank of a data-parallel
+        run, the ones that got no signal included, so none goes on to save a result)."""
+        signum = self.stopped_by or self.signum
+        if signum is not None and step < max_steps:
+            name = signal.Signals(signum).name
             raise StoppedError(
                 f"training stopped by {name} after step {step}; checkpoint-{step} is saved and a rerun resumes from it",
-                self.signum,
+                signum,
             )
 
 

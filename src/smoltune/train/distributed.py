@@ -141,6 +141,25 @@ def barrier(rank: Rank) -> None:
         dist.barrier()
 
 
+def agreed_stop(signum: int | None) -> int | None:
+    """The stop signal every rank acts on at this step end: the highest any rank has received (None for none).
+    A signal reaches each rank at its own moment (torchrun relays it to every process, a pod stop may reach one),
+    and a rank that stopped alone would leave the others waiting in the next step's gradient all-reduce until
+    torchrun kills them, without the checkpoint. So the ranks agree at each step end (one all-reduce of one
+    number, on the group's device: NCCL reduces only CUDA tensors) and all stop, and save, at the same step.
+    One process (no group, or a group of one) decides alone, with no collective."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return signum
+    import torch
+
+    device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in str(dist.get_backend()) else "cpu"
+    highest = torch.tensor([signum or 0], dtype=torch.int64, device=device)
+    dist.all_reduce(highest, op=dist.ReduceOp.MAX)
+    return int(highest.item()) or None
+
+
 def leave(rank: Rank) -> None:
     """Tear the process group down at the end (torch warns about a group left open)."""
     if rank.world > 1:

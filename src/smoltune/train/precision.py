@@ -12,6 +12,11 @@ shapes) and picks bf16 only when it beats fp32 by BF16_MARGIN, because the rest 
 does not speed up. fp16 is never picked on a CPU: no CPU this project has met has fast fp16 matmuls, and
 transformers' fp16 loss scaling needs CUDA.
 
+A training keeps one precision from its first start to its end: the choice is stored in its work folder
+(STORED_FILE) when it starts, and a rerun there (resuming from its last checkpoint after a crash or SIGKILL) uses
+it again instead of measuring anew; a measurement on a busy machine may pick otherwise, and the optimizer state and
+logged losses of the steps already taken belong to the first choice.
+
 Whatever the precision, LoRA keeps the frozen base weights in it (no per-step casts) while the adapter weights,
 their gradients and the optimizer state stay fp32 (PEFT upcasts adapters); full fine-tuning keeps fp32 master
 weights under autocast (pure 16-bit weights lose small updates).
@@ -23,7 +28,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +43,7 @@ DTYPES: dict[str, Literal["float32", "bfloat16", "float16"]] = {
 }
 # bf16 must beat fp32 matmuls by this factor before a CPU trains in it: the matmuls are ~80% of a step's time.
 BF16_MARGIN = 1.25
+STORED_FILE = "precision.json"  # in a training's work folder: the precision it started in
 
 
 @dataclass(frozen=True)
@@ -178,13 +184,51 @@ def cpu_matmul_gflops(model_path: str | Path) -> dict[str, float]:
     return rates
 
 
-def resolve_precision(device: str, mode: str, requested: str, model_path: str | Path) -> Precision:
-    """`train.precision` resolved on this device (measuring the CPU when `auto` needs to)."""
-
+def resolve_precision(
+    device: str, mode: str, requested: str, model_path: str | Path, work_dir: str | Path | None = None
+) -> Precision:
+    """`train.precision` resolved on this device (measuring the CPU when `auto` needs to). With `work_dir`, a
+    training's work folder: the precision a training there started in, else the one resolved now, stored there."""
+    if work_dir is not None and (stored := stored_precision(Path(work_dir), device, mode, requested)) is not None:
+        return stored
     if device == "cuda":
-        return precision_for(device, mode, cuda_capability(), requested)
-    gflops = cpu_matmul_gflops(model_path) if requested == "auto" else {}
-    return precision_for(device, mode, None, requested, gflops)
+        chosen = precision_for(device, mode, cuda_capability(), requested)
+    else:
+        gflops = cpu_matmul_gflops(model_path) if requested == "auto" else {}
+        chosen = precision_for(device, mode, None, requested, gflops)
+    if work_dir is not None:
+        store_precision(Path(work_dir), chosen, device, mode, requested)
+    return chosen
+
+
+def _asked(device: str, mode: str, requested: str) -> dict[str, str]:
+    return {"device": device, "mode": mode, "requested": requested}
+
+
+def store_precision(work_dir: Path, chosen: Precision, device: str, mode: str, requested: str) -> None:
+    """Keep `chosen` in the training's work folder, with what it was resolved for."""
+    from smoltune.files import atomic_write_json
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work_dir / STORED_FILE, {"for": _asked(device, mode, requested), "precision": asdict(chosen)})
+
+
+def stored_precision(work_dir: Path, device: str, mode: str, requested: str) -> Precision | None:
+    """The precision a training in `work_dir` started in, if it was resolved for the same device, mode and
+    `train.precision`; None when there is none (a first start) or it cannot be read (resolved again then)."""
+    path = work_dir / STORED_FILE
+    try:
+        stored = json.loads(path.read_text())
+        kept = Precision(**stored["precision"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if stored.get("for") != _asked(device, mode, requested) or kept.name not in DTYPES:
+        return None
+    print(
+        f"smoltune: resuming in {kept.name}, the precision this training started in ({path}): not measured again",
+        file=sys.stderr,
+    )
+    return kept
 
 
 def main() -> None:

@@ -225,8 +225,11 @@ def set_up(spec: TrainSpec, work_dir: Path) -> Setup:
     device = pick_device()
     check_quantisation(spec, config.mode, device)
     rank = join(device)
-    # Measured once, by rank 0: every rank must train in the same precision.
-    measured = resolve_precision(device, config.mode, config.precision, spec.model_path) if rank.is_main else None
+    # Measured once, by rank 0: every rank must train in the same precision; a resumed training keeps the one it
+    # started in (stored in its work folder), so a busy machine cannot switch it halfway.
+    measured = None
+    if rank.is_main:
+        measured = resolve_precision(device, config.mode, config.precision, spec.model_path, work_dir)
     precision = from_rank_zero(measured, rank)
     backend, reason = resolve_backend(config.backend, device, rank.world, precision.name)
     fast = FastPath.for_run(config, backend)
