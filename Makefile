@@ -80,7 +80,7 @@ $(CHROMIUM):
 	apt-get update -q && apt-get install -y -q chromium
 
 test: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 # The inner loop (a few minutes): no `slow` tests and nothing under tests/integration/ (servers, workers,
 # browsers, whole flows).
