@@ -128,12 +128,20 @@ class Stopped:
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether any process of the group `pgid` is left (a zombie not yet reaped by its new parent counts)."""
+    """Whether any live process of the group `pgid` is left. Zombies do not count: where nothing reaps orphans
+    (the bench as PID 1 in a container without an init) they would stay until the end."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
-    return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return not Path("/proc/self/stat").exists()  # no /proc (not Linux): killpg's answer
 
 
 def stop_group(process: subprocess.Popen) -> None:

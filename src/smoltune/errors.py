@@ -128,9 +128,10 @@ class StoppedError(SmoltuneError, RuntimeError):
     """Training was stopped by a signal (a pod stop, a Prefect cancellation, Ctrl-C) after saving a checkpoint.
     The exit code is the shell's for that signal: 128 + its number (143 for SIGTERM, 130 for SIGINT)."""
 
-    def __init__(self, message: object, signum: int) -> None:
+    def __init__(self, message: object, signum: int | None = None) -> None:
         super().__init__(message)
-        self.signum = signum
+        # Rebuilt from the message alone (Prefect's JSON result serializer does that): the signal it names.
+        self.signum = signum if signum is not None else (2 if "SIGINT" in str(message) else 15)
         self.exit_code = 128 + signum
 
     def __reduce__(self) -> tuple:

@@ -152,6 +152,10 @@ def test_a_resumed_training_keeps_the_precision_it_started_in(
     assert precision_module.resolve_precision("cpu", "lora", "fp32", model, work).name == "fp32"
     (work / precision_module.STORED_FILE).write_text("{not json")
     assert precision_module.resolve_precision("cpu", "lora", "auto", model, work).name == "fp32"
+    # Stored on another kind of CPU (a rerun that landed elsewhere): resolved again for this one.
+    rates.append(AMX_LIKE)
+    monkeypatch.setattr(precision_module, "_cpu_kind", lambda: "x86_64 another CPU amx_bf16")
+    assert precision_module.resolve_precision("cpu", "lora", "auto", model, work).name == "bf16"
 
 
 def test_other_load_sees_another_busy_process() -> None:

@@ -12,6 +12,8 @@ The code version is added by `Stage.key`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,18 @@ def evaluate_base_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     }
 
 
+def base_figures_sha256(path: Path) -> str:
+    """sha256 of base.json's figures, canonical JSON without the seconds they took (timings vary run to run)."""
+
+    def figures(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: figures(v) for k, v in value.items() if k != "seconds"}
+        return [figures(v) for v in value] if isinstance(value, list) else value
+
+    canonical = json.dumps(figures(json.loads(path.read_text())), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def evaluate_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     config = inputs["config"]
     prompts = Path(config.eval.prompts_file)
@@ -147,8 +161,9 @@ def evaluate_parts(inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "model": inputs["model"].sha256,
         "trained": inputs["trained"].key,  # the training key: model, rows, settings, code
         # The base's figures it is compared with, by their content: `--refresh evaluate_base` measures the base
-        # again into the same stage folder (same key), and what it wrote must rerun this comparison.
-        "base": sha256_file(Path(inputs["base"].base_file)),
+        # again into the same stage folder (same key), and new figures must rerun this comparison (the same
+        # figures measured again, only their timings differ, must not).
+        "base": base_figures_sha256(Path(inputs["base"].base_file)),
         "rows": inputs["prepared"].eval_sha256,
         # eval.metric only chooses the figure promotion reads: changing it measures nothing again.
         "eval": config.eval.model_dump(mode="json", exclude={"metric"}),

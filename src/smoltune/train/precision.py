@@ -143,14 +143,16 @@ def measure_gflops(shapes: list[tuple[int, int]], dtypes: tuple[str, ...] = ("fp
 def _machine_key(shapes: list[tuple[int, int]]) -> str:
     import torch
 
+    return f"{_cpu_kind()} | torch {torch.__version__} | threads {torch.get_num_threads()} | shapes {shapes}"
+
+
+def _cpu_kind() -> str:
+    """The CPU's name and the flags that decide bf16's speed."""
     from smoltune.machine import cpu_flags, cpu_name
 
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
     flags = ",".join(f for f in wanted if f in cpu_flags())
-    return (
-        f"{platform.machine()} {cpu_name()} {flags} | torch {torch.__version__} | "
-        f"threads {torch.get_num_threads()} | shapes {shapes}"
-    )
+    return f"{platform.machine()} {cpu_name()} {flags}"
 
 
 def cpu_matmul_gflops(model_path: str | Path) -> dict[str, float]:
@@ -202,7 +204,12 @@ def resolve_precision(
 
 
 def _asked(device: str, mode: str, requested: str) -> dict[str, str]:
-    return {"device": device, "mode": mode, "requested": requested}
+    """What a stored choice holds for: a resumed training on another card or CPU kind resolves again (the checks
+    of `precision_for`, e.g. no bf16 below compute capability 8.0, must run for the hardware it trains on)."""
+    from smoltune.machine import cuda_capability
+
+    hardware = f"cuda {cuda_capability()}" if device == "cuda" else _cpu_kind()
+    return {"device": device, "hardware": hardware, "mode": mode, "requested": requested}
 
 
 def store_precision(work_dir: Path, chosen: Precision, device: str, mode: str, requested: str) -> None:
