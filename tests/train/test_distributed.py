@@ -109,7 +109,9 @@ def test_two_processes_train_the_same_losses_and_adapter(pair: tuple[TrainResult
 def test_only_rank_zero_writes(pair: tuple[TrainResult, TrainResult]) -> None:
     _, two = pair
     work = Path(two.output_dir).parent
-    assert sorted(p.name for p in work.iterdir()) == ["adapter", "checkpoints", "result.json", "spec.json"]
+    # precision.json: the precision rank 0 resolved, kept for a resume (smoltune.train.precision)
+    expected = ["adapter", "checkpoints", "precision.json", "result.json", "spec.json"]
+    assert sorted(p.name for p in work.iterdir()) == expected
     assert [p.name for p in Path(two.output_dir).iterdir() if p.name.startswith("rank")] == []
 
 
