@@ -206,8 +206,6 @@ def resolve_precision(
 def _asked(device: str, mode: str, requested: str) -> dict[str, str]:
     """What a stored choice holds for: a resumed training on another card or CPU kind resolves again (the checks
     of `precision_for`, e.g. no bf16 below compute capability 8.0, must run for the hardware it trains on)."""
-    from smoltune.machine import cuda_capability
-
     hardware = f"cuda {cuda_capability()}" if device == "cuda" else _cpu_kind()
     return {"device": device, "hardware": hardware, "mode": mode, "requested": requested}
 
