@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The HTML report test drives Debian's Chromium (never a browser downloaded by a test tool).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-fast fuzz smoke compare dpo bench bench-dpo bench-scaling bench-pipeline bench-ablation bench-profile bench-serve rerun-matrix gpu-check gpu-wheels \
+.PHONY: run test test-slow test-all test-fast fuzz smoke compare dpo bench bench-dpo bench-scaling bench-pipeline bench-ablation bench-profile bench-serve rerun-matrix gpu-check gpu-wheels \
 	lint install clean
 
 install: $(STAMP)
@@ -79,8 +79,16 @@ gpu-wheels: $(STAMP)
 $(CHROMIUM):
 	apt-get update -q && apt-get install -y -q chromium
 
+# The default run (~16 minutes of tests on 2 cores): everything but the `slow` tests, the slowest printed.
 test: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest -q --durations=30
+	$(BIN)/python -m pytest -q -m "not slow" --durations=30
+
+# The `slow` tests (each over ~30 s: the real SmolLM2, whole flows run twice, benchmarks end to end); CI runs
+# them after `make test`.
+test-slow: $(STAMP) $(CHROMIUM)
+	$(BIN)/python -m pytest -q -m slow --durations=30
+
+test-all: test test-slow
 
 # The inner loop (a few minutes): no `slow` tests and nothing under tests/integration/ (servers, workers,
 # browsers, whole flows).

@@ -13,24 +13,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from prefect.states import Cancelled, State
+from prefect.states import State
 
-from flows.preference import PREFERENCE_STAGES, preference_stages
-from smoltune.config import CompareConfig, variant_jobs
-from smoltune.errors import StoppedError
-from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run
+from flows.finetune import data_stages
+from flows.preference import STAGES, preference_stages
+from smoltune.config import CompareConfig, PipelineConfig, Variant, variant_jobs
+from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, cancelled_when_stopped
+from smoltune.records import Fetched, Prepared, ResolvedModel, Validated
+from smoltune.train.runner import prestarted_training
 from tasks.compare import VariantResult, compare_report_task
 from tasks.evaluate import evaluate_task
 from tasks.evaluate_base import evaluate_base_task
-from tasks.fetch import fetch_dataset_task
 from tasks.model import resolve_model_task
-from tasks.prepare import prepare_dataset_task
 from tasks.track import track_compare
 from tasks.train import train_task
-from tasks.validate import validate_dataset_task
 
 # A comparison has no `refresh`: every stage, the preference ones included, is taken from the cache when it can be.
-NO_REFRESH = dict.fromkeys(PREFERENCE_STAGES, False)
+NO_REFRESH = dict.fromkeys(STAGES, False)
 
 
 def _link(folder: Path, stage_folders: dict[str, str]) -> None:
@@ -40,7 +39,35 @@ def _link(folder: Path, stage_folders: dict[str, str]) -> None:
         (folder / name).symlink_to(target, target_is_directory=True)
 
 
+def variant_result(
+    variant: Variant, job: PipelineConfig, shared: tuple[ResolvedModel, Fetched, Validated, Prepared], run_dir: Path
+) -> VariantResult:
+    """One variant's training and evaluations on the shared stages' records, linked under the run folder."""
+    model, fetched, validated, prepared = shared
+    cache = job.output.cache_root
+    # SFT: keyed by the variant's train settings only, so a DPO variant whose SFT settings equal another
+    # variant's finds its training (and evaluations) Cached.
+    trained = train_task(model, prepared, job, cache)
+    # The base's figures are keyed without the training: measured for the first variant, Cached for the others.
+    base = evaluate_base_task(model, trained, prepared, job, cache)
+    evaluated = evaluate_task(model, trained, prepared, base, job, cache)
+    sft = RunRecords(model, fetched, validated, prepared, trained, evaluated)
+    # DPO variants: the preference flow's stages on this variant's SFT result, evaluated on the same held-out rows
+    # as every variant.
+    dpo = preference_stages(job, sft, NO_REFRESH, StageTimer()) if job.preference is not None else None
+    links = {"train": trained.folder, "evaluation": evaluated.folder} | (dpo.stage_folders() if dpo else {})
+    _link(run_dir / variant.name, links)
+    return VariantResult(
+        name=variant.name,
+        trained=trained,
+        evaluated=evaluated,
+        dpo=dpo.trained if dpo else None,
+        dpo_evaluated=dpo.evaluated if dpo else None,
+    )
+
+
 @flow(name="compare")
+@cancelled_when_stopped  # a signalled training ends the run Cancelled (its checkpoint kept), not Failed
 def compare(config: CompareConfig) -> str | State:
     """Train and evaluate every variant of `config`; returns the run folder with the comparison report (a
     Cancelled state when a signal stopped a training)."""
@@ -51,40 +78,17 @@ def compare(config: CompareConfig) -> str | State:
     jobs = variant_jobs(config, "flow parameter config")
     cache = shared.output.cache_root
 
-    # Shared stages (cached like the finetune flow's): one model, one dataset, one gate, one split.
+    # Shared stages (cached like the finetune flow's): one model, one dataset, one gate, one split. The first
+    # variant's training process starts with them, importing meanwhile (flows/finetune.py).
     model = resolve_model_task(shared.model, cache)
-    fetched = fetch_dataset_task(shared.data, cache)
-    validated = validate_dataset_task(fetched, model, shared.data, shared.validation, shared.train, cache)
-    prepared = prepare_dataset_task(fetched, validated, model, shared.data, cache)
-
-    # One variant at a time: two trainings at once would share two CPU cores and distort every figure.
-    results = []
-    try:
-        for variant, job in zip(config.variants, jobs, strict=True):
-            # SFT: keyed by the variant's train settings only, so a DPO variant whose SFT settings equal another
-            # variant's finds its training (and evaluations) Cached.
-            trained = train_task(model, prepared, job, cache)
-            # The base's figures are keyed without the training: measured for the first variant, Cached for the
-            # others.
-            base = evaluate_base_task(model, trained, prepared, job, cache)
-            evaluated = evaluate_task(model, trained, prepared, base, job, cache)
-            sft = RunRecords(model, fetched, validated, prepared, trained, evaluated)
-            # DPO variants: the preference flow's stages on this variant's SFT result, evaluated on the same
-            # held-out rows as every variant.
-            dpo = preference_stages(job, sft, NO_REFRESH, StageTimer()) if job.preference is not None else None
-            links = {"train": trained.folder, "evaluation": evaluated.folder} | (dpo.stage_folders() if dpo else {})
-            _link(run_dir / variant.name, links)
-            results.append(
-                VariantResult(
-                    name=variant.name,
-                    trained=trained,
-                    evaluated=evaluated,
-                    dpo=dpo.trained if dpo else None,
-                    dpo_evaluated=dpo.evaluated if dpo else None,
-                )
-            )
-    except StoppedError as err:  # stopped on request: Cancelled, the error raised to the caller (flows/finetune.py)
-        return Cancelled(message=str(err), data=err)
+    with prestarted_training(jobs[0].train):
+        fetched, validated, prepared = data_stages(shared, model, NO_REFRESH, StageTimer())
+        # One variant at a time: two trainings at once would share two CPU cores and distort every figure.
+        shared_records = (model, fetched, validated, prepared)
+        results = [
+            variant_result(variant, job, shared_records, run_dir)
+            for variant, job in zip(config.variants, jobs, strict=True)
+        ]
 
     compare_report_task(str(run_dir), results)
     # Tracking (opt-in): one MLflow run for the comparison, each variant nested under it.

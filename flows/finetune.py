@@ -12,12 +12,13 @@ content-addressed folders and tasks pass paths, hashes and small dicts.
 from __future__ import annotations
 
 from prefect import flow
-from prefect.states import Cancelled, State
+from prefect.states import State
 
 from smoltune.config import PipelineConfig
-from smoltune.errors import StoppedError
 from smoltune.export.weights import check_exports
-from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, build_summary
+from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, build_summary, cancelled_when_stopped
+from smoltune.records import Fetched, Prepared, ResolvedModel, Validated
+from smoltune.train.runner import prestarted_training
 from tasks.evaluate import evaluate_task
 from tasks.evaluate_base import evaluate_base_task
 from tasks.export import export_task
@@ -37,6 +38,23 @@ STAGES = (
 )  # fmt: skip
 
 
+def data_stages(
+    config: PipelineConfig, model: ResolvedModel, redo: dict[str, bool], timer: StageTimer
+) -> tuple[Fetched, Validated, Prepared]:
+    """Load the source (keyed by its content: new rows at a URL are new data), gate it with Great Expectations
+    (raises on critical failures, before any training), then split and tokenise."""
+    cache = config.output.cache_root
+    with timer("fetch_dataset"):
+        fetched = fetch_dataset_task(config.data, cache, redo["fetch_dataset"])
+    with timer("validate_dataset"):
+        validated = validate_dataset_task(
+            fetched, model, config.data, config.validation, config.train, cache, redo["validate_dataset"]
+        )
+    with timer("prepare_dataset"):
+        prepared = prepare_dataset_task(fetched, validated, model, config.data, cache, redo["prepare_dataset"])
+    return fetched, validated, prepared
+
+
 def sft_stages(config: PipelineConfig, redo: dict[str, bool], timer: StageTimer) -> RunRecords:
     """Resolve, fetch, gate, prepare, train, [export], evaluate base, evaluate: each a cached task (the preference flow
     starts from them)."""
@@ -47,21 +65,14 @@ def sft_stages(config: PipelineConfig, redo: dict[str, bool], timer: StageTimer)
         model = resolve_model_task(config.model, cache, redo["resolve_model"])
         check_exports(model.path, config.export.gguf)
 
-    # Data: load the source (keyed by its content: new rows at a URL are new data), gate it with Great
-    # Expectations (raises on critical failures, before any training), then split.
-    with timer("fetch_dataset"):
-        fetched = fetch_dataset_task(config.data, cache, redo["fetch_dataset"])
-    with timer("validate_dataset"):
-        validated = validate_dataset_task(
-            fetched, model, config.data, config.validation, config.train, cache, redo["validate_dataset"]
-        )
-    with timer("prepare_dataset"):
-        prepared = prepare_dataset_task(fetched, validated, model, config.data, cache, redo["prepare_dataset"])
-
-    # Training (in its own process, resumable), optional exports, then evaluation of base vs tuned on
-    # held-out rows and the eval prompts.
-    with timer("train"):
-        trained = train_task(model, prepared, config, cache, redo["train"])
+    # The training process starts now: its imports overlap the data stages (killed unused if training is cached
+    # or the gate stops the run).
+    with prestarted_training(config.train):
+        fetched, validated, prepared = data_stages(config, model, redo, timer)
+        # Training (in its own process, resumable), optional exports, then evaluation of base vs tuned on
+        # held-out rows and the eval prompts.
+        with timer("train"):
+            trained = train_task(model, prepared, config, cache, redo["train"])
     exported = None
     if config.export.merged or config.export.gguf:
         with timer("export"):
@@ -78,6 +89,7 @@ def sft_stages(config: PipelineConfig, redo: dict[str, bool], timer: StageTimer)
 # log_prints stays off: dill (used by `datasets` to fingerprint functions) captures `dis` output via print,
 # which Prefect would otherwise log line by line.
 @flow(name="finetune")
+@cancelled_when_stopped  # a signalled training ends the run Cancelled (its checkpoint kept), not Failed
 def finetune(config: PipelineConfig = PipelineConfig(), refresh: list[str] | None = None) -> str | State:  # noqa: B008
     """Fine-tune `config.model.source` on `config.data.source`; returns the run folder's path (a Cancelled state
     when a signal stopped the training)."""
@@ -86,13 +98,7 @@ def finetune(config: PipelineConfig = PipelineConfig(), refresh: list[str] | Non
     redo = {stage: bool({stage, "all"} & set(refresh or [])) for stage in STAGES}
     timer = StageTimer()
 
-    try:
-        sft = sft_stages(config, redo, timer)
-    except StoppedError as err:
-        # Stopped on request (a pod stop, a Prefect cancellation, Ctrl-C) with a checkpoint: Prefect's Cancelled,
-        # not Failed (a fault) or Crashed (the infrastructure died). The error is the state's data, so a caller
-        # asking for the result (the CLI: exit 143/130, one line) still gets it raised.
-        return Cancelled(message=str(err), data=err)
+    sft = sft_stages(config, redo, timer)
 
     # Promotion: the registry keeps the best adapter per (model, data, held-out set); this run replaces it
     # only if better on the same held-out rows.

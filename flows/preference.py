@@ -14,13 +14,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prefect import flow
-from prefect.states import Cancelled, State
+from prefect.states import State
 
 from flows.finetune import STAGES as SFT_STAGES
 from flows.finetune import sft_stages
 from smoltune.config import PipelineConfig, PreferenceConfig
-from smoltune.errors import ConfigError, StoppedError
-from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, build_summary, with_preference
+from smoltune.errors import ConfigError
+from smoltune.pipeline.runs import (
+    RunRecords,
+    StageTimer,
+    begin_flow_run,
+    build_summary,
+    cancelled_when_stopped,
+    with_preference,
+)
+from smoltune.preference.runner import prestarted_preference
 from smoltune.records import (
     PreferenceEvaluated,
     PreferencePairs,
@@ -64,36 +72,45 @@ class PreferenceRecords:
         return {"preference_train": self.trained.folder, "preference_evaluation": self.evaluated.folder}
 
 
-def preference_stages(
-    config: PipelineConfig, sft: RunRecords, redo: dict[str, bool], timer: StageTimer
-) -> PreferenceRecords:
-    """Fetch, gate and prepare the pairs, the reference's log-probs, DPO training and its evaluation against SFT:
-    each a cached task on top of `sft` (this flow and a comparison's DPO variants run them)."""
-    pref, cache, template = config.preference, config.output.cache_root, config.data.template
-    if pref is None:
-        raise ConfigError(["preference: the preference stages need a preference section (see configs/dpo.yaml)"])
-    model, trained = sft.model, sft.trained
-
-    # Pairs: built on-policy from the SFT model (or read from a source), gated before any DPO step (a pair
-    # repeating an SFT held-out prompt would leak the evaluation), split and formatted with the SFT template.
+def pair_stages(
+    config: PipelineConfig, pref: PreferenceConfig, sft: RunRecords, redo: dict[str, bool], timer: StageTimer
+) -> tuple[PreferencePairs, Validated, PreferencePrepared]:
+    """The pairs fetched (or built on-policy), gated and prepared."""
+    cache, template, model = config.output.cache_root, config.data.template, sft.model
     with timer("fetch_preferences"):
-        pairs = fetch_preferences_task(pref, model, trained, template, cache, redo["fetch_preferences"])
+        pairs = fetch_preferences_task(pref, model, sft.trained, template, cache, redo["fetch_preferences"])
     with timer("validate_preferences"):
         gated = validate_preferences_task(
             pairs, model, sft.prepared, pref, template, cache, redo["validate_preferences"]
         )
     with timer("prepare_preferences"):
         prepared = prepare_preferences_task(pairs, gated, model, pref, template, cache, redo["prepare_preferences"])
+    return pairs, gated, prepared
 
-    # The reference's log-probs once (a stage of their own: a new beta does not recompute them), then DPO
-    # training in its own process, resumable like SFT.
-    reference = None
-    if pref.precompute_reference:
-        with timer("reference_logps"):
-            reference = reference_task(model, trained, prepared, pref, cache, redo["reference_logps"])
-    with timer("train_preference"):
-        dpo = train_preference_task(model, trained, prepared, reference, pref, cache, redo["train_preference"])
 
+def preference_stages(
+    config: PipelineConfig, sft: RunRecords, redo: dict[str, bool], timer: StageTimer
+) -> PreferenceRecords:
+    """Fetch, gate and prepare the pairs, the reference's log-probs, DPO training and its evaluation against SFT:
+    each a cached task on top of `sft` (this flow and a comparison's DPO variants run them)."""
+    pref, cache = config.preference, config.output.cache_root
+    if pref is None:
+        raise ConfigError(["preference: the preference stages need a preference section (see configs/dpo.yaml)"])
+    model, trained = sft.model, sft.trained
+
+    # The preference process starts now: its imports overlap the pairs' stages (killed unused when cached).
+    with prestarted_preference():
+        # Pairs: built on-policy from the SFT model (or read from a source), gated before any DPO step (a pair
+        # repeating an SFT held-out prompt would leak the evaluation), split and formatted with the SFT template.
+        pairs, gated, prepared = pair_stages(config, pref, sft, redo, timer)
+        # The reference's log-probs once (a stage of their own: a new beta does not recompute them), then DPO
+        # training in its own process, resumable like SFT.
+        reference = None
+        if pref.precompute_reference:
+            with timer("reference_logps"):
+                reference = reference_task(model, trained, prepared, pref, cache, redo["reference_logps"])
+        with timer("train_preference"):
+            dpo = train_preference_task(model, trained, prepared, reference, pref, cache, redo["train_preference"])
     # DPO against SFT on held-out pairs and the SFT held-out rows (what promotion and a comparison read).
     with timer("evaluate_preference"):
         evaluated = evaluate_preference_task(
@@ -104,6 +121,7 @@ def preference_stages(
 
 
 @flow(name="preference")
+@cancelled_when_stopped  # a signalled training ends the run Cancelled (its checkpoint kept), not Failed
 def preference(config: PipelineConfig = DEFAULT, refresh: list[str] | None = None) -> str | State:
     """SFT (cached) then DPO per `config.preference`; returns the run folder's path (a Cancelled state when a
     signal stopped a training)."""
@@ -113,13 +131,10 @@ def preference(config: PipelineConfig = DEFAULT, refresh: list[str] | None = Non
     redo = {stage: bool({stage, "all"} & set(refresh or [])) for stage in STAGES}
     timer = StageTimer()
 
-    try:
-        # SFT first: the same tasks and keys as the finetune flow, so an SFT run already done is a cache hit.
-        sft = sft_stages(config, redo, timer)
-        # DPO on the SFT result: pairs, their gate and split, the reference, training, evaluation against SFT.
-        dpo = preference_stages(config, sft, redo, timer)
-    except StoppedError as err:  # stopped on request: Cancelled, the error raised to the caller (flows/finetune.py)
-        return Cancelled(message=str(err), data=err)
+    # SFT first: the same tasks and keys as the finetune flow, so an SFT run already done is a cache hit.
+    sft = sft_stages(config, redo, timer)
+    # DPO on the SFT result: pairs, their gate and split, the reference, training, evaluation against SFT.
+    dpo = preference_stages(config, sft, redo, timer)
 
     # Promotion: SFT then DPO offered to the registry on the same held-out rows; it keeps the better adapter.
     with timer("promote"):

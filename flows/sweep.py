@@ -15,13 +15,12 @@ from __future__ import annotations
 import os
 
 from prefect import flow
-from prefect.states import Cancelled, State
+from prefect.states import State
 from prefect_dask import DaskTaskRunner
 
 from smoltune.config import PipelineConfig, build_config
-from smoltune.errors import StoppedError
 from smoltune.files import atomic_write_json
-from smoltune.pipeline.runs import begin_flow_run
+from smoltune.pipeline.runs import begin_flow_run, cancelled_when_stopped
 from smoltune.records import Evaluated, Trained
 from tasks.evaluate import evaluate_task
 from tasks.evaluate_base import evaluate_base_task
@@ -54,6 +53,7 @@ def grid_configs(base: PipelineConfig, ranks: list[int], learning_rates: list[fl
 
 
 @flow(name="sweep", task_runner=dask_runner())
+@cancelled_when_stopped  # a signalled training ends the run Cancelled (its checkpoint kept), not Failed
 def sweep(
     config: PipelineConfig = PipelineConfig(),  # noqa: B008
     ranks: list[int] = [8, 16],  # noqa: B006 - Prefect renders list defaults in the UI form
@@ -77,10 +77,7 @@ def sweep(
     evaluated = [
         evaluate_task.submit(model, t, prepared, b, job, cache) for t, b, job in zip(trained, bases, jobs, strict=True)
     ]
-    try:
-        rows = [sweep_row(job, t.result(), e.result()) for job, t, e in zip(jobs, trained, evaluated, strict=True)]
-    except StoppedError as err:  # stopped on request: Cancelled, the error raised to the caller (flows/finetune.py)
-        return Cancelled(message=str(err), data=err)
+    rows = [sweep_row(job, t.result(), e.result()) for job, t, e in zip(jobs, trained, evaluated, strict=True)]
     atomic_write_json(run_dir / "sweep.json", rows)
     # Tracking (opt-in): one MLflow run for the sweep, each grid point nested under it.
     track_sweep(config, run_dir, jobs, [t.result() for t in trained], [e.result() for e in evaluated])

@@ -1,8 +1,8 @@
 """Shared fixtures: a tiny random llama for fast training tests, and a Prefect test server.
 
-make test        # everything
-make test-fast   # the inner loop: no `slow` tests (real SmolLM2 weights, long trainings) and nothing under
-                 # tests/integration/ (servers, workers, browsers, whole flows), which is marked `integration`
+make test        # every test but the `slow` ones (over ~30 s each); `make test-slow` runs those (CI: both)
+make test-fast   # the inner loop: no `slow` tests and nothing under tests/integration/ (servers, workers,
+                 # browsers, whole flows), which is marked `integration`
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ def test_bad_variants_are_refused_before_anything_runs(tmp_path: Path) -> None:
         load_compare_config(path)
 
 
+@pytest.mark.slow  # over 30 s: `make test-slow` (CI runs it after `make test`)
 def test_compare_flow_on_the_tiny_model(prefect_server: None, tiny_model_dir: Path, tmp_path: Path) -> None:
     from flows.compare import compare
 
@@ -79,6 +80,7 @@ def task_run_states(flow_run_id) -> dict[str, list[str]]:  # noqa: ANN001
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # over 30 s: `make test-slow` (CI runs it after `make test`)
 def test_compare_with_a_dpo_variant_on_the_tiny_model(
     prefect_server: None, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

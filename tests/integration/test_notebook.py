@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO
@@ -18,6 +19,7 @@ from tests.tiny_model import tiny_overrides
 NOTEBOOK = REPO / "notebooks" / "colab_t4.ipynb"
 
 
+@pytest.mark.slow  # over 30 s: `make test-slow` (CI runs it after `make test`)
 def test_the_colab_notebook_runs_on_the_smoke_job(tiny_model_dir: Path, tmp_path: Path) -> None:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     [index] = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]

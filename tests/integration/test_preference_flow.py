@@ -42,6 +42,7 @@ def reran(states: dict[str, str], stages: set[str]) -> set[str]:
     return {s for s in stages if states[s] != "Cached"}
 
 
+@pytest.mark.slow  # over 30 s: `make test-slow` (CI runs it after `make test`)
 def test_preference_flow_caches_reports_and_serves_the_dpo_adapter(
     prefect_server: None, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -98,6 +98,7 @@ def test_one_machine_takes_turns_until_its_limit_is_raised(dask_cluster: str) ->
         assert overlap(both())
 
 
+@pytest.mark.slow  # over 30 s: `make test-slow` (CI runs it after `make test`)
 def test_sweep_spreads_over_the_cluster_one_training_per_machine(
     dask_cluster: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

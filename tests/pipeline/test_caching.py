@@ -285,6 +285,7 @@ def test_the_evaluation_key_follows_the_content_of_the_base_figures(tmp_path: Pa
     assert evaluate_parts({**inputs, "base": base.model_copy(update={"key": "other"})})[1] == again  # content only
 
 
+@pytest.mark.slow  # over 30 s: `make test-slow` (CI runs it after `make test`)
 def test_each_change_reruns_exactly_what_it_affects(
     prefect_server: None, tiny_model_dir: Path, tmp_path: Path, edit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -327,6 +328,7 @@ def test_each_change_reruns_exactly_what_it_affects(
     assert rerun_stages(run(config)[0]) == {"train", "evaluate_base", "evaluate"}
 
 
+@pytest.mark.slow  # over 30 s: `make test-slow` (CI runs it after `make test`)
 def test_a_missing_output_is_rebuilt(prefect_server: None, tiny_model_dir: Path, tmp_path: Path) -> None:
     config = load_config(
         "configs/smoke.yaml", [*tiny_overrides(tiny_model_dir, tmp_path / "runs"), "export.merged=true"]

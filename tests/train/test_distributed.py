@@ -87,6 +87,7 @@ def pair(request: pytest.FixtureRequest, tiny_model_dir: Path, prepared: dict, t
     return train_pair(request.param, tiny_model_dir, prepared, tmp_path_factory)
 
 
+@pytest.mark.slow  # over 30 s: `make test-slow` (CI runs it after `make test`)
 def test_two_processes_train_the_same_losses_and_adapter(pair: tuple[TrainResult, TrainResult]) -> None:
     one, two = pair
     assert (one.processes, two.processes) == (1, 2)
@@ -106,6 +107,7 @@ def test_two_processes_train_the_same_losses_and_adapter(pair: tuple[TrainResult
     assert differ < 1e-3 * moved, (differ, moved)
 
 
+@pytest.mark.slow  # over 30 s: `make test-slow` (CI runs it after `make test`)
 def test_only_rank_zero_writes(pair: tuple[TrainResult, TrainResult]) -> None:
     _, two = pair
     work = Path(two.output_dir).parent
@@ -115,6 +117,7 @@ def test_only_rank_zero_writes(pair: tuple[TrainResult, TrainResult]) -> None:
     assert [p.name for p in Path(two.output_dir).iterdir() if p.name.startswith("rank")] == []
 
 
+@pytest.mark.slow  # over 30 s: `make test-slow` (CI runs it after `make test`)
 def test_resume_after_sigkill_with_two_processes(
     tiny_model_dir: Path, prepared: dict, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -242,3 +242,21 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(
     assert resumed.resumed_from_step == int(last.name.split("-")[1]) >= 2
     assert resumed.steps == 6 and len(resumed.losses) == 6
     assert resumed.losses == pytest.approx(straight.losses, abs=1e-4)
+
+
+def test_a_prestarted_worker_trains_as_a_fresh_one(
+    trained: TrainResult, tiny_model_dir: Path, prepared: dict, tmp_path: Path
+) -> None:
+    """The flow starts the worker before the data stages (smoltune.train.prestart); the training it then runs
+    is the same one."""
+    from smoltune.train import prestart
+    from smoltune.train.distributed import WORKER_MODULE
+    from smoltune.train.runner import prestarted_training
+
+    spec = spec_for(tiny_model_dir, prepared, tmp_path, max_steps=3, backend="hf")
+    with prestarted_training(TrainConfig.model_validate(spec.config)):
+        waiting = prestart._waiting[WORKER_MODULE].popen
+        result = train_in_subprocess(spec)
+        assert WORKER_MODULE not in prestart._waiting  # taken by this training
+    assert waiting.returncode == 0  # it trained (a discarded one is killed: -9)
+    assert result.losses == pytest.approx(trained.losses, abs=1e-4)

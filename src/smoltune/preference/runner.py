@@ -3,9 +3,8 @@ the model stay out of the flow's process; a crash or SIGKILL loses at most the s
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,9 +13,18 @@ from smoltune.files import atomic_write_json
 from smoltune.preference import worker
 from smoltune.preference.spec import REFERENCE_FILE, PreferenceSpec
 from smoltune.records import TrainResult
+from smoltune.train import prestart
 from smoltune.train.distributed import launch_env
 from smoltune.train.runner import load_result, run_worker
 from smoltune.train.spec import finished_result
+
+
+@contextmanager
+def prestarted_preference() -> Iterator[None]:
+    """While the block runs, a preference worker imports in the background; the block's first preference
+    process (the reference's, or training's) takes it (smoltune.train.prestart)."""
+    with prestart.prestarted(worker.__name__, launch_env(TrainConfig())):
+        yield
 
 
 def run_preference(
@@ -31,7 +39,7 @@ def run_preference(
     spec_file = atomic_write_json(work_dir / "spec.json", asdict(spec))
     # The module itself, imported: the stages' code versions (smoltune.pipeline.versions) then cover the worker
     # and everything it runs (training, the fast paths), as the SFT runner's import of its worker does.
-    command = [sys.executable, "-m", worker.__name__, str(spec_file)]
+    command = prestart.worker_command(worker.__name__, spec_file)
     with slot if slot is not None else nullcontext():
         run_worker(command, work_dir, on_step, launch_env(TrainConfig()))
     return work_dir / REFERENCE_FILE if spec.phase == "reference" else load_result(work_dir)

@@ -81,6 +81,14 @@ def dpo_settings(pref: PreferenceConfig, device: str, output_dir: str, precision
     }
 
 
+def load_libraries() -> None:
+    """What both phases import, done by a prestarted worker while it waits for its spec (smoltune.train.prestart)."""
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    from trl import DPOConfig, DPOTrainer  # noqa: F401
+
+
 def stored_reference_class() -> type:
     """DPOTrainer that reads the reference log-probs the pairs file already holds (the cached 'reference'
     stage's output) instead of computing them again when it is built."""

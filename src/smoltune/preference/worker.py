@@ -1,4 +1,5 @@
-"""The preference process: `python -m smoltune.preference.worker SPEC.json` (phase 'reference' or 'train').
+"""The preference process: `python -m smoltune.preference.worker SPEC.json` (phase 'reference' or 'train'; `-`:
+the path comes on stdin later, smoltune.train.prestart).
 
 Prints one `SMOLTUNE_STEP {json}` line per logged step, like the SFT worker (smoltune.train.worker), whose
 parent side (`smoltune.train.runner.run_worker`) relays them and turns a failure into one error.
@@ -9,9 +10,8 @@ from __future__ import annotations
 import faulthandler
 import json
 import sys
-from pathlib import Path
 
-from smoltune.train.worker import print_step, run_reporting
+from smoltune.train.worker import print_step, run_reporting, spec_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     faulthandler.enable()
     from smoltune.preference.spec import PreferenceSpec
-    from smoltune.preference.train import score_reference, train_preference
+    from smoltune.preference.train import load_libraries, score_reference, train_preference
 
-    spec = PreferenceSpec(**json.loads(Path(args[0]).read_text()))
+    if (spec_file := spec_path(args[0], load_libraries)) is None:
+        return 0
+    spec = PreferenceSpec(**json.loads(spec_file.read_text()))
 
     if spec.phase == "reference":
         return run_reporting(lambda: score_reference(spec))

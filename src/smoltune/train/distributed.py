@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 # What torchrun sets for each process it starts (Rank.from_env reads the first three).
+WORKER_MODULE = "smoltune.train.worker"  # the training process's entry point (python -m)
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -32,7 +33,7 @@ def launch_command(spec_file: str | Path, train: TrainConfig, node_rank: int = 0
     `train.num_processes` per machine. Several machines meet at `train.rdzv_endpoint` with fixed node ranks
     (torchrun's static rendezvous): the flow's machine is node 0, so global rank 0, which writes the result
     the flow waits for, runs there; the others join with node_rank 1..nnodes-1 (`join_commands`)."""
-    worker = ["-m", "smoltune.train.worker", str(spec_file)]
+    worker = ["-m", WORKER_MODULE, str(spec_file)]
     if train.world_size == 1:
         return [sys.executable, *worker]
     launcher = [

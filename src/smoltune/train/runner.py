@@ -24,7 +24,8 @@ from smoltune.config import TrainConfig
 from smoltune.errors import ConfigError, StoppedError, StorageError, TrainingError
 from smoltune.files import atomic_write_json
 from smoltune.records import TrainResult
-from smoltune.train.distributed import join_commands, launch_command, launch_env
+from smoltune.train import prestart
+from smoltune.train.distributed import WORKER_MODULE, join_commands, launch_command, launch_env
 from smoltune.train.spec import RESULT_FILE, TrainSpec, finished_result
 from smoltune.train.worker import ERROR_PREFIX, STEP_PREFIX
 
@@ -72,16 +73,25 @@ def train_in_subprocess(
     return load_result(work_dir)
 
 
+@contextmanager
+def prestarted_training(train: TrainConfig) -> Iterator[None]:
+    """While the block runs, a single-process training worker imports in the background and the block's
+    training takes it (smoltune.train.prestart); torchrun's processes are started when training begins."""
+    if train.world_size != 1:
+        yield
+        return
+    with prestart.prestarted(WORKER_MODULE, launch_env(train)):
+        yield
+
+
 def run_worker(command: list[str], work_dir: Path, on_step: Callable[[dict], None] | None, env: dict) -> None:
+    """Run the worker `command` (the one the flow prestarted for it, if any: smoltune.train.prestart), relay its
+    steps to `on_step` and its stderr to ours; raise the parent's error for a failure."""
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     reported: list[dict] = []
     # Where this process can relay signals (its main thread), the worker gets its own process group so that a
     # terminal's Ctrl-C reaches it once, relayed; elsewhere (a Dask thread) it stays in ours and gets it directly.
-    relaying = threading.current_thread() is threading.main_thread()
-    popen = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        process_group=0 if relaying else None,
-    )  # fmt: skip
+    popen = prestart.take(command, env) or prestart.start(command, env)
     with popen as proc, relayed_stop_signals(proc) as stopped:
         relay = threading.Thread(target=_relay_stderr, args=(proc.stderr, tail), daemon=True)
         relay.start()

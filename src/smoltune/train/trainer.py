@@ -328,6 +328,18 @@ def collect_result(setup: Setup, spec: TrainSpec, trainer: Any, output_dir: Path
     )
 
 
+def load_libraries() -> None:
+    """What training imports before anything else (also what a prestarted worker imports while it waits for
+    its spec). torch, datasets, trl and transformers (through checkpoints) load before the backend: Unsloth's
+    import then patches a trl already loaded, as in every measured run; loaded after Unsloth, they may be
+    patched otherwise."""
+    import datasets  # noqa: F401
+    import torch  # noqa: F401
+    from trl import SFTConfig  # noqa: F401
+
+    import smoltune.train.checkpoints  # noqa: F401
+
+
 def train(
     spec: TrainSpec,
     on_step: Callable[[dict[str, float], int], None] | None = None,
@@ -335,10 +347,7 @@ def train(
 ) -> TrainResult | None:
     """Train per `spec`, resuming from the last complete checkpoint; a finished folder returns its result.
     Under torchrun every rank trains its share and rank 0 alone saves and returns the result (others: None)."""
-    # torch, datasets, trl and transformers (through checkpoints) load before the backend: Unsloth's import then
-    # patches a trl already loaded, as in every measured run; loaded after Unsloth, they may be patched otherwise.
-    import datasets  # noqa: F401
-    import torch  # noqa: F401
+    load_libraries()
     from trl import SFTConfig
 
     from smoltune.train.checkpoints import StopOnSignal, latest_complete_checkpoint, logged_steps

@@ -1,4 +1,4 @@
-"""The training process: `python -m smoltune.train.worker SPEC.json`.
+"""The training process: `python -m smoltune.train.worker SPEC.json` (or `-`: the path comes on stdin later).
 
 Trains per the spec (see `smoltune.train.trainer.train`; under torchrun as one rank of a data-parallel
 training, smoltune.train.distributed), prints one `SMOLTUNE_STEP {json}` line per logged
@@ -12,6 +12,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.enable()
     from smoltune.train.distributed import Rank
     from smoltune.train.spec import TrainSpec
-    from smoltune.train.trainer import train
+    from smoltune.train.trainer import load_libraries, train
 
-    spec = TrainSpec(**json.loads(Path(args[0]).read_text()))
+    if (spec_file := spec_path(args[0], load_libraries)) is None:
+        return 0
+    spec = TrainSpec(**json.loads(spec_file.read_text()))
     rank = Rank.from_env()
 
     def on_step(record: dict, max_steps: int) -> None:
@@ -39,6 +42,18 @@ def main(argv: list[str] | None = None) -> int:
             print_step(record, max_steps)
 
     return run_reporting(lambda: train(spec, on_step))
+
+
+def spec_path(arg: str, load: Callable[[], None]) -> Path | None:
+    """The spec file `arg` names; for `-` (a worker started before its spec existed: smoltune.train.prestart)
+    `load`'s imports first, then the path read from stdin - None when stdin ends instead (nothing to train)."""
+    from smoltune.train.prestart import WAIT_FOR_SPEC
+
+    if arg != WAIT_FOR_SPEC:
+        return Path(arg)
+    load()
+    line = sys.stdin.readline().strip()
+    return Path(line) if line else None
 
 
 def run_reporting(work: Any) -> int:

@@ -1,0 +1,106 @@
+"""Start a training process before its spec exists, so that its imports overlap the stages before training.
+
+    with prestarted(worker_command("smoltune.train.worker", "-"), env):   # the flow, before its data stages
+        ...                                                                 # fetch, gate, prepare
+        run_worker(worker_command("smoltune.train.worker", spec), ...)     # takes the waiting process
+
+Cost model: a training process spends ~10 s (2-core AVX2 EPYC, warm disk cache) importing torch, datasets,
+transformers and TRL before it reads its spec, and the stages before training (the gate, prepare) keep the
+flow's process on one core for longer than that. Started with the flow, the worker imports on the other core
+and waits on stdin for its spec file's path; training then begins that much sooner. When training is cached or
+the run fails first, the waiting process is killed: it has written nothing. The price in that case: one core
+busy for those seconds and ~1.3 GB of memory while it lasts. A parent that dies closes the pipe, and the
+worker exits at the end of its imports (EOF instead of a path).
+
+Written by hand: forking a process that has already imported torch is unsafe (OpenMP's threads do not survive a
+fork) and would put those imports in the flow's own process; no library offers a waiting, spawned worker.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+WAIT_FOR_SPEC = "-"  # the worker's argument instead of a spec file: read the path from stdin after importing
+_lock = threading.Lock()
+
+
+@dataclass
+class _Waiting:
+    module: str
+    env: dict[str, str]
+    own_group: bool
+    popen: subprocess.Popen
+
+
+_waiting: dict[str, _Waiting] = {}  # worker module -> the process waiting for its spec
+
+
+def worker_command(module: str, spec_file: str | Path) -> list[str]:
+    """How a single-process worker is run: `python -m MODULE SPEC.json` (or `-`: the path comes on stdin)."""
+    return [sys.executable, "-m", module, str(spec_file)]
+
+
+def own_group() -> bool:
+    """Whether a worker started from this thread gets its own process group: where signals can be relayed
+    (the main thread; smoltune.train.runner.relayed_stop_signals), a terminal's Ctrl-C then reaches it once."""
+    return threading.current_thread() is threading.main_thread()
+
+
+def start(command: list[str], env: dict[str, str], waiting: bool = False) -> subprocess.Popen:
+    """The worker process, its output piped to this one (and its stdin, for a waiting one)."""
+    return subprocess.Popen(
+        command, stdin=subprocess.PIPE if waiting else None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env, process_group=0 if own_group() else None,
+    )  # fmt: skip
+
+
+@contextmanager
+def prestarted(module: str, env: dict[str, str]) -> Iterator[None]:
+    """A `module` worker importing in the background while the block runs; `take` hands it to the first
+    matching run inside the block, and one still waiting at the block's end is killed."""
+    entry = _Waiting(module, env, own_group(), start(worker_command(module, WAIT_FOR_SPEC), env, waiting=True))
+    with _lock:
+        earlier = _waiting.pop(module, None)
+        _waiting[module] = entry
+    if earlier is not None:
+        _discard(earlier)
+    try:
+        yield
+    finally:
+        with _lock:
+            left = _waiting.pop(module) if _waiting.get(module) is entry else None
+        if left is not None:
+            _discard(left)
+
+
+def take(command: list[str], env: dict[str, str]) -> subprocess.Popen | None:
+    """The waiting worker for `command` (a single-process `worker_command`), given its spec, if one was
+    started with the same environment from a thread of the same kind and is still alive; else None."""
+    if len(command) != 4 or command[:2] != [sys.executable, "-m"]:
+        return None  # torchrun's launcher, or a command of another shape: started afresh
+    with _lock:
+        entry = _waiting.pop(command[2], None)
+    if entry is None:
+        return None
+    if entry.env != env or entry.own_group != own_group() or entry.popen.poll() is not None:
+        _discard(entry)
+        return None
+    try:
+        entry.popen.stdin.write(command[3] + "\n")  # type: ignore[union-attr]
+        entry.popen.stdin.close()  # type: ignore[union-attr]
+    except OSError:  # it died between the check and the write: start afresh
+        _discard(entry)
+        return None
+    return entry.popen
+
+
+def _discard(entry: _Waiting) -> None:
+    """Kill a waiting worker that will not train: it has only imported, so nothing is lost."""
+    entry.popen.kill()
+    entry.popen.communicate()  # reap it and close its pipes; what it printed while importing is dropped

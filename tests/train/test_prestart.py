@@ -1,0 +1,67 @@
+"""A training process started before its spec exists (smoltune.train.prestart): taken by the run it was
+started for, refused by any other, killed when nothing takes it; the real worker waits and exits cleanly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smoltune.errors import DataError
+from smoltune.train import prestart
+from smoltune.train.distributed import WORKER_MODULE
+from smoltune.train.runner import run_worker
+
+STAND_IN = "tests.train.prestart_stand_in"
+
+
+def waiting_process() -> subprocess.Popen:
+    return prestart._waiting[STAND_IN].popen
+
+
+def test_the_run_takes_the_waiting_process(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    steps: list[dict] = []
+    with prestart.prestarted(STAND_IN, env):
+        started = waiting_process().pid
+        run_worker(prestart.worker_command(STAND_IN, tmp_path / "spec.json"), tmp_path, steps.append, env)
+        assert STAND_IN not in prestart._waiting  # taken: a second run would start afresh
+    assert steps == [{"pid": started, "spec": str(tmp_path / "spec.json")}]
+
+
+def test_another_environment_starts_afresh_and_the_waiting_one_is_killed(tmp_path: Path) -> None:
+    steps: list[dict] = []
+    with prestart.prestarted(STAND_IN, dict(os.environ)):
+        waiting = waiting_process()
+        other = {**os.environ, "OMP_NUM_THREADS": "1"}
+        run_worker(prestart.worker_command(STAND_IN, tmp_path / "spec.json"), tmp_path, steps.append, other)
+    assert steps[0]["pid"] != waiting.pid
+    assert waiting.returncode == -9
+
+
+def test_a_waiting_process_nothing_takes_is_killed_even_when_the_block_fails() -> None:
+    with pytest.raises(DataError), prestart.prestarted(STAND_IN, dict(os.environ)):
+        waiting = waiting_process()
+        raise DataError("the gate stopped the run")
+    assert waiting.returncode == -9
+    assert STAND_IN not in prestart._waiting
+
+
+def test_commands_of_another_shape_are_never_given_a_waiting_process(tmp_path: Path) -> None:
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "-m", STAND_IN, "spec.json"]
+    with prestart.prestarted(STAND_IN, dict(os.environ)):
+        assert prestart.take(torchrun, dict(os.environ)) is None
+        assert STAND_IN in prestart._waiting
+
+
+def test_the_real_worker_imports_then_exits_cleanly_when_no_spec_comes() -> None:
+    """What a prestarted worker does when training was cached or its parent died: stdin ends, exit 0."""
+    done = subprocess.run(
+        prestart.worker_command(WORKER_MODULE, prestart.WAIT_FOR_SPEC), input="", capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
