@@ -27,6 +27,7 @@ from smoltune.errors import ConfigError
 from smoltune.pipeline.registry import served_name
 from smoltune.serve.kv_budget import default_kv_budget, footprint
 from smoltune.serve.loop import DecodeLoop
+from smoltune.serve.mixed_lora import install as install_routing
 from smoltune.serve.request import Request, RequestHandle
 from smoltune.serve.stops import StopText
 from smoltune.serve.types import (
@@ -120,6 +121,7 @@ class Engine:
                 model.load_adapter(adapter.path, adapter_name=adapter.name)
             else:
                 model = PeftModel.from_pretrained(model, adapter.path, adapter_name=adapter.name)
+            install_routing(model)  # each row's adapter in two matmuls per layer (mixed_lora.py), where it can
             self._loop.model = model.eval()
             self.adapters[adapter.name] = adapter
 

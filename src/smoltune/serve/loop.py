@@ -7,8 +7,9 @@ step of 1; letting requests join and leave the running batch at every token boun
 
 Each iteration: admit queued requests while the batch has room (prefill them together, sample each one's
 first token, merge their caches into the batch: see `batch.py`), then one decoding step for all rows, each
-with its own adapter (PEFT's `adapter_names=`), its own sampler and generator (`sampling.py`) and its own stop
-strings (`stops.py`). A row leaves at EOS, a stop string, max_new_tokens, its deadline or its cancellation.
+with its own adapter (routed by `mixed_lora.py`, else PEFT's `adapter_names=`), its own sampler and generator
+(`sampling.py`) and its own stop strings (`stops.py`). A row leaves at EOS, a stop string, max_new_tokens,
+its deadline or its cancellation.
 
 Failures stay with the requests they touch: an error while handling one row fails that row only; a failed
 batched forward fails the rows of that batch (their cache is then unusable) and the loop goes on with the next
@@ -21,10 +22,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from smoltune.serve.batch import DecodeBatch
+from smoltune.serve.mixed_lora import routing_of
 from smoltune.serve.request import Request
 from smoltune.serve.sampling import choose_token, make_generator, scored_token
 from smoltune.serve.scoring import prompt_logprobs
@@ -163,14 +166,14 @@ class DecodeLoop:
         mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in ready])
         ids, mask = ids.to(self.model.device), mask.to(self.model.device)
         echo = any(r.params.echo_logprobs for r in ready)
-        with self.model_lock:
+        with self.model_lock, self._adapters([r.adapter for r in ready]) as adapter_kwargs:
             out = self.model(
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
                 use_cache=True,
                 logits_to_keep=0 if echo else 1,  # 0: every position's logits, for the prompts' log-probs
-                **self._adapter_kwargs([r.adapter for r in ready]),
+                **adapter_kwargs,
             )
         return out, mask
 
@@ -196,8 +199,8 @@ class DecodeLoop:
             return
         inputs = self._batch.step_inputs([r.last_token for r in self._rows])
         self._notify("on_batch", len(self._rows))
-        with self.model_lock:
-            out = self.model(**inputs, logits_to_keep=1, **self._adapter_kwargs([r.adapter for r in self._rows]))
+        with self.model_lock, self._adapters([r.adapter for r in self._rows]) as adapter_kwargs:
+            out = self.model(**inputs, logits_to_keep=1, **adapter_kwargs)
         self._batch.advance(inputs)
         for row, request in enumerate(self._rows):
             try:
@@ -275,12 +278,18 @@ class DecodeLoop:
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
-    def _adapter_kwargs(self, adapters: list[str | None]) -> dict[str, Any]:
-        # With any adapter attached the model is a PeftModel; every row must then name its adapter (or the
-        # base), else PEFT would apply the active adapter to all rows.
+    @contextmanager
+    def _adapters(self, adapters: list[str | None]) -> Iterator[dict[str, Any]]:
+        """The forward's extra arguments for these rows' adapters. With any adapter attached the model is a
+        PeftModel and every row must name its adapter (or the base), else PEFT would apply the active adapter to
+        all rows: by the routed layers (mixed_lora.py) where they are installed, else PEFT's `adapter_names`."""
         if not hasattr(self.model, "peft_config"):
-            return {}
-        return {"adapter_names": [a or BASE for a in adapters]}
+            yield {}
+        elif (routing := routing_of(self.model)) is None:
+            yield {"adapter_names": [a or BASE for a in adapters]}
+        else:
+            with routing.rows(adapters):
+                yield {}
 
     def _text_of(self, token: int) -> str:
         return self.tokenizer.decode([token])
