@@ -32,6 +32,16 @@ def test_the_run_takes_the_waiting_process(tmp_path: Path) -> None:
     assert steps == [{"pid": started, "spec": str(tmp_path / "spec.json")}]
 
 
+def test_variables_the_imports_set_themselves_do_not_count_as_another_environment(tmp_path: Path) -> None:
+    steps: list[dict] = []
+    with prestart.prestarted(STAND_IN, dict(os.environ)):
+        started = waiting_process().pid
+        # The flow imported the same library meanwhile, which set the same variable in the flow's process.
+        now = {**os.environ, "STAND_IN_IMPORTED": "1"}
+        run_worker(prestart.worker_command(STAND_IN, tmp_path / "spec.json"), tmp_path, steps.append, now)
+    assert steps[0]["pid"] == started
+
+
 def test_another_environment_starts_afresh_and_the_waiting_one_is_killed(tmp_path: Path) -> None:
     steps: list[dict] = []
     with prestart.prestarted(STAND_IN, dict(os.environ)):
@@ -64,4 +74,5 @@ def test_the_real_worker_imports_then_exits_cleanly_when_no_spec_comes() -> None
         timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout == ""
+    assert done.stdout.startswith(prestart.READY_PREFIX)  # its environment after the imports, and nothing else
+    assert done.stdout.count("\n") == 1

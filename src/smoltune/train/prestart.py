@@ -18,6 +18,7 @@ fork) and would put those imports in the flow's own process; no library offers a
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WAIT_FOR_SPEC = "-"  # the worker's argument instead of a spec file: read the path from stdin after importing
+READY_PREFIX = "SMOLTUNE_READY "  # the waiting worker's first stdout line: its environment after the imports
 _lock = threading.Lock()
 
 
@@ -88,7 +90,7 @@ def take(command: list[str], env: dict[str, str]) -> subprocess.Popen | None:
         entry = _waiting.pop(command[2], None)
     if entry is None:
         return None
-    if entry.env != env or entry.own_group != own_group() or entry.popen.poll() is not None:
+    if entry.own_group != own_group() or not _ready_with(entry, env):
         _discard(entry)
         return None
     try:
@@ -98,6 +100,22 @@ def take(command: list[str], env: dict[str, str]) -> subprocess.Popen | None:
         _discard(entry)
         return None
     return entry.popen
+
+
+def _ready_with(entry: _Waiting, env: dict[str, str]) -> bool:
+    """Waits for the worker's imports to end; whether its environment then is what a worker started now with
+    `env` would have: every variable it started with is in `env` unchanged, and every variable added to `env`
+    since (libraries imported by the flow set some: scikit-learn's KMP_*, torch's TORCHINDUCTOR_CACHE_DIR) its
+    own imports have set to the same value. A variable the flow set itself since (a token, a thread count)
+    fails this, and a fresh worker is started."""
+    for line in entry.popen.stdout:  # type: ignore[union-attr]
+        if line.startswith(READY_PREFIX):
+            after_imports = json.loads(line[len(READY_PREFIX) :])
+            return all(env.get(k) == v for k, v in entry.env.items()) and all(
+                after_imports.get(k) == v for k, v in env.items() if k not in entry.env
+            )
+        sys.stderr.write(line)  # what the imports printed: relayed as a worker's output always is
+    return False  # it ended before it was ready
 
 
 def _discard(entry: _Waiting) -> None:

@@ -47,11 +47,16 @@ def main(argv: list[str] | None = None) -> int:
 def spec_path(arg: str, load: Callable[[], None]) -> Path | None:
     """The spec file `arg` names; for `-` (a worker started before its spec existed: smoltune.train.prestart)
     `load`'s imports first, then the path read from stdin - None when stdin ends instead (nothing to train)."""
-    from smoltune.train.prestart import WAIT_FOR_SPEC
+    import os
+
+    from smoltune.train.prestart import READY_PREFIX, WAIT_FOR_SPEC
 
     if arg != WAIT_FOR_SPEC:
         return Path(arg)
     load()
+    # The environment after the imports (some set variables of their own): the parent checks it is the one a
+    # fresh worker would have, else it starts one.
+    print(READY_PREFIX + json.dumps(dict(os.environ)), flush=True)
     line = sys.stdin.readline().strip()
     return Path(line) if line else None
 
