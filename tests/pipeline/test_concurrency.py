@@ -7,8 +7,6 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 from smoltune.config import load_config
 from smoltune.pipeline.registry import read_registry
 from tests.tiny_model import tiny_overrides
@@ -27,7 +25,6 @@ def run_together(*configs) -> list[dict]:  # noqa: ANN002
     return [json.loads((Path(d) / "summary.json").read_text()) for d in run_dirs]
 
 
-@pytest.mark.slow  # over 30 s: `make test-slow` (CI runs it after `make test`)
 def test_different_jobs_at_once(prefect_server: None, tiny_model_dir: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     first, second = run_together(
