@@ -10,8 +10,15 @@ import sys
 from smoltune.train.worker import STEP_PREFIX, spec_path
 
 if __name__ == "__main__":
-    # Its "imports" set a variable of their own, as scikit-learn's set KMP_DUPLICATE_LIB_OK.
-    spec = spec_path(sys.argv[1], lambda: os.environ.setdefault("STAND_IN_IMPORTED", "1"))
+
+    def load() -> None:
+        """Its "imports": they set a variable of their own (as scikit-learn's set KMP_DUPLICATE_LIB_OK) and,
+        when asked, write more warnings than a pipe holds (64 KiB)."""
+        os.environ.setdefault("STAND_IN_IMPORTED", "1")
+        for _ in range(int(os.environ.get("STAND_IN_WARNINGS", "0"))):
+            print("warning: " + "x" * 1000, file=sys.stderr)
+
+    spec = spec_path(sys.argv[1], load)
     if spec is not None:
         print(STEP_PREFIX + json.dumps({"pid": os.getpid(), "spec": str(spec)}), flush=True)
     sys.exit(0)

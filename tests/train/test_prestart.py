@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,29 @@ def test_variables_the_imports_set_themselves_do_not_count_as_another_environmen
         now = {**os.environ, "STAND_IN_IMPORTED": "1"}
         run_worker(prestart.worker_command(STAND_IN, tmp_path / "spec.json"), tmp_path, steps.append, now)
     assert steps[0]["pid"] == started
+
+
+def test_a_worker_that_writes_much_while_importing_is_still_taken(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {**os.environ, "STAND_IN_WARNINGS": "200"}  # 200 KB on stderr before it is ready
+    steps: list[dict] = []
+    waiting: list[subprocess.Popen] = []
+
+    def prestart_and_run() -> None:  # in one thread, as a flow does both
+        with prestart.prestarted(STAND_IN, env):
+            waiting.append(waiting_process())
+            run_worker(prestart.worker_command(STAND_IN, tmp_path / "spec.json"), tmp_path, steps.append, env)
+
+    # In a thread with a deadline: a parent and a worker each waiting on the other would hang the suite.
+    run = threading.Thread(target=prestart_and_run, daemon=True)
+    run.start()
+    run.join(120)
+    if run.is_alive():
+        waiting[0].kill()
+        pytest.fail("the parent and the waiting worker blocked each other")
+    assert steps[0]["pid"] == waiting[0].pid
+    assert capsys.readouterr().err.count("warning: ") == 200  # relayed, as a fresh worker's would be
 
 
 def test_another_environment_starts_afresh_and_the_waiting_one_is_killed(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ fork) and would put those imports in the flow's own process; no library offers a
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 WAIT_FOR_SPEC = "-"  # the worker's argument instead of a spec file: read the path from stdin after importing
 READY_PREFIX = "SMOLTUNE_READY "  # the waiting worker's first stdout line: its environment after the imports
@@ -38,6 +40,20 @@ class _Waiting:
     env: dict[str, str]
     own_group: bool
     popen: subprocess.Popen
+    # Its stderr lines as they come (None: the end), drained from the start: a worker that writes much while
+    # importing must never block on a full pipe while the parent waits for its ready line on stdout.
+    stderr: queue.Queue[str | None]
+
+
+def _drain(stream: Any, lines: queue.Queue[str | None]) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _lines(lines: queue.Queue[str | None]) -> Iterator[str]:
+    while (line := lines.get()) is not None:
+        yield line
 
 
 _waiting: dict[str, _Waiting] = {}  # worker module -> the process waiting for its spec
@@ -66,7 +82,9 @@ def start(command: list[str], env: dict[str, str], waiting: bool = False) -> sub
 def prestarted(module: str, env: dict[str, str]) -> Iterator[None]:
     """A `module` worker importing in the background while the block runs; `take` hands it to the first
     matching run inside the block, and one still waiting at the block's end is killed."""
-    entry = _Waiting(module, env, own_group(), start(worker_command(module, WAIT_FOR_SPEC), env, waiting=True))
+    popen = start(worker_command(module, WAIT_FOR_SPEC), env, waiting=True)
+    entry = _Waiting(module, env, own_group(), popen, queue.Queue())
+    threading.Thread(target=_drain, args=(popen.stderr, entry.stderr), daemon=True).start()
     with _lock:
         earlier = _waiting.pop(module, None)
         _waiting[module] = entry
@@ -81,25 +99,28 @@ def prestarted(module: str, env: dict[str, str]) -> Iterator[None]:
             _discard(left)
 
 
-def take(command: list[str], env: dict[str, str]) -> subprocess.Popen | None:
-    """The waiting worker for `command` (a single-process `worker_command`), given its spec, if one was
-    started with the same environment from a thread of the same kind and is still alive; else None."""
+def take(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, Iterator[str]] | None:
+    """The waiting worker for `command` (a single-process `worker_command`), given its spec, and its stderr
+    lines, if one was started with the same environment from a thread of the same kind and is ready; else None."""
     if len(command) != 4 or command[:2] != [sys.executable, "-m"]:
         return None  # torchrun's launcher, or a command of another shape: started afresh
     with _lock:
         entry = _waiting.pop(command[2], None)
     if entry is None:
         return None
-    if entry.own_group != own_group() or not _ready_with(entry, env):
-        _discard(entry)
-        return None
     try:
+        if entry.own_group != own_group() or not _ready_with(entry, env):
+            _discard(entry)
+            return None
         entry.popen.stdin.write(command[3] + "\n")  # type: ignore[union-attr]
         entry.popen.stdin.close()  # type: ignore[union-attr]
     except OSError:  # it died between the check and the write: start afresh
         _discard(entry)
         return None
-    return entry.popen
+    except BaseException:  # Ctrl-C while waiting for its imports: it is no one's now
+        _discard(entry)
+        raise
+    return entry.popen, _lines(entry.stderr)
 
 
 def _ready_with(entry: _Waiting, env: dict[str, str]) -> bool:
@@ -121,4 +142,10 @@ def _ready_with(entry: _Waiting, env: dict[str, str]) -> bool:
 def _discard(entry: _Waiting) -> None:
     """Kill a waiting worker that will not train: it has only imported, so nothing is lost."""
     entry.popen.kill()
-    entry.popen.communicate()  # reap it and close its pipes; what it printed while importing is dropped
+    entry.popen.wait()  # reaped; what it printed while importing is dropped with its pipes
+    for stream in (entry.popen.stdin, entry.popen.stdout):
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:  # stdin's buffer could not be flushed to a dead process
+                pass

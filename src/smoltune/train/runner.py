@@ -14,11 +14,10 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO
 
 from smoltune.config import TrainConfig
 from smoltune.errors import ConfigError, StoppedError, StorageError, TrainingError
@@ -33,7 +32,7 @@ STDERR_TAIL_LINES = 40
 _log = logging.getLogger("smoltune")
 
 
-def _relay_stderr(stream: IO[str], tail: deque[str]) -> None:
+def _relay_stderr(stream: Iterable[str], tail: deque[str]) -> None:
     """Relay the worker's stderr and keep its tail for the error message. Under torchrun the launcher's own
     report ("ChildFailedError ...") comes last and says nothing of the cause, so a rank's lines
     (torchrun prefixes them "[rankN]:") are what the tail keeps once there are any."""
@@ -91,9 +90,13 @@ def run_worker(command: list[str], work_dir: Path, on_step: Callable[[dict], Non
     reported: list[dict] = []
     # Where this process can relay signals (its main thread), the worker gets its own process group so that a
     # terminal's Ctrl-C reaches it once, relayed; elsewhere (a Dask thread) it stays in ours and gets it directly.
-    popen = prestart.take(command, env) or prestart.start(command, env)
+    if (taken := prestart.take(command, env)) is not None:
+        popen, stderr = taken
+    else:
+        popen = prestart.start(command, env)
+        stderr = popen.stderr
     with popen as proc, relayed_stop_signals(proc) as stopped:
-        relay = threading.Thread(target=_relay_stderr, args=(proc.stderr, tail), daemon=True)
+        relay = threading.Thread(target=_relay_stderr, args=(stderr, tail), daemon=True)
         relay.start()
         for line in proc.stdout:  # type: ignore[union-attr]
             if line.startswith(STEP_PREFIX):
