@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
 from prefect.states import State
 
 from flows.finetune import data_stages
 from flows.preference import STAGES, preference_stages
 from smoltune.config import CompareConfig, PipelineConfig, Variant, variant_jobs
-from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, cancelled_when_stopped
+from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, stoppable_flow
 from smoltune.records import Fetched, Prepared, ResolvedModel, Validated
 from smoltune.train.runner import prestarted_training
 from tasks.compare import VariantResult, compare_report_task
@@ -66,8 +65,8 @@ def variant_result(
     )
 
 
-@flow(name="compare")
-@cancelled_when_stopped  # a signalled training ends the run Cancelled (its checkpoint kept), not Failed
+# A signalled training ends the run Cancelled (its checkpoint kept), not Failed: see stoppable_flow.
+@stoppable_flow(name="compare")
 def compare(config: CompareConfig) -> str | State:
     """Train and evaluate every variant of `config`; returns the run folder with the comparison report (a
     Cancelled state when a signal stopped a training)."""
@@ -83,12 +82,11 @@ def compare(config: CompareConfig) -> str | State:
     model = resolve_model_task(shared.model, cache)
     with prestarted_training(jobs[0].train):
         fetched, validated, prepared = data_stages(shared, model, NO_REFRESH, StageTimer())
-        # One variant at a time: two trainings at once would share two CPU cores and distort every figure.
         shared_records = (model, fetched, validated, prepared)
-        results = [
-            variant_result(variant, job, shared_records, run_dir)
-            for variant, job in zip(config.variants, jobs, strict=True)
-        ]
+        first = variant_result(config.variants[0], jobs[0], shared_records, run_dir)
+    # One variant at a time: two trainings at once would share two CPU cores and distort every figure.
+    variants = zip(config.variants[1:], jobs[1:], strict=True)
+    results = [first, *(variant_result(variant, job, shared_records, run_dir) for variant, job in variants)]
 
     compare_report_task(str(run_dir), results)
     # Tracking (opt-in): one MLflow run for the comparison, each variant nested under it.

@@ -11,12 +11,11 @@ content-addressed folders and tasks pass paths, hashes and small dicts.
 
 from __future__ import annotations
 
-from prefect import flow
 from prefect.states import State
 
 from smoltune.config import PipelineConfig
 from smoltune.export.weights import check_exports
-from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, build_summary, cancelled_when_stopped
+from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, build_summary, stoppable_flow
 from smoltune.records import Fetched, Prepared, ResolvedModel, Validated
 from smoltune.train.runner import prestarted_training
 from tasks.evaluate import evaluate_task
@@ -88,8 +87,8 @@ def sft_stages(config: PipelineConfig, redo: dict[str, bool], timer: StageTimer)
 
 # log_prints stays off: dill (used by `datasets` to fingerprint functions) captures `dis` output via print,
 # which Prefect would otherwise log line by line.
-@flow(name="finetune")
-@cancelled_when_stopped  # a signalled training ends the run Cancelled (its checkpoint kept), not Failed
+# A signalled training ends the run Cancelled (its checkpoint kept), not Failed: see stoppable_flow.
+@stoppable_flow(name="finetune")
 def finetune(config: PipelineConfig = PipelineConfig(), refresh: list[str] | None = None) -> str | State:  # noqa: B008
     """Fine-tune `config.model.source` on `config.data.source`; returns the run folder's path (a Cancelled state
     when a signal stopped the training)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefect import flow
 from prefect.states import State
 
 from flows.finetune import STAGES as SFT_STAGES
@@ -25,7 +24,7 @@ from smoltune.pipeline.runs import (
     StageTimer,
     begin_flow_run,
     build_summary,
-    cancelled_when_stopped,
+    stoppable_flow,
     with_preference,
 )
 from smoltune.preference.runner import prestarted_preference
@@ -120,8 +119,8 @@ def preference_stages(
     return PreferenceRecords(pairs, gated, prepared, reference, dpo, evaluated)
 
 
-@flow(name="preference")
-@cancelled_when_stopped  # a signalled training ends the run Cancelled (its checkpoint kept), not Failed
+# A signalled training ends the run Cancelled (its checkpoint kept), not Failed: see stoppable_flow.
+@stoppable_flow(name="preference")
 def preference(config: PipelineConfig = DEFAULT, refresh: list[str] | None = None) -> str | State:
     """SFT (cached) then DPO per `config.preference`; returns the run folder's path (a Cancelled state when a
     signal stopped a training)."""

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 
-from prefect import flow
 from prefect.states import State
 from prefect_dask import DaskTaskRunner
 
 from smoltune.config import PipelineConfig, build_config
 from smoltune.files import atomic_write_json
-from smoltune.pipeline.runs import begin_flow_run, cancelled_when_stopped
+from smoltune.pipeline.runs import begin_flow_run, stoppable_flow
 from smoltune.records import Evaluated, Trained
 from tasks.evaluate import evaluate_task
 from tasks.evaluate_base import evaluate_base_task
@@ -52,8 +51,8 @@ def grid_configs(base: PipelineConfig, ranks: list[int], learning_rates: list[fl
     return configs
 
 
-@flow(name="sweep", task_runner=dask_runner())
-@cancelled_when_stopped  # a signalled training ends the run Cancelled (its checkpoint kept), not Failed
+# A signalled training ends the run Cancelled (its checkpoint kept), not Failed: see stoppable_flow.
+@stoppable_flow(name="sweep", task_runner=dask_runner())
 def sweep(
     config: PipelineConfig = PipelineConfig(),  # noqa: B008
     ranks: list[int] = [8, 16],  # noqa: B006 - Prefect renders list defaults in the UI form

@@ -36,9 +36,15 @@ def test_flow_writes_run_folder_and_publishes_the_report(
     prefect_server: None, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.finetune import finetune
+    from smoltune.train import prestart
 
+    taken: list[object] = []  # what each training got from smoltune.train.prestart.take
+    take = prestart.take
+    monkeypatch.setattr(prestart, "take", lambda *args: taken.append(take(*args)) or taken[-1])
     state = finetune(config=tiny_config(tiny_model_dir, tmp_path), return_state=True)
     assert state.is_completed()
+    # The training ran in the process the flow started before its data stages (its imports done meanwhile).
+    assert len(taken) == 1 and taken[0] is not None
     run_dir = Path(state.result())
     assert run_dir.parent == tmp_path
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from smoltune.train.worker import STEP_PREFIX, spec_path
 
@@ -15,6 +16,7 @@ if __name__ == "__main__":
         """Its "imports": they set a variable of their own (as scikit-learn's set KMP_DUPLICATE_LIB_OK) and,
         when asked, write more warnings than a pipe holds (64 KiB)."""
         os.environ.setdefault("STAND_IN_IMPORTED", "1")
+        time.sleep(float(os.environ.get("STAND_IN_IMPORT_SECONDS", "0")))
         for _ in range(int(os.environ.get("STAND_IN_WARNINGS", "0"))):
             print("warning: " + "x" * 1000, file=sys.stderr)
 

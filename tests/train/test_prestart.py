@@ -4,6 +4,7 @@ started for, refused by any other, killed when nothing takes it; the real worker
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from smoltune.errors import DataError
+from smoltune.errors import DataError, StoppedError
 from smoltune.train import prestart
 from smoltune.train.distributed import WORKER_MODULE
 from smoltune.train.runner import run_worker
@@ -64,6 +65,17 @@ def test_a_worker_that_writes_much_while_importing_is_still_taken(
         pytest.fail("the parent and the waiting worker blocked each other")
     assert steps[0]["pid"] == waiting[0].pid
     assert capsys.readouterr().err.count("warning: ") == 200  # relayed, as a fresh worker's would be
+
+
+def test_a_signal_while_the_worker_still_imports_stops_the_run_and_kills_it(tmp_path: Path) -> None:
+    env = {**os.environ, "STAND_IN_IMPORT_SECONDS": "30"}
+    with prestart.prestarted(STAND_IN, env):
+        waiting = waiting_process()
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()  # a pod stop, mid-imports
+        with pytest.raises(StoppedError, match="SIGTERM before it began") as stopped:
+            run_worker(prestart.worker_command(STAND_IN, tmp_path / "spec.json"), tmp_path, None, env)
+    assert stopped.value.exit_code == 143
+    assert waiting.returncode == -9
 
 
 def test_another_environment_starts_afresh_and_the_waiting_one_is_killed(tmp_path: Path) -> None:

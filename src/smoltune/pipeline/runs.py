@@ -88,6 +88,20 @@ def begin_flow_run(config: PipelineConfig, source: str) -> tuple[PipelineConfig,
     return config, run_dir
 
 
+def stoppable_flow(**flow_kwargs: Any) -> Callable[[Callable[P, R]], Any]:
+    """`@flow(**flow_kwargs)` over `cancelled_when_stopped(body)`, versioned as Prefect versions a flow (the hash
+    of its own source file; the wrapper's file would give every flow the same version)."""
+
+    def decorate(body: Callable[P, R]) -> Any:
+        from prefect import flow
+        from prefect.utilities.hashing import file_hash
+
+        version = file_hash(str(inspect.getsourcefile(body)))
+        return flow(version=version, **flow_kwargs)(cancelled_when_stopped(body))
+
+    return decorate
+
+
 def cancelled_when_stopped(body: Callable[P, R]) -> Callable[P, R | State]:
     """A flow body (under `@flow`) stopped on request - a pod stop, a Prefect cancellation, Ctrl-C; StoppedError,
     a checkpoint saved - ends as Prefect's Cancelled, not Failed (a fault) or Crashed (the infrastructure died).

@@ -128,10 +128,15 @@ def _ready_with(entry: _Waiting, env: dict[str, str]) -> bool:
     `env` would have: every variable it started with is in `env` unchanged, and every variable added to `env`
     since (libraries imported by the flow set some: scikit-learn's KMP_*, torch's TORCHINDUCTOR_CACHE_DIR) its
     own imports have set to the same value. A variable the flow set itself since (a token, a thread count)
-    fails this, and a fresh worker is started."""
+    fails this, and a fresh worker is started. Not seen: a variable a library sets while loading that another
+    library reads while loading (a fresh worker would have it from its start); none of the ones set here is
+    read that way (KMP_DUPLICATE_LIB_OK matters on macOS only; the rest are read when used)."""
     for line in entry.popen.stdout:  # type: ignore[union-attr]
-        if line.startswith(READY_PREFIX):
-            after_imports = json.loads(line[len(READY_PREFIX) :])
+        if READY_PREFIX in line:  # after anything an import printed without a newline
+            try:
+                after_imports = json.loads(line[line.index(READY_PREFIX) + len(READY_PREFIX) :])
+            except ValueError:
+                return False
             return all(env.get(k) == v for k, v in entry.env.items()) and all(
                 after_imports.get(k) == v for k, v in env.items() if k not in entry.env
             )

@@ -90,7 +90,9 @@ def run_worker(command: list[str], work_dir: Path, on_step: Callable[[dict], Non
     reported: list[dict] = []
     # Where this process can relay signals (its main thread), the worker gets its own process group so that a
     # terminal's Ctrl-C reaches it once, relayed; elsewhere (a Dask thread) it stays in ours and gets it directly.
-    if (taken := prestart.take(command, env)) is not None:
+    with stopped_while_waiting():
+        taken = prestart.take(command, env)
+    if taken is not None:
         popen, stderr = taken
     else:
         popen = prestart.start(command, env)
@@ -137,6 +139,26 @@ def worker_error(code: int, error: dict | None, stopped: list[int], work_dir: Pa
         f"training process exited with status {code}; rerunning resumes from the last complete "
         f"checkpoint in {work_dir / 'checkpoints'}. Last error output:\n{tail}"
     )
+
+
+@contextmanager
+def stopped_while_waiting() -> Iterator[None]:
+    """SIGTERM or SIGINT while a prestarted worker finishes its imports (before anything trains) stops the run
+    as a signal during training would: StoppedError (the waiting worker is killed by `prestart.take`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        raise StoppedError(f"training stopped by {name} before it began; a rerun starts it", signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextmanager
