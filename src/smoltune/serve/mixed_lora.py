@@ -1,6 +1,6 @@
 """Every row of a decode batch with its own LoRA adapter, in two matmuls per layer instead of PEFT's loop.
 
-    routing = install(peft_model)                  # after each adapter is attached (idempotent)
+    routing = install(peft_model)                  # after each adapter is attached (must: it restacks them)
     with routing.rows(["first", None, "second"]):  # None: the base model for that row
         out = peft_model(input_ids=..., ...)
 
@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from typing import Any
 
 ROUTING_ATTRIBUTE = "_smoltune_routing"
+STACK_ATTRIBUTE = "_smoltune_stack"
 
 
 class Routing:
@@ -75,8 +76,7 @@ class _Stack:
     def __init__(self, layer: Any) -> None:
         import torch
 
-        names = [n for n in layer.lora_A if n in layer.lora_B]
-        self.names = tuple(names)
+        names = list(layer.lora_A)  # the same keys as lora_B: `routable`
         self.a = torch.cat([layer.lora_A[n].weight for n in names]).detach()
         self.b = torch.cat([layer.lora_B[n].weight * layer.scaling[n] for n in names], dim=1).detach()
         starts = [0]
@@ -102,9 +102,9 @@ def routed_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
     routing: Routing = self.__dict__[ROUTING_ATTRIBUTE]
     if routing.names is None or args or kwargs or self.disable_adapters or self.merged:
         return type(self).forward(self, x, *args, **kwargs)
-    stack = self.__dict__.get("_smoltune_stack")
-    if stack is None or stack.names != tuple(n for n in self.lora_A if n in self.lora_B):
-        stack = self.__dict__["_smoltune_stack"] = _Stack(self)  # built once; again after an adapter is added
+    stack = self.__dict__.get(STACK_ATTRIBUTE)
+    if stack is None:  # built at the first routed forward; `install` drops it when an adapter is attached
+        stack = self.__dict__[STACK_ATTRIBUTE] = _Stack(self)
     base = self.base_layer(x)
     flat = x.reshape(x.shape[0], -1, x.shape[-1]).to(stack.a.dtype)  # [rows, tokens, in]
     down = flat @ stack.a.t() * routing.mask(stack.slices, stack.a.shape[0], flat)[:, None, :]  # [rows, tokens, R]
@@ -125,12 +125,14 @@ def install(model: Any) -> Routing | None:
     if not layers or others or any(not isinstance(m, LoraLinear) or not routable(m) for m in layers):
         for layer in layers:  # an adapter attached later may make a routed model unroutable
             layer.__dict__.pop("forward", None)
+            layer.__dict__.pop(STACK_ATTRIBUTE, None)
         model.__dict__.pop(ROUTING_ATTRIBUTE, None)
         return None
     routing = model.__dict__.get(ROUTING_ATTRIBUTE) or Routing()
     model.__dict__[ROUTING_ATTRIBUTE] = routing  # a plain attribute, not a submodule
     for layer in layers:
         layer.__dict__[ROUTING_ATTRIBUTE] = routing
+        layer.__dict__.pop(STACK_ATTRIBUTE, None)  # restacked with the adapters it has now
         layer.forward = types.MethodType(routed_forward, layer)
     return routing
 

@@ -33,9 +33,11 @@ def launch_command(spec_file: str | Path, train: TrainConfig, node_rank: int = 0
     `train.num_processes` per machine. Several machines meet at `train.rdzv_endpoint` with fixed node ranks
     (torchrun's static rendezvous): the flow's machine is node 0, so global rank 0, which writes the result
     the flow waits for, runs there; the others join with node_rank 1..nnodes-1 (`join_commands`)."""
-    worker = ["-m", WORKER_MODULE, str(spec_file)]
+    from smoltune.train.prestart import worker_command
+
     if train.world_size == 1:
-        return [sys.executable, *worker]
+        return worker_command(WORKER_MODULE, spec_file)
+    worker = ["-m", WORKER_MODULE, str(spec_file)]
     launcher = [
         sys.executable,
         "-m",

@@ -67,7 +67,8 @@ def worker_command(module: str, spec_file: str | Path) -> list[str]:
 
 def own_group() -> bool:
     """Whether a worker started from this thread gets its own process group: where signals can be relayed
-    (the main thread; smoltune.train.runner.relayed_stop_signals), a terminal's Ctrl-C then reaches it once."""
+    (the main thread; smoltune.train.runner.relayed_stop_signals), a terminal's Ctrl-C then reaches it once;
+    elsewhere (a Dask thread) it stays in ours and gets the signal directly."""
     return threading.current_thread() is threading.main_thread()
 
 

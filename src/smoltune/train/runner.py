@@ -88,8 +88,7 @@ def run_worker(command: list[str], work_dir: Path, on_step: Callable[[dict], Non
     steps to `on_step` and its stderr to ours; raise the parent's error for a failure."""
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     reported: list[dict] = []
-    # Where this process can relay signals (its main thread), the worker gets its own process group so that a
-    # terminal's Ctrl-C reaches it once, relayed; elsewhere (a Dask thread) it stays in ours and gets it directly.
+    # Its process group: prestart.own_group (a terminal's Ctrl-C reaches it once, relayed from the main thread).
     with stopped_while_waiting():
         taken = prestart.take(command, env)
     if taken is not None:
