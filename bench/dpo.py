@@ -69,7 +69,16 @@ def make_inputs(work: Path, pairs: int, source: str) -> tuple[str, Path, Path]:
 
 
 def settings(steps: int) -> dict[str, Any]:
-    return {"max_steps": steps, "batch_size": 2, "grad_accum": 4, "learning_rate": 5e-5, "beta": 0.1}
+    from smoltune.config import PreferenceConfig
+
+    defaults = PreferenceConfig()  # the default DPO job's settings, steps aside
+    return {
+        "max_steps": steps,
+        "batch_size": defaults.batch_size,
+        "grad_accum": defaults.grad_accum,
+        "learning_rate": defaults.learning_rate,
+        "beta": defaults.beta,
+    }
 
 
 def run_trl(args: argparse.Namespace, model: str, adapter: Path, pairs: Path, cpu_aware: bool) -> dict[str, Any]:

@@ -367,7 +367,12 @@ class PreferenceConfig(_Section):
         description="Weight of TRL's 'sft' loss (the chosen answers' NLL) added to loss_type, as RPO does: keeps "
         "the chosen answers likely while the margin grows; 0 is plain DPO.",
     )
-    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    learning_rate: float = Field(
+        1e-4,
+        gt=0,
+        description="Peak learning rate (the default: held-out reward accuracy 0.80 on average over three pair seeds "
+        "against 0.74 at 5e-5, docs/benchmarks.md).",
+    )
     max_steps: int = Field(12, ge=1, description="Optimizer steps.")
     batch_size: int = Field(2, ge=1, description="Pairs per forward pass (chosen and rejected in one forward).")
     grad_accum: int = Field(4, ge=1, description="Forward passes per optimizer step.")

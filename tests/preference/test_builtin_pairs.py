@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import math
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from smoltune.data.builtin import builtin_dataset
 from smoltune.evaluate.scoring import is_correct
 from smoltune.preference.builtin import checkable_questions, pairs_from_answers, plausible_wrong
 from smoltune.preference.evaluate import reward_figures
-from smoltune.preference.stage import split_pairs
+from smoltune.preference.stage import proportional_quotas, split_pairs
 
 
 def test_questions_are_checkable_training_rows_only() -> None:
@@ -50,6 +53,37 @@ def test_the_pair_split_never_puts_a_prompt_on_both_sides() -> None:
     held = {r["instruction"] for r in held_out}
     assert train and not {r["instruction"] for r in train} & held
     assert split_pairs(rows, 100, 10, seed=7) == (train, held_out)
+
+
+def test_the_held_out_pairs_mirror_the_training_mix_of_families_and_origins() -> None:
+    # 12 parity pairs as the built-in job makes them: 8 on-policy (chosen "even"), 4 not (chosen "odd").
+    rows = [
+        {"instruction": f"q{i}", "input": "", "chosen": "even" if i < 8 else "odd", "rejected": "x",
+         "family": "parity", "on_policy": i < 8}
+        for i in range(12)
+    ] + [{"instruction": f"s{i}", "input": "", "chosen": "a", "rejected": "b", "family": "sort", "on_policy": True}
+         for i in range(12)]  # fmt: skip
+    for seed in range(20):  # a plain random draw of 8 from 24 holds out all four "odd" pairs for some seeds
+        train, held_out = split_pairs(rows, 100, 8, seed)
+        odd_held = sum(r["chosen"] == "odd" for r in held_out)
+        assert len(held_out) == 8 and odd_held == 1 and sum(r["family"] == "parity" for r in held_out) == 4
+        assert sum(r["chosen"] == "odd" for r in train) == 3 and len(train) == 16
+
+
+def test_rows_without_strata_fields_split_at_random() -> None:
+    rows = [{"instruction": f"q{i}", "input": "", "chosen": "a", "rejected": "b"} for i in range(40)]
+    splits = {tuple(r["instruction"] for r in split_pairs(rows, 100, 10, seed)[1]) for seed in range(5)}
+    assert len(splits) == 5 and all(len(s) == 10 for s in splits)
+
+
+@given(st.lists(st.integers(0, 50), max_size=12), st.integers(0, 400))
+def test_proportional_quotas_sum_to_the_total_and_stay_within_each_group(sizes: list[int], total: int) -> None:
+    quotas = proportional_quotas(sizes, total)
+    assert sum(quotas) == min(total, sum(sizes))
+    population = sum(sizes)
+    for size, quota in zip(sizes, quotas, strict=True):
+        assert 0 <= quota <= size
+        assert abs(quota - size * min(total, population) / population) < 1 if population else quota == 0
 
 
 def test_reward_figures() -> None:
