@@ -63,7 +63,7 @@ def test_the_held_out_pairs_mirror_the_training_mix_of_families_and_origins() ->
         for i in range(12)
     ] + [{"instruction": f"s{i}", "input": "", "chosen": "a", "rejected": "b", "family": "sort", "on_policy": True}
          for i in range(12)]  # fmt: skip
-    for seed in range(20):  # a plain random draw of 8 from 24 holds out all four "odd" pairs for some seeds
+    for seed in range(20):  # a plain random draw of 8 from 24 holds out 0 to 3 of the four "odd" pairs
         train, held_out = split_pairs(rows, 100, 8, seed)
         odd_held = sum(r["chosen"] == "odd" for r in held_out)
         assert len(held_out) == 8 and odd_held == 1 and sum(r["family"] == "parity" for r in held_out) == 4
@@ -84,6 +84,11 @@ def test_proportional_quotas_sum_to_the_total_and_stay_within_each_group(sizes: 
     for size, quota in zip(sizes, quotas, strict=True):
         assert 0 <= quota <= size
         assert abs(quota - size * min(total, population) / population) < 1 if population else quota == 0
+
+
+def test_proportional_quotas_break_exact_ties_for_the_earlier_group() -> None:
+    assert proportional_quotas([2, 5, 5], 4) == [1, 2, 1]  # remainders 2/3 each: floats made it [0, 2, 2]
+    assert proportional_quotas([2, 5, 5], 8) == [2, 3, 3]
 
 
 def test_reward_figures() -> None:

@@ -87,9 +87,9 @@ def proportional_quotas(sizes: list[int], total: int) -> list[int]:
     if not population:
         return [0] * len(sizes)
     total = min(total, population)
-    exact = [size * total / population for size in sizes]
-    quotas = [int(share) for share in exact]
-    by_remainder = sorted(range(len(sizes)), key=lambda g: (-(exact[g] - quotas[g]), g))
+    shares = [divmod(size * total, population) for size in sizes]  # whole numbers: ties are exact ties
+    quotas = [whole for whole, _ in shares]
+    by_remainder = sorted(range(len(sizes)), key=lambda g: (-shares[g][1], g))
     for group in by_remainder[: total - sum(quotas)]:
         quotas[group] += 1
     return quotas
