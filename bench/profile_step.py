@@ -82,7 +82,11 @@ def main() -> None:
         for start in range(0, per_step, per_forward):
             batch = collate(group[start : start + per_forward])  # packed: boundaries added by the collator
             with torch.autocast("cpu", dtype=getattr(torch, autocast or "float32"), enabled=autocast is not None):
-                loss = labelled_token_loss(model, batch) if fast.labelled_logits_only else model(**batch).loss
+                loss = (
+                    labelled_token_loss(model, batch, chunked=fast.chunked_cross_entropy)
+                    if fast.labelled_logits_only
+                    else model(**batch).loss
+                )
             (loss * per_forward / per_step).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -148,6 +148,12 @@ class SpeedConfig(_Section):
     labelled_logits_only: bool = Field(
         True, description="Apply the LM head and cross-entropy only at positions whose next token has a label."
     )
+    chunked_cross_entropy: bool = Field(
+        True,
+        description="With labelled_logits_only: the LM head and its cross-entropy in chunks of labelled tokens, "
+        "the logits' gradient computed in the forward, so the full tokens x vocabulary logits never exist. LoRA "
+        "(frozen head) only; the same loss.",
+    )
     fused_lora: bool = Field(
         True, description="Compute each LoRA projection as one fused multiply-add (addmm) instead of PEFT's three ops."
     )

@@ -112,7 +112,7 @@ def test_labelled_token_loss_divides_by_the_trainers_item_count(models: tuple) -
 
 def test_fast_path_applies_to_the_hf_backend_only() -> None:
     config = TrainConfig()
-    assert FastPath.for_run(config, "hf") == FastPath(True, True, True, True, True)
+    assert FastPath.for_run(config, "hf") == FastPath(True, True, True, True, True, True)
     assert FastPath.for_run(config, "unsloth") == FastPath()
     unpacked = TrainConfig(speed={"padding_free": False, "pack_accumulation": True})
     assert FastPath.for_run(unpacked, "hf").pack_accumulation is False  # accumulation packing needs padding-free

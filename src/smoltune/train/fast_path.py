@@ -23,6 +23,7 @@ class FastPath:
     labelled_logits_only: bool = False
     fused_lora: bool = False
     fused_optimizer: bool = False
+    chunked_cross_entropy: bool = False
     segment_kernel: str = "rows"  # how packed rows attend (smoltune.train.segment_kernels), set by with_kernel
 
     @classmethod
@@ -36,6 +37,7 @@ class FastPath:
             labelled_logits_only=speed.labelled_logits_only,
             fused_lora=speed.fused_lora and config.mode == "lora",
             fused_optimizer=speed.fused_optimizer,
+            chunked_cross_entropy=speed.labelled_logits_only and speed.chunked_cross_entropy,
         )
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from smoltune.data.tokens import IGNORE_INDEX
+from smoltune.train.chunked_loss import chunkable_head, head_bypassed, linear_cross_entropy
 from smoltune.train.row_attention import row_attention
 
 SEGMENT_ATTENTION = "smoltune_segments"  # the per-row kernel's name
@@ -150,7 +151,9 @@ def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().reshape(-1)
 
 
-def labelled_token_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+def labelled_token_loss(
+    model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None, chunked: bool = False
+) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled tokens of `inputs`, computing logits only where the next
     token has a label. Equals the model's own causal-LM loss (same shift, same IGNORE_INDEX); divided by
     `num_items_in_batch` when the Trainer gives it (gradient accumulation), else by the labelled count.
@@ -158,7 +161,8 @@ def labelled_token_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: 
     The model is called through its own forward (`logits_to_keep` = the positions where some row has a label),
     not decoder and head separately: a DistributedDataParallel wrapper syncs gradients only for what goes
     through its forward. A packed batch (one row) keeps exactly its labelled positions; a padded batch the
-    union over its rows, where a row's unlabelled positions are ignored."""
+    union over its rows, where a row's unlabelled positions are ignored. `chunked`: the head and the loss by
+    smoltune.train.chunked_loss where that is exact for this model's head (the same loss, less memory traffic)."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     keep = inputs.pop(LABELLED_POSITIONS, None)
@@ -166,11 +170,18 @@ def labelled_token_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: 
         keep = labelled_positions(labels)
     targets = labels[:, 1:]
     labelled = targets != IGNORE_INDEX
-    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
     # Unlabelled targets among the kept positions (kept for another row of a padded batch) are ignored rather
     # than masked out: a boolean index has a data-dependent size, which on a GPU waits for the device.
-    loss_sum = F.cross_entropy(
-        logits.flatten(0, 1).float(), targets[:, keep].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    kept_targets = targets[:, keep].flatten()
+    head = chunkable_head(model) if chunked else None
+    if head is not None:
+        with head_bypassed(model, head):
+            hidden = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+        loss_sum = linear_cross_entropy(hidden.flatten(0, 1), head.weight, kept_targets)
+    else:
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+        loss_sum = F.cross_entropy(
+            logits.flatten(0, 1).float(), kept_targets, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
     count = num_items_in_batch if num_items_in_batch is not None else labelled.sum().clamp(min=1)
     return loss_sum / count

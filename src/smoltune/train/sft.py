@@ -112,7 +112,7 @@ class FastLoss:
         from smoltune.train.packing import LABELLED_POSITIONS, labelled_token_loss
 
         if self.fast_path.labelled_logits_only and not return_outputs:
-            loss = labelled_token_loss(model, inputs, num_items_in_batch)
+            loss = labelled_token_loss(model, inputs, num_items_in_batch, self.fast_path.chunked_cross_entropy)
             if num_items_in_batch is not None and self.args.average_tokens_across_devices:
                 # num_items_in_batch counts all ranks' tokens and DDP averages gradients over ranks: scale
                 # back by the rank count, as Trainer.compute_loss does for a model's own loss.
