@@ -204,7 +204,7 @@ def run_all(
     """Every contender on every dataset, each in the box the budget leaves it (printed as it starts); figures and
     summary by dataset. `auto`: the precision smoltune's `auto` picks here, which contender (b) gets too."""
     keys, datasets = selected(args)
-    shape, amx = verdicts.model_shape(model), "amx_bf16" in verdicts.cpu_flags()
+    shape, kind = verdicts.model_shape(model), verdicts.cpu_kind()
     results: dict = {}
     runs = len(datasets) * len(keys)
     runs_left = runs
@@ -234,7 +234,7 @@ def run_all(
             runs_left -= 1
             if not figures[key]["finished"]:
                 console.print(f"{CONTENDERS[key][0]} did not finish: {figures[key]['reason']}")
-        summary = verdicts.summarise(figures, dataset, peaks, shape, stats, amx, BASELINES)
+        summary = verdicts.summarise(figures, dataset, peaks, shape, stats, kind, BASELINES)
         results[dataset] = {"summary": summary, "contenders": figures}
     return results
 

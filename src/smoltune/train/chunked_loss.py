@@ -10,8 +10,10 @@ K = 1,400 that is ~1.4 GB of memory traffic per step and ~420 MB held from forwa
 chunk's logits (`rows` x V fp32) are produced, reduced to their log-sum-exp, turned into their gradient in place
 (softmax minus the one-hot target) and multiplied back into the hidden size while they are still in the CPU's
 last-level cache; the backward only scales the stored (K x d) gradient. The two matmuls are the same FLOPs as
-before. Measured on a 2-core AVX-512/bf16 EPYC, bf16, K = 1,430: 1,401 ms unchunked vs 688 ms at 128 rows a
-chunk (forward and backward), the chunk size mattering little (64-512 rows: 688-773 ms).
+before. Measured on a 2-core AVX-512/bf16 EPYC (32 MiB L3), bf16, K = 1,430, forward and backward, best of 4 in
+each of 3-4 invocations: 865-1,401 ms unchunked vs 607-638 ms chunked at 128 rows (the chunk size mattering
+little: 64-512 rows 644-796 ms before the in-place log-sum-exp below); the whole long-row step profile went from
+28.7 to 21.7 s (docs/benchmarks.md).
 
 Why by hand: Liger-Kernel's and Apple's cut-cross-entropy fused losses are Triton/CUDA kernels with no CPU build;
 this is the same algorithm in plain torch ops. It applies only where it is exact: a frozen, bias-free linear
@@ -74,13 +76,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             target = targets[chunk]
             labelled = target != IGNORE_INDEX
             index = target.clamp(min=0).unsqueeze(1)  # ignored targets point at token 0, then are masked out
-            log_norm = torch.logsumexp(logits, dim=-1)
-            total += ((log_norm - logits.gather(1, index).squeeze(1)) * labelled).sum()
+            # Log-sum-exp by hand, in place (torch.logsumexp allocates a shifted copy and exponentiates it, and
+            # the softmax would exponentiate again): one exp pass over the chunk serves the loss and the gradient.
+            shift = logits.amax(dim=-1, keepdim=True)
+            picked = logits.gather(1, index).squeeze(1) - shift.squeeze(1)
+            exps = logits.sub_(shift).exp_()
+            norm = exps.sum(dim=-1)
+            total += ((norm.log() - picked) * labelled).sum()
             if grad is not None:
-                probs = logits.sub_(log_norm.unsqueeze(1)).exp_()  # softmax, in place
-                probs.scatter_add_(1, index, -labelled.to(probs.dtype).unsqueeze(1))  # minus the one-hot target
-                probs.mul_(labelled.unsqueeze(1))
-                grad[chunk] = torch.matmul(probs.to(weight.dtype), weight)
+                exps.mul_((labelled / norm).unsqueeze(1))  # softmax; rows with an ignored target zeroed
+                exps.scatter_add_(1, index, -labelled.to(exps.dtype).unsqueeze(1))  # minus the one-hot target
+                grad[chunk] = torch.matmul(exps.to(weight.dtype), weight)
         ctx.save_for_backward(grad)
         return total
 
