@@ -12,8 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smoltune.data.tokens import IGNORE_INDEX
-from smoltune.train import chunked_loss
-from smoltune.train.chunked_loss import chunk_rows, chunkable_head, head_bypassed, linear_cross_entropy
+from smoltune.train import chunked_loss, packing
+from smoltune.train.chunked_loss import (
+    cache_size_bytes,
+    chunk_rows,
+    chunkable_head,
+    head_bypassed,
+    linear_cross_entropy,
+)
 from smoltune.train.packing import labelled_token_loss, register_segment_attention, with_segment_boundaries
 from tests.train.test_packing import ROWS, packed_batch, padded_batch
 
@@ -63,13 +69,33 @@ def test_bf16_matches_the_autocast_path_within_rounding() -> None:
     assert torch.allclose(ours_input.grad.float(), theirs_input.grad.float(), rtol=2e-2, atol=1e-6)
 
 
-def test_without_gradients_only_the_loss_is_computed() -> None:
+def test_without_gradients_only_the_loss_is_computed(monkeypatch: pytest.MonkeyPatch) -> None:
     hidden, weight = torch.randn(5, 4, requires_grad=True), torch.randn(7, 4)
     targets = torch.tensor([1, IGNORE_INDEX, 3, 6, 0])
+    expected = reference(hidden, weight, targets).item()
+    calls = []
+    matmul = torch.matmul
+    monkeypatch.setattr(torch, "matmul", lambda *args: calls.append(1) or matmul(*args))
     with torch.no_grad():
         loss = linear_cross_entropy(hidden, weight, targets, 2)
-    assert not loss.requires_grad
-    assert loss.item() == pytest.approx(reference(hidden, weight, targets).item(), rel=1e-6)
+    assert not loss.requires_grad and len(calls) == 3  # the head's matmul per chunk, no gradient matmul
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_non_finite_hidden_state_at_an_ignored_target_does_not_reach_the_loss() -> None:
+    hidden, weight = torch.randn(4, 4), torch.randn(6, 4)
+    hidden[1] = float("nan")
+    targets = torch.tensor([2, IGNORE_INDEX, 5, 0])
+    assert linear_cross_entropy(hidden, weight, targets, 3).item() == pytest.approx(
+        reference(hidden, weight, targets).item(), rel=1e-6
+    )
+
+
+def test_cache_sizes_as_sysfs_writes_them() -> None:
+    assert cache_size_bytes("32768K\n") == 32 << 20
+    assert cache_size_bytes(" 1M") == 1 << 20
+    assert cache_size_bytes("512") == 512
+    assert cache_size_bytes("1.5M") is None and cache_size_bytes("") is None and cache_size_bytes("32768KB") is None
 
 
 def test_chunks_fit_the_cache_on_a_cpu_and_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,6 +121,8 @@ def test_labelled_token_loss_chunked_is_unchunked(
     frozen_head_model, layout: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # noqa: ANN001
     monkeypatch.setattr(chunked_loss, "chunk_rows", lambda vocab, device: 2)  # several chunks, one cut short
+    used = []
+    monkeypatch.setattr(packing, "linear_cross_entropy", lambda *args: used.append(1) or linear_cross_entropy(*args))
     model = frozen_head_model
     batch = padded_batch(ROWS) if layout == "padded" else with_segment_boundaries(packed_batch(ROWS))
     results = []
@@ -104,26 +132,65 @@ def test_labelled_token_loss_chunked_is_unchunked(
         loss.backward()
         results.append((loss.item(), model.model.layers[0].mlp.up_proj.weight.grad.clone()))
     (ours, ours_grad), (theirs, theirs_grad) = results
-    assert chunkable_head(model) is model.get_output_embeddings()
+    assert used == [1]  # the chunked run took the chunked path, the other did not
     assert ours == pytest.approx(theirs, abs=1e-6)
     assert torch.allclose(ours_grad, theirs_grad, atol=1e-6)
     assert isinstance(model.get_output_embeddings(), torch.nn.Linear)  # the head is back after the call
 
 
+def test_through_a_peft_adapter_the_adapter_gets_the_same_gradients(tiny_model_dir: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=register_segment_attention())
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "up_proj"], init_lora_weights=False))
+    assert chunkable_head(peft_model) is model.get_output_embeddings()
+    batch = with_segment_boundaries(packed_batch(ROWS))
+    grads = []
+    for chunked in (True, False):
+        peft_model.zero_grad()
+        labelled_token_loss(peft_model, batch, chunked=chunked).backward()
+        grads.append([p.grad.clone() for p in peft_model.parameters() if p.requires_grad])
+    assert len(grads[0]) == 8 and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads, strict=True))
+
+
 def test_heads_it_would_compute_wrongly_are_refused(frozen_head_model) -> None:  # noqa: ANN001
     model = frozen_head_model
-    assert chunkable_head(model) is not None
     head = model.get_output_embeddings()
+    assert chunkable_head(model) is head
     head.weight.requires_grad_(True)  # full fine-tuning (or a trained head): its gradient is not computed here
     try:
         assert chunkable_head(model) is None
     finally:
         head.weight.requires_grad_(False)
-    model.config.final_logit_softcapping = 30.0  # Gemma 2: the logits are transformed after the head
+    hook = head.register_forward_hook(lambda module, args, output: output * 2)  # something runs on its output
     try:
         assert chunkable_head(model) is None
     finally:
-        model.config.final_logit_softcapping = None
+        hook.remove()
+    assert chunkable_head(model) is head
+
+
+def test_models_that_transform_their_logits_are_refused() -> None:
+    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    small = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+    small |= {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8}
+    gemma2 = Gemma2ForCausalLM(Gemma2Config(**small))  # softcaps its logits after the head
+    gemma2.get_output_embeddings().weight.requires_grad_(False)
+    assert chunkable_head(gemma2) is None
+
+    class RemoteLlama(LlamaForCausalLM):  # same name, another module: its forward may differ
+        pass
+
+    RemoteLlama.__name__ = "LlamaForCausalLM"
+    remote = RemoteLlama(LlamaConfig(**small))
+    remote.get_output_embeddings().weight.requires_grad_(False)
+    assert chunkable_head(remote) is None
+    llama = LlamaForCausalLM(LlamaConfig(**small))
+    llama.get_output_embeddings().weight.requires_grad_(False)
+    assert chunkable_head(llama) is llama.get_output_embeddings()
 
 
 def test_a_lora_wrapped_head_is_refused(tiny_model_dir: Path) -> None:

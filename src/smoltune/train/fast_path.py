@@ -37,7 +37,7 @@ class FastPath:
             labelled_logits_only=speed.labelled_logits_only,
             fused_lora=speed.fused_lora and config.mode == "lora",
             fused_optimizer=speed.fused_optimizer,
-            chunked_cross_entropy=speed.labelled_logits_only and speed.chunked_cross_entropy,
+            chunked_cross_entropy=speed.labelled_logits_only and speed.chunked_cross_entropy and config.mode == "lora",
         )
 
 
