@@ -134,7 +134,7 @@ def linear_cross_entropy(
     return _LinearCrossEntropy.apply(hidden, weight, targets, rows, want_grad)
 
 
-def _base_model(model: Any) -> Any:
+def unwrapped_model(model: Any) -> Any:
     """The transformers model inside a (Distributed)DataParallel and/or PEFT wrapper."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
         model = model.module
@@ -149,7 +149,7 @@ def chunkable_head(model: Any) -> torch.nn.Linear | None:
     """The model's LM head when the chunked loss is exact for it, else None: a model class known to return the
     head's output as its logits (PLAIN_HEAD_MODELS, transformers' own), its head a frozen nn.Linear without
     bias, hooks or a patched forward, held directly by the model (so that `head_bypassed` can swap it)."""
-    base = _base_model(model)
+    base = unwrapped_model(model)
     kind = type(base)
     if kind.__name__ not in PLAIN_HEAD_MODELS or not kind.__module__.startswith("transformers.models."):
         return None
@@ -165,7 +165,7 @@ def chunkable_head(model: Any) -> torch.nn.Linear | None:
 def head_bypassed(model: Any, head: torch.nn.Module) -> Iterator[None]:
     """Within: the model's forward returns, as `logits`, the final hidden states the head would have read (the
     model is still called through its own forward, so a DistributedDataParallel wrapper sees the call)."""
-    base = _base_model(model)
+    base = unwrapped_model(model)
     name = _head_name(base, head)
     if name is None:
         raise ValueError("the LM head is not a direct child of the model: check chunkable_head(model) first")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from smoltune.data.tokens import IGNORE_INDEX
-from smoltune.train.chunked_loss import chunkable_head, head_bypassed, linear_cross_entropy
+from smoltune.train.chunked_loss import chunkable_head, head_bypassed, linear_cross_entropy, unwrapped_model
 from smoltune.train.row_attention import row_attention
 
 SEGMENT_ATTENTION = "smoltune_segments"  # the per-row kernel's name
@@ -142,7 +142,7 @@ class BoundaryCollator:
 def backbone_and_head(model: Any) -> tuple[Any, Any]:
     """The decoder stack and the LM head of a causal LM, through a PEFT wrapper if there is one (LoRA layers
     live inside the decoder's modules, so calling the decoder directly still trains them)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrapped_model(model)
     return base.get_decoder(), base.get_output_embeddings()
 
 
