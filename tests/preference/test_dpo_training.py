@@ -70,7 +70,8 @@ def test_reference_is_the_sft_model_and_each_fast_path_switch_changes_nothing(
     tiny_model_dir: Path, sft_adapter: Path, pairs_file: Path, tmp_path: Path
 ) -> None:
     """TRL's own layout (a reference forward every step, two padded rows per pair) against the stored reference
-    log-probs, then against the stored reference with the shared-prompt rows: the same per-step losses."""
+    log-probs, then each switch added in turn (the shared-prompt rows, a step's forwards folded into one, fused
+    LoRA): the same per-step losses."""
     scored = run_preference(spec("reference", tiny_model_dir, sft_adapter, pairs_file, tmp_path / "ref"))
     rows = [json.loads(line) for line in Path(scored).read_text().splitlines()]
     assert len(rows) == 16 and all(r["ref_chosen_logps"] < 0 and r["ref_rejected_logps"] < 0 for r in rows)
@@ -79,15 +80,21 @@ def test_reference_is_the_sft_model_and_each_fast_path_switch_changes_nothing(
         result = run_preference(spec("train", tiny_model_dir, sft_adapter, train_file, tmp_path / name, **settings))
         return result.losses
 
-    trl_layout = losses("trl", pairs_file, precompute_reference=False, share_prompt=False)
-    stored = losses("stored", Path(scored), share_prompt=False)
-    shared = losses("shared", Path(scored), share_prompt=True)
+    off = {"share_prompt": False, "fold_accumulation": False, "fused_lora": False}
+    trl_layout = losses("trl", pairs_file, **{**off, "precompute_reference": False})
+    stored = losses("stored", Path(scored), **off)
+    shared = losses("shared", Path(scored), **{**off, "share_prompt": True})
+    folded = losses("folded", Path(scored), **{**off, "share_prompt": True, "fold_accumulation": True})
+    every = losses("every", Path(scored))  # the defaults: every switch on
+    merged = json.loads((tmp_path / "every" / "result.json").read_text())["settings"]
+    assert (merged["per_device_train_batch_size"], merged["gradient_accumulation_steps"]) == (4, 1)  # it folded
     # Policy = reference at step 1: sigmoid DPO loss is -log sigmoid(0) = log 2.
-    for run in (trl_layout, stored, shared):
+    runs = {"trl": trl_layout, "stored": stored, "shared": shared, "folded": folded, "every": every}
+    for run in runs.values():
         assert math.isclose(run[0], math.log(2), abs_tol=1e-5), run
     assert trl_layout[-1] < math.log(2)  # it learnt
-    for a, b, c in zip(trl_layout, stored, shared, strict=True):
-        assert math.isclose(a, b, abs_tol=1e-4) and math.isclose(b, c, abs_tol=1e-4), (trl_layout, stored, shared)
+    for name, run in runs.items():
+        assert all(math.isclose(a, b, abs_tol=1e-4) for a, b in zip(trl_layout, run, strict=True)), (name, runs)
 
 
 def test_the_adapter_is_one_plain_peft_adapter_over_the_base(

@@ -234,6 +234,45 @@ def test_both_row_attention_kernels_compute_the_same(dtype: torch.dtype, toleran
         torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_both_kernels_compute_the_same_under_a_mask(dtype: torch.dtype, tolerance: float) -> None:
+    """The matmul kernel under an additive (rows, 1, T, T) mask (the shared-prompt pairs' layout: a block the
+    later queries may not see, padding that sees only itself) equals SDPA's masked path, gradients included."""
+    from smoltune.train.row_attention import matmul_attention, sdpa_attention
+
+    torch.manual_seed(0)
+    tokens = 29
+    allowed = torch.ones(tokens, tokens, dtype=torch.bool).tril()
+    allowed[20:, 12:20] = False  # the rejected answer never sees the chosen one
+    allowed[25:, :] = torch.eye(tokens, dtype=torch.bool)[25:]  # padding sees itself
+    mask = torch.zeros(2, 1, tokens, tokens, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    inputs = [torch.randn(2, heads, tokens, 16, dtype=dtype) for heads in (6, 2, 2)]
+    results = []
+    for kernel in (sdpa_attention, matmul_attention):
+        q, k, v = (t.clone().requires_grad_() for t in inputs)
+        out = kernel(q, k, v, 0.25, mask)
+        (out.float() * torch.linspace(-1, 1, 16)).sum().backward()
+        results.append([out.float(), q.grad.float(), k.grad.float(), v.grad.float()])
+    for ours, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
+
+
+def test_masked_attention_keeps_large_scores_off_the_matmul_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MATMUL_SCORES_BYTES per call the kernel that stores no scores runs, whatever the timing says."""
+    from smoltune.train import row_attention
+
+    calls = []
+    monkeypatch.setattr(row_attention, "faster_kernel", lambda *a: calls.append(a) or "matmul")
+    q, k, v = torch.randn(2, 4, 8, 16), torch.randn(2, 2, 8, 16), torch.randn(2, 2, 8, 16)
+    mask = torch.zeros(2, 1, 8, 8)
+    row_attention.masked_attention(q, k, v, mask, None)
+    assert calls and calls[0][-2:] == (2, True)  # timed for this many rows, masked
+    monkeypatch.setattr(row_attention, "MATMUL_SCORES_BYTES", 2 * 4 * 8 * 8 * 4 - 1)
+    monkeypatch.setitem(row_attention.KERNELS, "matmul", None)  # would fail if called
+    out = row_attention.masked_attention(q, k, v, mask, None)
+    assert len(calls) == 1 and out.shape == q.shape
+
+
 def test_the_faster_kernel_is_measured_once_per_shape() -> None:
     from smoltune.train.row_attention import KERNELS, faster_kernel
 
@@ -242,6 +281,8 @@ def test_the_faster_kernel_is_measured_once_per_shape() -> None:
         choice = faster_kernel("cpu", torch.bfloat16, 6, 2, 16, 64)
     assert choice in KERNELS and faster_kernel("cpu", torch.bfloat16, 6, 2, 16, 64) == choice
     assert faster_kernel.cache_info().hits == 1
+    assert faster_kernel("cpu", torch.bfloat16, 6, 2, 16, 64, 2, True) in KERNELS  # masked, two rows: its own
+    assert faster_kernel.cache_info().misses == 2
 
 
 def test_row_boundaries_reach_every_layer_as_host_integers(models: tuple, monkeypatch: pytest.MonkeyPatch) -> None:

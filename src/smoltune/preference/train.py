@@ -15,7 +15,9 @@ positions through the LM head): with `preference.precompute_reference` the refer
 once, by TRL's own code, in a stage of their own (phase 'reference', cached), and training reads them from
 the pairs file instead of a second forward every step (`StoredReference`). With `preference.share_prompt` each
 pair's two answers go through the decoder in one row holding their shared prompt once
-(smoltune.preference.shared_prompt).
+(smoltune.preference.shared_prompt). With `preference.fold_accumulation` a step's forward passes are merged while
+they fit `preference.max_forward_tokens` (smoltune.preference.folding); with `preference.fused_lora` each LoRA
+projection is one addmm (smoltune.train.fused_lora).
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from smoltune.errors import TrainingError
 from smoltune.files import atomic_write_json, read_jsonl, write_jsonl
 from smoltune.model import load_model_and_tokenizer, pick_device
 from smoltune.preference.cpu_logprobs import install as install_cpu_logprobs
+from smoltune.preference.folding import folded_micro_batches
 from smoltune.preference.shared_prompt import install as install_shared_prompt
 from smoltune.preference.spec import REFERENCE_FILE, PreferenceSpec
 from smoltune.records import TrainResult
+from smoltune.train.fused_lora import fuse_lora_linears
 from smoltune.train.precision import Precision, precision_for
 from smoltune.train.spec import RESULT_FILE, finished_result
 
@@ -44,15 +48,18 @@ DPO_BACKEND_REASON = {
 }
 
 
-def dpo_settings(pref: PreferenceConfig, device: str, output_dir: str, precision: Precision) -> dict[str, Any]:
+def dpo_settings(
+    pref: PreferenceConfig, device: str, output_dir: str, precision: Precision, fold: int = 1
+) -> dict[str, Any]:
     """DPOConfig arguments. TRL's defaults are for a GPU: gradient checkpointing (off: a 135M model does not need
-    it) and bf16 (here the SFT training's precision, measured on a CPU)."""
+    it) and bf16 (here the SFT training's precision, measured on a CPU). `fold` forward passes of a step run as
+    one (smoltune.preference.folding)."""
     on_cuda = device == "cuda"
     return {
         "output_dir": output_dir,
         "max_steps": pref.max_steps,
-        "per_device_train_batch_size": pref.batch_size,
-        "gradient_accumulation_steps": pref.grad_accum,
+        "per_device_train_batch_size": pref.batch_size * fold,
+        "gradient_accumulation_steps": pref.grad_accum // fold,
         "learning_rate": pref.learning_rate,
         "warmup_steps": pref.warmup_steps,
         "lr_scheduler_type": "linear",
@@ -157,14 +164,18 @@ def build_trainer(spec: PreferenceSpec, callbacks: list[Any] | None = None) -> t
     if pref.share_prompt:  # before the trainer exists: TRL's reference precomputation runs in its constructor
         causal = model.get_base_model()
         install_shared_prompt(getattr(causal, causal.base_model_prefix))
-    args = DPOConfig(**dpo_settings(pref, device, str(Path(spec.work_dir) / "checkpoints"), precision))
+    pairs = read_jsonl(spec.train_file)
+    fold = folded_micro_batches(pref, pairs, tokenizer)
+    args = DPOConfig(**dpo_settings(pref, device, str(Path(spec.work_dir) / "checkpoints"), precision, fold))
     trainer = stored_reference_class()(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(read_jsonl(spec.train_file)),
+        train_dataset=Dataset.from_list(pairs),
         processing_class=tokenizer,
         callbacks=callbacks or [],
     )
+    if pref.fused_lora:  # after TRL's reference pass (in the constructor): the training steps are what it speeds
+        fuse_lora_linears(trainer.model)
     return trainer, precision, device
 
 
@@ -221,7 +232,9 @@ def train_preference(spec: PreferenceSpec, on_step: Any = None) -> TrainResult:
     history = earlier + step_log.steps
     tokens = int(trainer.state.num_input_tokens_seen)
     tokens_this_run = tokens - (earlier[-1]["tokens_seen"] if earlier else 0)
-    settings = dpo_settings(PreferenceConfig.model_validate(spec.settings), device, "", precision)
+    pref = PreferenceConfig.model_validate(spec.settings)
+    fold = pref.grad_accum // trainer.args.gradient_accumulation_steps
+    settings = dpo_settings(pref, device, "", precision, fold)
     result = TrainResult(
         backend="hf",
         backend_reason=DPO_BACKEND_REASON[device == "cuda"],

@@ -9,8 +9,10 @@ the way a bf16 matmul does. Machines differ (AMX, GPUs), so neither is hard-code
 (about 50 ms, once).
 
 The matmul kernel: the query heads that share a key/value head are stacked into one matmul against it (no copy
-of keys or values per head), scores masked causally, softmax in fp32, then the values. Equal to SDPA within
-rounding (tests/train/test_packing.py).
+of keys or values per head), scores masked causally (or by a given additive mask), softmax in fp32, then the
+values. Equal to SDPA within rounding (tests/train/test_packing.py). It keeps its (rows x heads x T x T) scores
+for the backward where SDPA's flash kernel keeps one log-sum-exp per query, so `masked_attention` offers it only
+while those scores stay under MATMUL_SCORES_BYTES per call.
 """
 
 from __future__ import annotations
@@ -21,42 +23,72 @@ import time
 import torch
 import torch.nn.functional as F
 
+MATMUL_SCORES_BYTES = 8 * 2**20  # per call; x layers (30 in SmolLM2-135M) is the most the kernel adds at peak
 
-def matmul_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-    """Causal attention of (B, heads, T, d) queries over (B, kv_heads, T, d) keys and values."""
+
+def matmul_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention of (B, heads, T, d) queries over (B, kv_heads, T, d) keys and values: causal, or under `mask`
+    ((B, 1, T, T), added to the scores) when one is given."""
     batch, heads, tokens, dim = query.shape
     kv_heads = key.shape[1]
     groups = heads // kv_heads
     stacked = query.reshape(batch, kv_heads, groups * tokens, dim)  # head h reads kv head h // groups
     scores = torch.matmul(stacked, key.transpose(-1, -2)).view(batch, kv_heads, groups, tokens, tokens) * scale
-    future = torch.ones(tokens, tokens, dtype=torch.bool, device=query.device).triu(1)
-    probs = torch.softmax(scores.masked_fill(future, float("-inf")).float(), dim=-1).to(value.dtype)
+    if mask is None:
+        future = torch.ones(tokens, tokens, dtype=torch.bool, device=query.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf")).float()
+    else:  # in fp32: a 16-bit mask's most negative value plus a negative score would overflow to -inf
+        scores = scores.float() + mask.unsqueeze(2).float()
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)
     return torch.matmul(probs.view(batch, kv_heads, groups * tokens, tokens), value).view(batch, heads, tokens, dim)
 
 
-def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-    return F.scaled_dot_product_attention(query, key, value, scale=scale, is_causal=True, enable_gqa=True)
+def sdpa_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    if mask is None:
+        return F.scaled_dot_product_attention(query, key, value, scale=scale, is_causal=True, enable_gqa=True)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, enable_gqa=True)
 
 
 KERNELS = {"sdpa": sdpa_attention, "matmul": matmul_attention}
 
 
 @functools.lru_cache(maxsize=64)
-def faster_kernel(device: str, dtype: torch.dtype, heads: int, kv_heads: int, dim: int, tokens: int) -> str:
-    """'sdpa' or 'matmul': whichever runs forward + backward of one row faster here (best of 3 after a warm-up)."""
+def faster_kernel(
+    device: str,
+    dtype: torch.dtype,
+    heads: int,
+    kv_heads: int,
+    dim: int,
+    tokens: int,
+    rows: int = 1,
+    masked: bool = False,
+) -> str:
+    """'sdpa' or 'matmul': whichever runs forward + backward of `rows` rows faster here (best of 3 after a
+    warm-up), causal, or under an additive mask when `masked`."""
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device, enabled=False):
-        return _time_kernels(device, dtype, heads, kv_heads, dim, tokens)
+        return _time_kernels(device, dtype, (rows, heads, kv_heads, dim, tokens), masked)
 
 
-def _time_kernels(device: str, dtype: torch.dtype, heads: int, kv_heads: int, dim: int, tokens: int) -> str:
+def _time_kernels(device: str, dtype: torch.dtype, shape: tuple[int, ...], masked: bool) -> str:
+    rows, heads, kv_heads, dim, tokens = shape
+    mask = None
+    if masked:  # a causal pattern as an additive mask: both kernels then take their masked paths
+        future = torch.ones(tokens, tokens, dtype=torch.bool, device=device).triu(1)
+        mask = torch.zeros(rows, 1, tokens, tokens, dtype=dtype, device=device).masked_fill(
+            future, torch.finfo(dtype).min
+        )
     timings = {}
     for name, kernel in KERNELS.items():
-        q = torch.randn(1, heads, tokens, dim, dtype=dtype, device=device, requires_grad=True)
-        k, v = (torch.randn(1, kv_heads, tokens, dim, dtype=dtype, device=device, requires_grad=True) for _ in "kv")
+        q = torch.randn(rows, heads, tokens, dim, dtype=dtype, device=device, requires_grad=True)
+        k, v = (torch.randn(rows, kv_heads, tokens, dim, dtype=dtype, device=device, requires_grad=True) for _ in "kv")
         best = float("inf")
         for attempt in range(4):
             started = time.perf_counter()
-            kernel(q, k, v, dim**-0.5).float().sum().backward()
+            kernel(q, k, v, dim**-0.5, mask).float().sum().backward()
             if device == "cuda":
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - started) if attempt else best
@@ -64,9 +96,25 @@ def _time_kernels(device: str, dtype: torch.dtype, heads: int, kv_heads: int, di
     return min(timings, key=timings.__getitem__)
 
 
+def _length_class(tokens: int) -> int:
+    return 1 << max(tokens - 1, 1).bit_length()  # 64, 128, 256, ...: a few measurements, not one per length
+
+
 def row_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None) -> torch.Tensor:
     """Causal attention of one row by the kernel measured faster for its dtype, heads and length class."""
     _, heads, tokens, dim = query.shape
-    length_class = 1 << max(tokens - 1, 1).bit_length()  # 64, 128, 256, ...: a few measurements, not one per length
-    name = faster_kernel(query.device.type, query.dtype, heads, key.shape[1], dim, length_class)
+    name = faster_kernel(query.device.type, query.dtype, heads, key.shape[1], dim, _length_class(tokens))
     return KERNELS[name](query, key, value, dim**-0.5 if scale is None else scale)
+
+
+def masked_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, scale: float | None
+) -> torch.Tensor:
+    """Attention of (B, heads, T, d) queries under an additive (B, 1, T, T) mask, by the kernel measured faster
+    for this shape; SDPA whenever the matmul kernel's scores would exceed MATMUL_SCORES_BYTES."""
+    rows, heads, tokens, dim = query.shape
+    scale = dim**-0.5 if scale is None else scale
+    if rows * heads * tokens * tokens * 4 > MATMUL_SCORES_BYTES:
+        return sdpa_attention(query, key, value, scale, mask)
+    name = faster_kernel(query.device.type, query.dtype, heads, key.shape[1], dim, _length_class(tokens), rows, True)
+    return KERNELS[name](query, key, value, scale, mask)

@@ -1,0 +1,92 @@
+"""Folding an optimizer step's DPO forwards: how many merge (a divisor of grad_accum that fits the token budget,
+the largest such), when folding is refused (losses that couple a forward's pairs), and the pair lengths it uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smoltune.config import PreferenceConfig
+from smoltune.preference.folding import fold_factor, folded_micro_batches, longest_pair, pair_tokens
+from smoltune.preference.train import dpo_settings
+from smoltune.train.precision import precision_for
+
+
+@given(
+    batch=st.integers(1, 8), accum=st.integers(1, 16), longest=st.integers(1, 600), budget=st.integers(1, 8192)
+)
+def test_the_fold_is_the_largest_divisor_that_fits(batch: int, accum: int, longest: int, budget: int) -> None:
+    k = fold_factor(batch, accum, longest, budget)
+    assert accum % k == 0
+    assert k == 1 or k * batch * longest <= budget
+    bigger = [j for j in range(k + 1, accum + 1) if accum % j == 0]
+    assert all(j * batch * longest > budget for j in bigger)
+
+
+def test_pair_tokens_count_the_shared_prompt_once() -> None:
+    assert pair_tokens(70, 3, 9, share_prompt=True) == 70 + 4 + 10
+    assert pair_tokens(70, 3, 9, share_prompt=False) == 2 * (70 + 10)
+
+
+class CountingTokenizer:
+    """A stand-in tokenizer: one token per word, one special token before each text when asked."""
+
+    def __call__(self, texts: list[str], add_special_tokens: bool) -> dict:
+        return {"input_ids": [[0] * (len(t.split()) + int(add_special_tokens)) for t in texts]}
+
+
+PAIRS = [
+    {"prompt": "a b c", "chosen": "x", "rejected": "y z"},
+    {"prompt": "a b c d e f", "chosen": "x y", "rejected": "z"},
+]
+
+
+def test_the_longest_pair_is_measured_with_the_tokenizer() -> None:
+    assert longest_pair(PAIRS, CountingTokenizer(), share_prompt=True) == 7 + 3 + 2
+    assert longest_pair(PAIRS, CountingTokenizer(), share_prompt=False) == 2 * (7 + 3)
+    assert longest_pair([], CountingTokenizer(), share_prompt=True) == 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, 4),  # 4 x 2 pairs x 12 tokens = 96 <= 100
+        ({"max_forward_tokens": 50}, 2),
+        ({"max_forward_tokens": 10}, 1),
+        ({"fold_accumulation": False}, 1),
+        ({"loss_type": "aot"}, 1),  # sorts the forward's pairs
+        ({"loss_type": "aot_unpaired"}, 1),
+        ({"sft_loss_weight": 0.5}, 1),  # a token mean over the forward
+        ({"loss_type": "ipo"}, 4),  # a mean of per-pair terms
+    ],
+)
+def test_folding_is_refused_where_it_would_change_the_loss(settings: dict, expected: int) -> None:
+    pref = PreferenceConfig(batch_size=2, grad_accum=4, **{"max_forward_tokens": 100, **settings})
+    assert folded_micro_batches(pref, PAIRS, CountingTokenizer()) == expected
+
+
+def test_a_fold_keeps_the_pairs_per_optimizer_step() -> None:
+    pref = PreferenceConfig(batch_size=2, grad_accum=4)
+    plain = dpo_settings(pref, "cpu", "out", precision_for("cpu", "lora", None, "fp32"))
+    folded = dpo_settings(pref, "cpu", "out", precision_for("cpu", "lora", None, "fp32"), fold=2)
+    assert (plain["per_device_train_batch_size"], plain["gradient_accumulation_steps"]) == (2, 4)
+    assert (folded["per_device_train_batch_size"], folded["gradient_accumulation_steps"]) == (4, 2)
+
+
+def test_the_embedded_tokenizer_counts_the_builtin_pairs(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from smoltune.data.prompts import format_prompt
+    from smoltune.preference.builtin import checkable_questions, plausible_wrong
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    pairs = [
+        {"prompt": format_prompt(q), "chosen": q["output"], "rejected": plausible_wrong(q)}
+        for q in checkable_questions(8, seed=1)
+    ]
+    shared, rows = longest_pair(pairs, tokenizer, True), longest_pair(pairs, tokenizer, False)
+    prompt = max(len(tokenizer(p["prompt"])["input_ids"]) for p in pairs)
+    assert prompt < shared < rows
