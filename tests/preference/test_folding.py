@@ -15,9 +15,7 @@ from smoltune.preference.train import dpo_settings
 from smoltune.train.precision import precision_for
 
 
-@given(
-    batch=st.integers(1, 8), accum=st.integers(1, 16), longest=st.integers(1, 600), budget=st.integers(1, 8192)
-)
+@given(batch=st.integers(1, 8), accum=st.integers(1, 16), longest=st.integers(1, 600), budget=st.integers(1, 8192))
 def test_the_fold_is_the_largest_divisor_that_fits(batch: int, accum: int, longest: int, budget: int) -> None:
     k = fold_factor(batch, accum, longest, budget)
     assert accum % k == 0
