@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,8 @@ def run_smoltune(args: argparse.Namespace, model: str, adapter: Path, pairs: Pat
     pref = PreferenceConfig(**settings(args.steps), save_steps=10_000)
     common = {"model_path": model, "sft_output": str(adapter), "settings": pref.model_dump(mode="json")}
     work = Path(args.work)
+    for stage in ("ref", "train"):  # an earlier run's results would be returned as they are, not measured
+        shutil.rmtree(work / stage, ignore_errors=True)
     scored = run_preference(
         PreferenceSpec(
             phase="reference", train_file=str(pairs), work_dir=str(work / "ref"), precision=args.precision, **common

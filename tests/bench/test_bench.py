@@ -577,3 +577,8 @@ def test_dpo_bench_runs_its_contenders_and_agrees_on_losses(tiny_model_dir: Path
     # TRL's defaults on a CPU stop at their Triton kernel: reported as a failure, never waited for.
     assert "error" in results["trl"] or results["trl"]["tokens_per_second"] > 0
     assert report["max_loss_difference_vs_trl_cpu"] < 1e-3 and report["speedup"]["ratio"] > 0
+    # A second run in the same folder measures again: an earlier run's training is never returned as this one's.
+    again = [*command[:5], "3", *command[6:], "--contenders", "smoltune"]  # --steps 3
+    completed = subprocess.run(again, capture_output=True, text=True, timeout=1200)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert len(json.loads(out.read_text())["results"]["smoltune"]["losses"]) == 3
