@@ -10,18 +10,32 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smoltune.config import PreferenceConfig
-from smoltune.preference.folding import fold_factor, folded_micro_batches, longest_pair, pair_tokens
+from smoltune.preference.folding import fold_factor, folded_micro_batches, pair_lengths, pair_tokens, worst_forward
 from smoltune.preference.train import dpo_settings
 from smoltune.train.precision import precision_for
 
 
-@given(batch=st.integers(1, 8), accum=st.integers(1, 16), longest=st.integers(1, 600), budget=st.integers(1, 8192))
-def test_the_fold_is_the_largest_divisor_that_fits(batch: int, accum: int, longest: int, budget: int) -> None:
-    k = fold_factor(batch, accum, longest, budget)
+@given(
+    batch=st.integers(1, 8),
+    accum=st.integers(1, 16),
+    lengths=st.lists(st.integers(1, 600), min_size=1, max_size=40),
+    budget=st.integers(1, 8192),
+    padded=st.booleans(),
+)
+def test_the_fold_is_the_largest_divisor_that_fits(
+    batch: int, accum: int, lengths: list[int], budget: int, padded: bool
+) -> None:
+    k = fold_factor(batch, accum, lengths, budget, padded)
     assert accum % k == 0
-    assert k == 1 or k * batch * longest <= budget
+    assert k == 1 or worst_forward(lengths, k * batch, padded) <= budget
     bigger = [j for j in range(k + 1, accum + 1) if accum % j == 0]
-    assert all(j * batch * longest > budget for j in bigger)
+    assert all(worst_forward(lengths, j * batch, padded) > budget for j in bigger)
+
+
+def test_the_worst_forward_draws_the_longest_pairs() -> None:
+    assert worst_forward([5, 9, 2, 7], 2, padded=False) == 9 + 7
+    assert worst_forward([5, 9, 2, 7], 2, padded=True) == 2 * 9
+    assert worst_forward([5], 3, padded=False) == 5  # fewer pairs than a forward holds
 
 
 def test_pair_tokens_count_the_shared_prompt_once() -> None:
@@ -42,18 +56,20 @@ PAIRS = [
 ]
 
 
-def test_the_longest_pair_is_measured_with_the_tokenizer() -> None:
-    assert longest_pair(PAIRS, CountingTokenizer(), share_prompt=True) == 7 + 3 + 2
-    assert longest_pair(PAIRS, CountingTokenizer(), share_prompt=False) == 2 * (7 + 3)
-    assert longest_pair([], CountingTokenizer(), share_prompt=True) == 1
+def test_pair_lengths_are_measured_with_the_tokenizer() -> None:
+    assert pair_lengths(PAIRS, CountingTokenizer(), share_prompt=True) == [4 + 2 + 3, 7 + 3 + 2]
+    assert pair_lengths(PAIRS, CountingTokenizer(), share_prompt=False) == [2 * (4 + 3), 2 * (7 + 3)]
+    assert pair_lengths([], CountingTokenizer(), share_prompt=True) == [1]
 
 
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
-        ({}, 4),  # 4 x 2 pairs x 12 tokens = 96 <= 100
-        ({"max_forward_tokens": 50}, 2),
-        ({"max_forward_tokens": 10}, 1),
+        ({}, 4),  # 8 pairs of 9 and 12 tokens: 4 x 12 + 4 x 9 = 84 <= 100
+        ({"max_forward_tokens": 50}, 2),  # 2 x 12 + 2 x 9 = 42
+        ({"max_forward_tokens": 30}, 1),
+        ({"share_prompt": False, "max_forward_tokens": 100}, 2),  # two padded rows: 4 pairs x 20 = 80, 8 x 20 = 160
+        ({"share_prompt": False, "max_forward_tokens": 160}, 4),
         ({"fold_accumulation": False}, 1),
         ({"loss_type": "aot"}, 1),  # sorts the forward's pairs
         ({"loss_type": "aot_unpaired"}, 1),
@@ -63,7 +79,7 @@ def test_the_longest_pair_is_measured_with_the_tokenizer() -> None:
 )
 def test_folding_is_refused_where_it_would_change_the_loss(settings: dict, expected: int) -> None:
     pref = PreferenceConfig(batch_size=2, grad_accum=4, **{"max_forward_tokens": 100, **settings})
-    assert folded_micro_batches(pref, PAIRS, CountingTokenizer()) == expected
+    assert folded_micro_batches(pref, PAIRS * 4, CountingTokenizer()) == expected
 
 
 def test_a_fold_keeps_the_pairs_per_optimizer_step() -> None:
@@ -85,6 +101,6 @@ def test_the_embedded_tokenizer_counts_the_builtin_pairs(tiny_model_dir: Path) -
         {"prompt": format_prompt(q), "chosen": q["output"], "rejected": plausible_wrong(q)}
         for q in checkable_questions(8, seed=1)
     ]
-    shared, rows = longest_pair(pairs, tokenizer, True), longest_pair(pairs, tokenizer, False)
-    prompt = max(len(tokenizer(p["prompt"])["input_ids"]) for p in pairs)
-    assert prompt < shared < rows
+    shared, rows = pair_lengths(pairs, tokenizer, True), pair_lengths(pairs, tokenizer, False)
+    prompts = [len(tokenizer(p["prompt"])["input_ids"]) for p in pairs]
+    assert all(p < s < r for p, s, r in zip(prompts, shared, rows, strict=True))

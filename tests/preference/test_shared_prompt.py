@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smoltune.preference.shared_prompt import install, pack_pairs
+from smoltune.preference.shared_prompt import install, pack_pairs, row_groups
 
 
 def batch(pairs: list[tuple[list[int], list[int]]]):  # noqa: ANN201
@@ -36,6 +36,8 @@ def random_pairs(rng: random.Random, count: int) -> list[tuple[list[int], list[i
 
 
 def test_packing_keeps_each_pairs_tokens_and_positions() -> None:
+    import torch
+
     pairs = random_pairs(random.Random(0), 6)
     rows, ids, mask = batch(pairs)
     packed = pack_pairs(ids, mask)
@@ -43,8 +45,38 @@ def test_packing_keeps_each_pairs_tokens_and_positions() -> None:
     for i, row in enumerate(rows):
         where = packed.source[i, : len(row)]
         assert flat_ids[where].tolist() == row and flat_pos[where].tolist() == list(range(len(row)))
-    assert packed.input_ids.shape[0] == len(pairs)
-    assert packed.input_ids.shape[1] < ids.shape[1] * 2  # fewer tokens than two padded rows per pair
+    assert packed.input_ids.numel() < ids.numel()  # fewer tokens than two padded rows per pair
+    # Each pair sees only itself: no position of one pair may attend a position of another.
+    owner = torch.full(packed.input_ids.shape, -1).reshape(-1)
+    for i, row in enumerate(rows):
+        owner[packed.source[i, : len(row)]] = i % len(pairs)
+    owner = owner.view(packed.input_ids.shape)
+    for r in range(owner.shape[0]):
+        q, k = torch.nonzero(packed.allowed[r], as_tuple=True)
+        real = (owner[r, q] >= 0) | (owner[r, k] >= 0)
+        assert torch.equal(owner[r, q][real], owner[r, k][real])
+
+
+@pytest.mark.parametrize(("lengths", "capacity", "expected"), [
+    ([3, 3, 3], 6, [[0, 2], [1]]),
+    ([7, 2, 2], 6, [[0], [1, 2]]),  # longer than a row: a row of its own
+    ([1, 1, 1, 1], 512, [[0, 1, 2, 3]]),
+    ([72] * 8, 512, [[0, 2, 4, 6], [1, 3, 5, 7]]),  # 576 tokens: two rows of 288, not 504 + 72 padded to 504
+])  # fmt: skip
+def test_pairs_share_balanced_rows(lengths: list[int], capacity: int, expected: list) -> None:
+    assert row_groups(lengths, capacity) == expected
+
+
+def test_long_pairs_get_a_row_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smoltune.preference import shared_prompt
+
+    monkeypatch.setattr(shared_prompt, "ROW_TOKENS", 8)
+    rows, ids, mask = batch(random_pairs(random.Random(3), 4))
+    packed = pack_pairs(ids, mask)
+    assert packed.input_ids.shape[0] >= 4  # 6 pairs, most over 8 tokens
+    flat_ids = packed.input_ids.reshape(-1)
+    for i, row in enumerate(rows):
+        assert flat_ids[packed.source[i, : len(row)]].tolist() == row
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "matmul"])

@@ -9,8 +9,8 @@ the batch, 'sft' averages over the batch's tokens.
 Cost model: a CPU forward of 2 pairs (~200 tokens with the shared prompt) leaves the matrix units underfed and
 pays every op's fixed cost per forward; 4 pairs per forward ran the default DPO job's steps about 1.3x faster
 (AVX-512/bf16 EPYC, docs/benchmarks.md). Activation memory grows with the tokens of one forward, so `k` is the
-largest divisor of `grad_accum` whose `k x batch_size` pairs, each at the longest pair's length, fit
-`preference.max_forward_tokens`.
+largest divisor of `grad_accum` whose `k x batch_size` pairs fit `preference.max_forward_tokens` whichever pairs
+a step draws: the longest ones, laid end to end in the shared-prompt rows (padded to the longest in TRL's).
 """
 
 from __future__ import annotations
@@ -20,10 +20,17 @@ from typing import Any
 BATCH_COUPLED_LOSSES = frozenset({"aot", "aot_unpaired", "sft"})
 
 
-def fold_factor(batch_size: int, grad_accum: int, longest_pair_tokens: int, max_tokens: int) -> int:
-    """The largest divisor k of `grad_accum` with k x batch_size x longest_pair_tokens <= max_tokens (at least 1)."""
-    fitting = [k for k in range(1, grad_accum + 1) if grad_accum % k == 0]
-    fitting = [k for k in fitting if k * batch_size * longest_pair_tokens <= max_tokens]
+def worst_forward(lengths: list[int], pairs: int, padded: bool) -> int:
+    """Tokens of the costliest forward of `pairs` pairs: the longest ones, each padded to the longest when the
+    layout pads (TRL's two rows per pair), else laid end to end (the shared-prompt rows)."""
+    longest_first = sorted(lengths, reverse=True)[:pairs]
+    return len(longest_first) * longest_first[0] if padded else sum(longest_first)
+
+
+def fold_factor(batch_size: int, grad_accum: int, lengths: list[int], max_tokens: int, padded: bool) -> int:
+    """The largest divisor k of `grad_accum` whose k x batch_size pairs fit max_tokens in any draw (at least 1)."""
+    divisors = [k for k in range(1, grad_accum + 1) if grad_accum % k == 0]
+    fitting = [k for k in divisors if worst_forward(lengths, k * batch_size, padded) <= max_tokens]
     return max(fitting, default=1)
 
 
@@ -34,17 +41,17 @@ def pair_tokens(prompt: int, chosen: int, rejected: int, share_prompt: bool) -> 
     return prompt + chosen + rejected if share_prompt else 2 * (prompt + max(chosen, rejected))
 
 
-def longest_pair(pairs: list[dict[str, Any]], tokenizer: Any, share_prompt: bool) -> int:
-    """The longest pair's tokens in a forward, for pairs of formatted `prompt`, `chosen`, `rejected` strings."""
-    if not pairs:
-        return 1
+def pair_lengths(pairs: list[dict[str, Any]], tokenizer: Any, share_prompt: bool) -> list[int]:
+    """Each pair's tokens in a forward, for pairs of formatted `prompt`, `chosen`, `rejected` strings."""
 
     def lengths(column: str, special: bool) -> list[int]:
         ids = tokenizer([str(p[column]) for p in pairs], add_special_tokens=special)["input_ids"]
         return [len(row) for row in ids]
 
+    if not pairs:
+        return [1]
     prompts, chosen, rejected = lengths("prompt", True), lengths("chosen", False), lengths("rejected", False)
-    return max(pair_tokens(p, c, r, share_prompt) for p, c, r in zip(prompts, chosen, rejected, strict=True))
+    return [pair_tokens(p, c, r, share_prompt) for p, c, r in zip(prompts, chosen, rejected, strict=True)]
 
 
 def folded_micro_batches(settings: Any, pairs: list[dict[str, Any]], tokenizer: Any) -> int:
@@ -52,5 +59,6 @@ def folded_micro_batches(settings: Any, pairs: list[dict[str, Any]], tokenizer: 
     losses = {settings.loss_type, *(["sft"] if settings.sft_loss_weight else [])}
     if not settings.fold_accumulation or losses & BATCH_COUPLED_LOSSES or settings.grad_accum == 1:
         return 1
-    longest = longest_pair(pairs, tokenizer, settings.share_prompt)
-    return fold_factor(settings.batch_size, settings.grad_accum, longest, settings.max_forward_tokens)
+    lengths = pair_lengths(pairs, tokenizer, settings.share_prompt)
+    padded = not settings.share_prompt
+    return fold_factor(settings.batch_size, settings.grad_accum, lengths, settings.max_forward_tokens, padded)

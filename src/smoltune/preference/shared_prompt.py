@@ -1,21 +1,25 @@
 """DPO's chosen and rejected answers in one row that holds their shared prompt once.
 
-TRL's DPOTrainer runs a pair as two padded rows, prompt + chosen and prompt + rejected, so the prompt, usually
-most of the tokens (the built-in pairs: a ~75-token Alpaca prompt, answers of 2-12 tokens), is computed twice,
-plus the padding to the batch's longest row. A token's hidden state depends only on the tokens before it, so
-the longest common prefix of the two rows (the prompt, and any answer tokens they share) has the same hidden
-states in both. `pack_pairs` lays each pair out as one row, [shared | chosen rest | rejected rest], with the
-original position ids and a mask under which the rejected part does not see the chosen part;
-`install(backbone)` makes the decoder (the model under the LM head) compute that row and hand TRL the hidden
-states of both rows exactly where it reads them, so TRL's loss, LM head, reference and metrics run unchanged.
+TRL's DPOTrainer runs a pair as two padded rows, prompt + chosen and prompt + rejected, so the prompt, usually most
+of the tokens (the built-in pairs: a ~75-token Alpaca prompt, answers of 2-12 tokens), is computed twice, plus the
+padding to the batch's longest row. A token's hidden state depends only on the tokens before it, so the longest
+common prefix of the two rows (the prompt, and any answer tokens they share) has the same hidden states in both.
+`pack_pairs` lays each pair out as one row, [shared | chosen rest | rejected rest], with the original position ids
+and a mask under which the rejected part does not see the chosen part, and several such pairs one after another in
+a row (each seeing only itself), as few rows as ROW_TOKENS per row allows; `install(backbone)` makes the decoder
+(the model under the LM head) compute that row and hand TRL the hidden states of both rows exactly where it reads
+them, so TRL's loss, LM head, reference and metrics run unchanged.
 
-Cost model: tokens through the decoder per pair fall from 2 x (prompt + longest answer in the batch) to
-prompt + chosen + rejected (builtin pairs: ~170 -> ~95, 1.8x fewer), padding only to the longest packed pair;
-the attention mask is a (rows, 1, T, T) tensor, so attention takes a masked path, whose cost grows with T^2 per
-row (fine for rows of a few hundred tokens). That path is `pair_attention`: torch's CPU SDPA with a mask was
-measured 2.6x slower (forward + backward, 2 rows of 100 bf16 tokens, AVX-512/bf16 EPYC) than three plain ops, so
-it takes whichever kernel is faster here for the shape (smoltune.train.row_attention.masked_attention).
-tests/preference/test_shared_prompt.py proves the hidden states and the DPO losses equal to TRL's own layout.
+Cost model: tokens through the decoder per pair fall from 2 x (prompt + longest answer in the batch) to prompt +
+chosen + rejected (builtin pairs: ~170 -> 72 on average), padding only to the longest row. Pairs share a row
+because one pair per row pads each to the batch's longest (the built-in pairs: 56-132 tokens, so ~40% of a 4-pair
+forward was padding). The attention mask is a (rows, 1, T, T) tensor, so attention takes a masked path, whose cost
+grows with T^2 per row; the batch therefore takes as many rows as ROW_TOKENS per row needs, balanced, so a row's
+scores between unrelated pairs stay small beside its matrix products. That path is `pair_attention`: torch's CPU
+SDPA with a mask was measured 2.6x slower (forward + backward, 2 rows of 100 bf16 tokens, AVX-512/bf16 EPYC) than
+three plain ops, so it takes whichever kernel is faster here for the shape
+(smoltune.train.row_attention.masked_attention). tests/preference/test_shared_prompt.py proves the hidden states
+and the DPO losses equal to TRL's own layout.
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
+ROW_TOKENS = 512
+
 
 @dataclass(frozen=True)
 class Packed:
     """The packed rows of a [chosen rows; rejected rows] batch and where each original position went."""
 
-    input_ids: Any  # (pairs, T)
-    position_ids: Any  # (pairs, T)
-    allowed: Any  # (pairs, T, T) bool: query may attend key
+    input_ids: Any  # (rows, T)
+    position_ids: Any  # (rows, T)
+    allowed: Any  # (rows, T, T) bool: query may attend key
     source: Any  # (2 * pairs, L) long: the packed flat index holding each original position's hidden state
 
 
@@ -44,8 +50,22 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def row_groups(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Pair indices in as few rows as `capacity` tokens allow, balanced (longest pair first onto the least-filled
+    row), so the rows, padded to the fullest, waste little; each row's pairs in batch order."""
+    rows = max(1, -(-sum(lengths) // capacity))
+    groups: list[list[int]] = [[] for _ in range(rows)]
+    filled = [0] * rows
+    for i in sorted(range(len(lengths)), key=lambda j: (-lengths[j], j)):
+        emptiest = filled.index(min(filled))
+        groups[emptiest].append(i)
+        filled[emptiest] += lengths[i]
+    return [sorted(group) for group in groups if group]
+
+
 def pack_pairs(input_ids: Any, attention_mask: Any) -> Packed:
-    """Pack a batch laid out as TRL lays it ([chosen rows; rejected rows], right-padded) one pair per row."""
+    """Pack a batch laid out as TRL lays it ([chosen rows; rejected rows], right-padded), pairs one after another
+    in as few rows as ROW_TOKENS tokens per row allow (smoltune.preference.shared_prompt.row_groups)."""
     import torch
 
     rows, width = input_ids.shape
@@ -58,24 +78,39 @@ def pack_pairs(input_ids: Any, attention_mask: Any) -> Packed:
         # At least one token of each answer stays unshared, so each row's last position exists in its own part.
         shared = min(_common_prefix(c, r), len(c) - 1, len(r) - 1)
         layouts.append((shared, c, r))
-    t = max(len(c) + len(r) - s for s, c, r in layouts)
-    packed_ids = torch.zeros((pairs, t), dtype=input_ids.dtype)
-    positions = torch.zeros((pairs, t), dtype=torch.long)
-    allowed = torch.zeros((pairs, t, t), dtype=torch.bool)
+    sizes = [len(c) + len(r) - s for s, c, r in layouts]
+    groups = row_groups(sizes, ROW_TOKENS)
+    t = max(sum(sizes[i] for i in group) for group in groups)
+    packed_ids = torch.zeros((len(groups), t), dtype=input_ids.dtype)
+    positions = torch.zeros((len(groups), t), dtype=torch.long)
+    allowed = torch.zeros((len(groups), t, t), dtype=torch.bool)
     source = torch.zeros((rows, width), dtype=torch.long)
-    for i, (s, c, r) in enumerate(layouts):
-        n = len(c) + len(r) - s
-        packed_ids[i, :n] = torch.tensor(c + r[s:])
-        positions[i, :n] = torch.tensor(list(range(len(c))) + list(range(s, len(r))))
-        block = torch.ones((n, n), dtype=torch.bool).tril()
-        block[len(c) :, s : len(c)] = False  # the rejected answer never sees the chosen one
-        allowed[i, :n, :n] = block
-        allowed[i, n:, n:] = torch.eye(t - n, dtype=torch.bool)  # padding sees itself (no empty softmax)
-        base = i * t
-        source[i, : len(c)] = base + torch.arange(len(c))
-        source[pairs + i, :s] = base + torch.arange(s)
-        source[pairs + i, s : len(r)] = base + len(c) + torch.arange(len(r) - s)
+    for row, group in enumerate(groups):
+        at = 0
+        for i in group:
+            _place(layouts[i], i, pairs, (row, at, t), (packed_ids, positions, allowed, source))
+            at += sizes[i]
+        allowed[row, at:, at:] = torch.eye(t - at, dtype=torch.bool)  # padding sees itself (no empty softmax)
     return Packed(packed_ids, positions, allowed, source)
+
+
+def _place(layout: tuple, i: int, pairs: int, where: tuple[int, int, int], out: tuple) -> None:
+    """Write pair `i` ([shared | chosen rest | rejected rest]) at row `where[0]`, offset `where[1]`."""
+    import torch
+
+    s, c, r = layout
+    row, at, t = where
+    packed_ids, positions, allowed, source = out
+    n = len(c) + len(r) - s
+    packed_ids[row, at : at + n] = torch.tensor(c + r[s:])
+    positions[row, at : at + n] = torch.tensor(list(range(len(c))) + list(range(s, len(r))))
+    block = torch.ones((n, n), dtype=torch.bool).tril()
+    block[len(c) :, s : len(c)] = False  # the rejected answer never sees the chosen one
+    allowed[row, at : at + n, at : at + n] = block
+    base = row * t + at
+    source[i, : len(c)] = base + torch.arange(len(c))
+    source[pairs + i, :s] = base + torch.arange(s)
+    source[pairs + i, s : len(r)] = base + len(c) + torch.arange(len(r) - s)
 
 
 PAIR_ATTENTION = "smoltune_pairs"  # the name registered with transformers' AttentionInterface
