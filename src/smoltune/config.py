@@ -408,9 +408,9 @@ class PreferenceConfig(_Section):
     max_forward_tokens: int = Field(
         1024,
         ge=1,
-        description="fold_accumulation merges forward passes only while the merged pairs, each at the longest "
-        "pair's length, fit in this many tokens: activation memory grows with the tokens of one forward (about "
-        "1.3 MiB per token for SmolLM2-135M in bf16).",
+        description="fold_accumulation merges forward passes only while the longest pairs a step can draw fit in "
+        "this many tokens, as laid out in a forward: activation memory grows with the tokens of one forward "
+        "(about 1.3 MiB per token for SmolLM2-135M in bf16).",
     )
     save_steps: int = Field(10, ge=1, description="Checkpoint every this many steps; a rerun resumes from the last.")
 

@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smoltune.config import PreferenceConfig
-from smoltune.preference.folding import fold_factor, folded_micro_batches, pair_lengths, pair_tokens, worst_forward
+from smoltune.preference.folding import (
+    even_steps,
+    fold_factor,
+    folded_micro_batches,
+    pair_lengths,
+    pair_tokens,
+    worst_forward,
+)
 from smoltune.preference.train import dpo_settings
 from smoltune.train.precision import precision_for
 
@@ -28,14 +35,41 @@ def test_the_fold_is_the_largest_divisor_that_fits(
     k = fold_factor(batch, accum, lengths, budget, padded)
     assert accum % k == 0
     assert k == 1 or worst_forward(lengths, k * batch, padded) <= budget
+    assert k == 1 or even_steps(len(lengths), batch, accum, k)
     bigger = [j for j in range(k + 1, accum + 1) if accum % j == 0]
-    assert all(worst_forward(lengths, j * batch, padded) > budget for j in bigger)
+    fits = [worst_forward(lengths, j * batch, padded) <= budget for j in bigger]
+    assert all(not fit or not even_steps(len(lengths), batch, accum, j) for j, fit in zip(bigger, fits, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("pairs", "k", "processes", "even"),
+    [
+        (64, 4, 1, True),  # whole steps only
+        (61, 2, 1, False),  # last step 5 pairs: TRL's forwards 2+2+1, folded 4+1 (the Trainer weighs forwards)
+        (100, 2, 1, True),  # last step 4 pairs: 2+2 either way
+        (100, 4, 1, False),
+        (64, 4, 2, True),
+        (72, 4, 2, False),  # two processes: 72 % 16 = 8 pairs left, 4 each: not a whole forward of 8
+    ],
+)
+def test_an_epochs_last_step_must_split_into_whole_folded_forwards(
+    pairs: int, k: int, processes: int, even: bool
+) -> None:
+    assert even_steps(pairs, 2, 4, k, processes) is even
+
+
+def test_a_short_last_step_limits_the_fold() -> None:
+    assert fold_factor(2, 4, [10] * 64, 10_000, padded=False) == 4
+    assert fold_factor(2, 4, [10] * 100, 10_000, padded=False) == 2
+    assert fold_factor(2, 4, [10] * 61, 10_000, padded=False) == 1
 
 
 def test_the_worst_forward_draws_the_longest_pairs() -> None:
-    assert worst_forward([5, 9, 2, 7], 2, padded=False) == 9 + 7
+    assert worst_forward([5, 9, 2, 7], 2, padded=False) == 9 + 7  # one shared-prompt row
     assert worst_forward([5, 9, 2, 7], 2, padded=True) == 2 * 9
     assert worst_forward([5], 3, padded=False) == 5  # fewer pairs than a forward holds
+    assert worst_forward([300, 300, 300], 3, padded=False) == 900  # rows of 512: a row each
+    assert worst_forward([200] * 5, 5, padded=False) == 3 * 400  # rows of 400, 400, 200, padded to 400
 
 
 def test_pair_tokens_count_the_shared_prompt_once() -> None:
@@ -80,6 +114,13 @@ def test_pair_lengths_are_measured_with_the_tokenizer() -> None:
 def test_folding_is_refused_where_it_would_change_the_loss(settings: dict, expected: int) -> None:
     pref = PreferenceConfig(batch_size=2, grad_accum=4, **{"max_forward_tokens": 100, **settings})
     assert folded_micro_batches(pref, PAIRS * 4, CountingTokenizer()) == expected
+
+
+def test_a_router_loss_is_not_folded() -> None:
+    """A mixture-of-experts router loss is computed over a forward's tokens: folding would change it."""
+    pref = PreferenceConfig(batch_size=2, grad_accum=4)
+    assert folded_micro_batches(pref, PAIRS * 4, CountingTokenizer()) == 4
+    assert folded_micro_batches(pref, PAIRS * 4, CountingTokenizer(), router_loss=True) == 1
 
 
 def test_a_fold_keeps_the_pairs_per_optimizer_step() -> None:

@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from smoltune.preference.shared_prompt import install, pack_pairs, row_groups
 
@@ -62,9 +64,20 @@ def test_packing_keeps_each_pairs_tokens_and_positions() -> None:
     ([7, 2, 2], 6, [[0], [1, 2]]),  # longer than a row: a row of its own
     ([1, 1, 1, 1], 512, [[0, 1, 2, 3]]),
     ([72] * 8, 512, [[0, 2, 4, 6], [1, 3, 5, 7]]),  # 576 tokens: two rows of 288, not 504 + 72 padded to 504
+    ([300, 300, 300], 512, [[0], [1], [2]]),
+    ([200] * 5, 512, [[0, 3], [1, 4], [2]]),  # two rows would hold 600
+    ([1000, 10], 512, [[0], [1]]),
+    ([], 512, []),
 ])  # fmt: skip
 def test_pairs_share_balanced_rows(lengths: list[int], capacity: int, expected: list) -> None:
     assert row_groups(lengths, capacity) == expected
+
+
+@given(st.lists(st.integers(1, 700), max_size=30), st.integers(1, 600))
+def test_rows_stay_within_capacity_and_hold_every_pair(lengths: list[int], capacity: int) -> None:
+    groups = row_groups(lengths, capacity)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in g) <= max(capacity, *lengths) for g in groups)
 
 
 def test_long_pairs_get_a_row_each(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,15 +92,19 @@ def test_long_pairs_get_a_row_each(monkeypatch: pytest.MonkeyPatch) -> None:
         assert flat_ids[packed.source[i, : len(row)]].tolist() == row
 
 
-@pytest.mark.parametrize("kernel", ["sdpa", "matmul"])
+@pytest.mark.parametrize(("kernel", "row_tokens"), [("sdpa", 512), ("matmul", 512), ("matmul", 40), ("sdpa", 40)])
 def test_hidden_states_equal_the_two_row_layout(
-    tiny_model_dir: Path, kernel: str, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, kernel: str, row_tokens: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With either attention kernel the pair attention may pick (forced here, as another machine's timing would)."""
+    """With either attention kernel the pair attention may pick (forced here, as another machine's timing would),
+    all pairs in one row or spread over several rows."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from smoltune.preference import shared_prompt
     from smoltune.train import row_attention
+
+    monkeypatch.setattr(shared_prompt, "ROW_TOKENS", row_tokens)
 
     chosen = []
     monkeypatch.setattr(row_attention, "faster_kernel", lambda *a: chosen.append(a) or kernel)
@@ -102,16 +119,20 @@ def test_hidden_states_equal_the_two_row_layout(
         torch.testing.assert_close(got[i, : len(row)], want[i, : len(row)], atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("shape", [(3, 4), (2, 5)])
+@pytest.mark.parametrize("shape", [(3, 6), (3, 9)])
 def test_other_batches_pass_through(tiny_model_dir: Path, shape: tuple[int, int]) -> None:
-    """An odd batch (not a pair batch) or a 4D mask is the decoder's own call."""
+    """An odd batch (not a pair batch) is the decoder's own call, its padding mask honoured (left-padded rows)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     ids = torch.randint(3, 400, shape)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    mask[2, :4] = 0
     with torch.no_grad():
-        want = model.model(input_ids=ids[:3], attention_mask=torch.ones_like(ids[:3])).last_hidden_state
+        want = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
         install(model.model)
-        got = model.model(input_ids=ids[:3], attention_mask=torch.ones_like(ids[:3])).last_hidden_state
-    torch.testing.assert_close(got, want)
+        got = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    torch.testing.assert_close(got[real], want[real])

@@ -28,7 +28,7 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
-ROW_TOKENS = 512
+ROW_TOKENS = 512  # a row's tokens; a longer pair gets a row of its own
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,23 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def row_groups(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Pair indices in as few rows as `capacity` tokens allow, balanced (longest pair first onto the least-filled
-    row), so the rows, padded to the fullest, waste little; each row's pairs in batch order."""
-    rows = max(1, -(-sum(lengths) // capacity))
-    groups: list[list[int]] = [[] for _ in range(rows)]
-    filled = [0] * rows
-    for i in sorted(range(len(lengths)), key=lambda j: (-lengths[j], j)):
-        emptiest = filled.index(min(filled))
-        groups[emptiest].append(i)
-        filled[emptiest] += lengths[i]
+    """Pair indices in as few rows of at most `capacity` tokens as balancing finds (a pair longer than that gets
+    a row of its own), balanced (longest pair first onto the least-filled row), so the rows, padded to the
+    fullest, waste little; each row's pairs in batch order."""
+    if not lengths:
+        return []
+    order = sorted(range(len(lengths)), key=lambda j: (-lengths[j], j))
+    limit = max(capacity, *lengths)
+    fewest = min(len(lengths), max(1, -(-sum(lengths) // capacity)))
+    for rows in range(fewest, len(lengths) + 1):  # at len(lengths) rows each pair is alone: always within limit
+        groups: list[list[int]] = [[] for _ in range(rows)]
+        filled = [0] * rows
+        for i in order:
+            emptiest = filled.index(min(filled))
+            groups[emptiest].append(i)
+            filled[emptiest] += lengths[i]
+        if max(filled) <= limit:
+            break
     return [sorted(group) for group in groups if group]
 
 
@@ -133,9 +141,12 @@ def pair_attention(
 
 
 def use_pair_attention(backbone: Any) -> None:
+    """Register `pair_attention`, with SDPA's mask builder (so a 2-D padding mask still becomes one), and use it."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(PAIR_ATTENTION, pair_attention)
+    AttentionMaskInterface.register(PAIR_ATTENTION, sdpa_mask)
     backbone.set_attn_implementation(PAIR_ATTENTION)
 
 

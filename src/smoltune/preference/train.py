@@ -22,6 +22,7 @@ projection is one addmm (smoltune.train.fused_lora).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -165,7 +166,9 @@ def build_trainer(spec: PreferenceSpec, callbacks: list[Any] | None = None) -> t
         causal = model.get_base_model()
         install_shared_prompt(getattr(causal, causal.base_model_prefix))
     pairs = read_jsonl(spec.train_file)
-    fold = folded_micro_batches(pref, pairs, tokenizer)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's, for data-parallel training
+    router_loss = bool(getattr(model.config, "output_router_logits", False))
+    fold = folded_micro_batches(pref, pairs, tokenizer, processes, router_loss)
     args = DPOConfig(**dpo_settings(pref, device, str(Path(spec.work_dir) / "checkpoints"), precision, fold))
     trainer = stored_reference_class()(
         model=model,
