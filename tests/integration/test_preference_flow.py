@@ -35,7 +35,7 @@ def run(job) -> tuple[dict[str, str], Path]:  # noqa: ANN001
 
     state = preference(config=job, return_state=True)
     assert state.is_completed()
-    return task_states(state.state_details.flow_run_id), Path(state.result())
+    return task_states(state.state_details.flow_run_id, frozenset(SFT | PREFERENCE)), Path(state.result())
 
 
 def reran(states: dict[str, str], stages: set[str]) -> set[str]:

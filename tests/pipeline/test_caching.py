@@ -105,13 +105,20 @@ def test_each_stage_versions_exactly_the_code_it_runs() -> None:
     assert "peft" not in libraries["tasks.fetch"] and "torch" not in libraries["tasks.fetch"]
 
 
-def task_states(flow_run_id) -> dict[str, str]:  # noqa: ANN001
+def task_states(flow_run_id, expected: frozenset[str] = frozenset()) -> dict[str, str]:  # noqa: ANN001
+    """Each task run's state by stage name. Task runs reach the API asynchronously after the flow returns (a
+    record was seen missing in CI right after a flow ended), so this waits up to 30 s for the `expected` names."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+    deadline = time.monotonic() + 30
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        states = {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+        if expected <= states.keys() or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
 
 
 def run(config, refresh=None) -> tuple[dict[str, str], Path, float]:  # noqa: ANN001
