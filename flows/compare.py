@@ -17,7 +17,8 @@ from prefect.states import State
 from flows.finetune import data_stages
 from flows.preference import STAGES, preference_stages
 from smoltune.config import CompareConfig, PipelineConfig, Variant, variant_jobs
-from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, stoppable_flow
+from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run
+from smoltune.pipeline.stopping import stoppable_flow, unless_stopped
 from smoltune.records import Fetched, Prepared, ResolvedModel, Validated
 from smoltune.train.runner import prestarted_training
 from tasks.compare import VariantResult, compare_report_task
@@ -46,7 +47,7 @@ def variant_result(
     cache = job.output.cache_root
     # SFT: keyed by the variant's train settings only, so a DPO variant whose SFT settings equal another
     # variant's finds its training (and evaluations) Cached.
-    trained = train_task(model, prepared, job, cache)
+    trained = unless_stopped(train_task(model, prepared, job, cache))
     # The base's figures are keyed without the training: measured for the first variant, Cached for the others.
     base = evaluate_base_task(model, trained, prepared, job, cache)
     evaluated = evaluate_task(model, trained, prepared, base, job, cache)

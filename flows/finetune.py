@@ -15,7 +15,8 @@ from prefect.states import State
 
 from smoltune.config import PipelineConfig
 from smoltune.export.weights import check_exports
-from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, build_summary, stoppable_flow
+from smoltune.pipeline.runs import RunRecords, StageTimer, begin_flow_run, build_summary
+from smoltune.pipeline.stopping import stoppable_flow, unless_stopped
 from smoltune.records import Fetched, Prepared, ResolvedModel, Validated
 from smoltune.train.runner import prestarted_training
 from tasks.evaluate import evaluate_task
@@ -71,7 +72,7 @@ def sft_stages(config: PipelineConfig, redo: dict[str, bool], timer: StageTimer)
         # Training (in its own process, resumable), optional exports, then evaluation of base vs tuned on
         # held-out rows and the eval prompts.
         with timer("train"):
-            trained = train_task(model, prepared, config, cache, redo["train"])
+            trained = unless_stopped(train_task(model, prepared, config, cache, redo["train"]))
     exported = None
     if config.export.merged or config.export.gguf:
         with timer("export"):

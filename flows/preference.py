@@ -24,9 +24,9 @@ from smoltune.pipeline.runs import (
     StageTimer,
     begin_flow_run,
     build_summary,
-    stoppable_flow,
     with_preference,
 )
+from smoltune.pipeline.stopping import stoppable_flow, unless_stopped
 from smoltune.preference.runner import prestarted_preference
 from smoltune.records import (
     PreferenceEvaluated,
@@ -107,9 +107,13 @@ def preference_stages(
         reference = None
         if pref.precompute_reference:
             with timer("reference_logps"):
-                reference = reference_task(model, trained, prepared, pref, cache, redo["reference_logps"])
+                reference = unless_stopped(
+                    reference_task(model, trained, prepared, pref, cache, redo["reference_logps"])
+                )
         with timer("train_preference"):
-            dpo = train_preference_task(model, trained, prepared, reference, pref, cache, redo["train_preference"])
+            dpo = unless_stopped(
+                train_preference_task(model, trained, prepared, reference, pref, cache, redo["train_preference"])
+            )
     # DPO against SFT on held-out pairs and the SFT held-out rows (what promotion and a comparison read).
     with timer("evaluate_preference"):
         evaluated = evaluate_preference_task(

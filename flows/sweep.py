@@ -19,7 +19,8 @@ from prefect_dask import DaskTaskRunner
 
 from smoltune.config import PipelineConfig, build_config
 from smoltune.files import atomic_write_json
-from smoltune.pipeline.runs import begin_flow_run, stoppable_flow
+from smoltune.pipeline.runs import begin_flow_run
+from smoltune.pipeline.stopping import stoppable_flow
 from smoltune.records import Evaluated, Trained
 from tasks.evaluate import evaluate_task
 from tasks.evaluate_base import evaluate_base_task

@@ -13,6 +13,7 @@ from smoltune.config import PreferenceConfig
 from smoltune.pipeline.cache import Stage
 from smoltune.pipeline.keys import reference_parts, train_preference_parts
 from smoltune.pipeline.slots import training_slot
+from smoltune.pipeline.stopping import cancelled_task_when_stopped
 from smoltune.preference.runner import run_preference
 from smoltune.preference.spec import PreferenceSpec
 from smoltune.records import (
@@ -43,6 +44,7 @@ def _spec(phase: str, model: ResolvedModel, trained: Trained, train_file: str, o
 
 
 @task(name=REFERENCE.name, cache_policy=REFERENCE.cache_policy(), persist_result=True, result_serializer="json")
+@cancelled_task_when_stopped  # a signal ends the task run Cancelled, kept out of the cache
 def reference_task(
     model: ResolvedModel,
     trained: Trained,
@@ -72,6 +74,7 @@ def reference_task(
 
 
 @task(name=TRAIN.name, cache_policy=TRAIN.cache_policy(), persist_result=True, result_serializer="json")
+@cancelled_task_when_stopped  # a signal ends the task run Cancelled, kept out of the cache
 def train_preference_task(
     model: ResolvedModel,
     trained: Trained,

@@ -13,6 +13,7 @@ from smoltune.model import check_lora_targets
 from smoltune.pipeline.cache import Stage
 from smoltune.pipeline.keys import train_parts
 from smoltune.pipeline.slots import training_slot
+from smoltune.pipeline.stopping import cancelled_task_when_stopped
 from smoltune.records import Prepared, ResolvedModel, Trained
 from smoltune.train.runner import train_in_subprocess
 from smoltune.train.spec import TrainSpec
@@ -23,6 +24,7 @@ LOG_EVERY = 5
 
 
 @task(name=STAGE.name, cache_policy=STAGE.cache_policy(), persist_result=True, result_serializer="json")
+@cancelled_task_when_stopped  # a signal ends the task run Cancelled, kept out of the cache
 def train_task(
     model: ResolvedModel, prepared: Prepared, config: PipelineConfig, cache_dir: str, refresh: bool = False
 ) -> Trained:

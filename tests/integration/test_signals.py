@@ -1,7 +1,7 @@
 """SIGTERM sent to the CLI's process only (what Kubernetes does to a pod's main process, and what a Prefect
 cancellation does to a flow-run process) reaches the training worker: it stops at a step boundary, writes a
 checkpoint, the locks are released, the CLI exits 143 with one line, the flow run ends Cancelled with that line's
-message, and a rerun resumes from that checkpoint."""
+message (its train task run Cancelled too), and a rerun resumes from that checkpoint."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -73,6 +74,28 @@ def flow_run_state(output: str) -> tuple[str, str]:
     return runs[0].state.type.value, runs[0].state.message or ""
 
 
+def train_task_state(output: str) -> str:
+    """The final state type of the flow run's `train` task run (its events reach the API asynchronously: waits
+    up to 30 s for a final state)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, TaskRunFilter, TaskRunFilterName
+
+    match = FLOW_RUN.search(output)
+    assert match, output
+    flows = FlowRunFilter(name=FlowRunFilterName(any_=[match.group(1)]))
+    deadline = time.monotonic() + 30
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=flows, task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="train-"))
+            )
+        final = [r.state.type.value for r in runs if r.state is not None and r.state.is_final()]
+        if final or time.monotonic() > deadline:
+            assert len(final) == 1, runs
+            return final[0]
+        time.sleep(0.5)
+
+
 def complete_checkpoints(runs: Path) -> list[int]:
     found = runs.glob("_cache/train/*/checkpoints/checkpoint-*/smoltune_complete.json")
     return sorted(int(p.parent.name.split("-")[1]) for p in found)
@@ -98,6 +121,7 @@ def test_sigterm_stops_training_with_a_checkpoint_and_a_rerun_resumes(
     # Stopped on request: Cancelled (not Failed, nor Crashed), with the message the CLI printed.
     state, message = flow_run_state(output)
     assert state == "CANCELLED" and "stopped by SIGTERM" in message and f"error: {message}" in output, (state, message)
+    assert train_task_state(output) == "CANCELLED"  # the stage too, not Failed (smoltune.pipeline.stopping)
     saved = complete_checkpoints(tmp_path / "runs")
     assert len(saved) == 1 and saved[0] >= 1, saved
 

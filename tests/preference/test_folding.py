@@ -93,7 +93,6 @@ PAIRS = [
 def test_pair_lengths_are_measured_with_the_tokenizer() -> None:
     assert pair_lengths(PAIRS, CountingTokenizer(), share_prompt=True) == [4 + 2 + 3, 7 + 3 + 2]
     assert pair_lengths(PAIRS, CountingTokenizer(), share_prompt=False) == [2 * (4 + 3), 2 * (7 + 3)]
-    assert pair_lengths([], CountingTokenizer(), share_prompt=True) == [1]
 
 
 @pytest.mark.parametrize(
@@ -121,6 +120,10 @@ def test_a_router_loss_is_not_folded() -> None:
     pref = PreferenceConfig(batch_size=2, grad_accum=4)
     assert folded_micro_batches(pref, PAIRS * 4, CountingTokenizer()) == 4
     assert folded_micro_batches(pref, PAIRS * 4, CountingTokenizer(), router_loss=True) == 1
+
+
+def test_no_pairs_is_no_fold() -> None:
+    assert folded_micro_batches(PreferenceConfig(batch_size=2, grad_accum=4), [], CountingTokenizer()) == 1
 
 
 def test_a_fold_keeps_the_pairs_per_optimizer_step() -> None:

@@ -7,23 +7,19 @@ runs/20261129-101500-3fa2c1/
 
 from __future__ import annotations
 
-import functools
-import inspect
 import secrets
 import time
-import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import yaml
-from prefect.states import Cancelled, State
 
 from smoltune.config import OutputConfig, PipelineConfig, check_config
-from smoltune.errors import ConfigError, StoppedError
+from smoltune.errors import ConfigError
 from smoltune.evaluate.prompts import load_eval_prompts
 from smoltune.files import atomic_write_text
 from smoltune.pipeline.settings import quiet_user_error_tracebacks, use_hub_token
@@ -43,9 +39,6 @@ from smoltune.records import (
     Validated,
 )
 from smoltune.redaction import redact_tree
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 def new_run_name() -> str:
@@ -86,40 +79,6 @@ def begin_flow_run(config: PipelineConfig, source: str) -> tuple[PipelineConfig,
     run_dir = create_run_dir(config.output)
     write_config(run_dir, config)
     return config, run_dir
-
-
-def stoppable_flow(**flow_kwargs: Any) -> Callable[[Callable[P, R]], Any]:
-    """`@flow(**flow_kwargs)` over `cancelled_when_stopped(body)`, versioned as Prefect versions a flow (the hash
-    of its own source file; the wrapper's file would give every flow the same version)."""
-
-    def decorate(body: Callable[P, R]) -> Any:
-        from prefect import flow
-        from prefect.utilities.hashing import file_hash
-
-        version = file_hash(str(inspect.getsourcefile(body)))
-        return flow(version=version, **flow_kwargs)(cancelled_when_stopped(body))
-
-    return decorate
-
-
-def cancelled_when_stopped(body: Callable[P, R]) -> Callable[P, R | State]:
-    """A flow body (under `@flow`) stopped on request - a pod stop, a Prefect cancellation, Ctrl-C; StoppedError,
-    a checkpoint saved - ends as Prefect's Cancelled, not Failed (a fault) or Crashed (the infrastructure died).
-    The error is the state's data, so a caller asking for the result (the CLI: exit 143/130, one line) still
-    gets it raised."""
-
-    @functools.wraps(body)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R | State:
-        try:
-            return body(*args, **kwargs)
-        except StoppedError as err:
-            return Cancelled(message=str(err), data=err)
-
-    # Prefect builds the flow's parameter schema (the UI's form) from the signature; the body's annotations are
-    # strings naming its own module's imports, so they are resolved here, where those names are known.
-    run.__signature__ = inspect.signature(body, eval_str=True)  # type: ignore[attr-defined]
-    run.__annotations__ = typing.get_type_hints(body)
-    return run
 
 
 class StageTimer:

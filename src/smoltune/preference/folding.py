@@ -71,8 +71,6 @@ def pair_lengths(pairs: list[dict[str, Any]], tokenizer: Any, share_prompt: bool
         ids = tokenizer([str(p[column]) for p in pairs], add_special_tokens=special)["input_ids"]
         return [len(row) for row in ids]
 
-    if not pairs:
-        return [1]
     prompts, chosen, rejected = lengths("prompt", True), lengths("chosen", False), lengths("rejected", False)
     return [pair_tokens(p, c, r, share_prompt) for p, c, r in zip(prompts, chosen, rejected, strict=True)]
 
