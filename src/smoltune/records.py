@@ -290,6 +290,11 @@ class PreferenceFigures(_Record):
     beta: float
     reward_accuracy: float = Field(description="Held-out pairs whose chosen answer gains more reward than rejected.")
     reward_margin: float = Field(description="Mean of beta * (chosen log-ratio - rejected log-ratio).")
+    reward_accuracy_by_kind: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Built-in pairs only: reward accuracy (and pairs) where rejected is the SFT model's own wrong "
+        "answer ('own_wrong') and where a plausible wrong answer stands in for a right one ('stand_in').",
+    )
     chosen_logp_change: float = Field(description="Mean change of log p(chosen) from SFT to DPO.")
     rejected_logp_change: float = Field(description="Mean change of log p(rejected) from SFT to DPO.")
     eval_loss: dict[str, float] = Field(description="Eval loss on the SFT held-out rows: base, sft, dpo.")

@@ -58,6 +58,8 @@ def test_preference_flow_caches_reports_and_serves_the_dpo_adapter(
     pref = summary["preference"]
     assert pref["pairs"]["shape"] == "alpaca" and pref["train_pairs"] == 8 and pref["eval_pairs"] == 4
     assert 0.0 <= pref["eval"]["reward_accuracy"] <= 1.0 and set(pref["eval"]["accuracy"]) == {"base", "sft", "dpo"}
+    kinds = pref["eval"]["reward_accuracy_by_kind"]  # built-in pairs: own wrong answers and stand-ins, apart
+    assert set(kinds) <= {"own_wrong", "stand_in"} and sum(k["pairs"] for k in kinds.values()) == 4, kinds
     assert pref["train"]["losses"][0] == pytest.approx(0.693147, abs=1e-4)  # the reference is the SFT model
     assert summary["artifacts"]["adapter_dir"] == pref["train"]["output_dir"] != summary["artifacts"]["sft_adapter_dir"]
     assert adapter_source("dpo", run_dir).path == pref["train"]["output_dir"]

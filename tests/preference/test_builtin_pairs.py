@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from smoltune.data.builtin import builtin_dataset
 from smoltune.evaluate.scoring import is_correct
 from smoltune.preference.builtin import checkable_questions, pairs_from_answers, plausible_wrong
-from smoltune.preference.evaluate import reward_figures
+from smoltune.preference.evaluate import accuracy_by_kind, reward_figures
 from smoltune.preference.stage import proportional_quotas, split_pairs
 
 
@@ -98,6 +98,29 @@ def test_reward_figures() -> None:
     assert figures["reward_accuracy"] == 0.5
     assert math.isclose(figures["reward_margin"], (0.1 * 3 + 0.1 * -2) / 2)
     assert figures["chosen_logp_change"] == 0.0 and figures["rejected_logp_change"] == -0.5
+
+
+def test_reward_accuracy_by_kind_of_pair() -> None:
+    sft = [(-10.0, -12.0), (-5.0, -5.0), (-1.0, -7.0)]
+    dpo = [(-9.0, -14.0), (-6.0, -4.0), (-2.0, -6.5)]  # right, wrong, wrong (the SFT model's own answer fell)
+    pairs = [{"on_policy": True}, {"on_policy": True}, {"on_policy": False}]
+    assert accuracy_by_kind(pairs, sft, dpo) == {
+        "own_wrong": {"pairs": 2, "reward_accuracy": 0.5},
+        "stand_in": {"pairs": 1, "reward_accuracy": 0.0},
+    }
+    assert accuracy_by_kind([{}, {}, {}], sft, dpo) == {}  # users' pairs carry no such field
+
+
+def test_the_report_names_each_kind_of_pair() -> None:
+    from smoltune.report.preference import held_out_pairs_table
+
+    ev = {
+        "reward_accuracy": 0.75, "reward_margin": 0.05, "chosen_logp_change": -0.1, "rejected_logp_change": -0.6,
+        "reward_accuracy_by_kind": {"own_wrong": {"pairs": 29, "reward_accuracy": 0.8276}},
+    }  # fmt: skip
+    table = held_out_pairs_table(ev)
+    assert "| reward accuracy, rejected = SFT's own wrong answer (29 pairs) | 82.8% |" in table, table
+    assert "stands in" not in table  # a kind without pairs gets no row
 
 
 def test_answer_logps_sum_the_answer_tokens_log_probs(tiny_model_dir) -> None:  # noqa: ANN001

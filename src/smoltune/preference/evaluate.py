@@ -63,6 +63,21 @@ def reward_figures(sft: list[tuple[float, float]], dpo: list[tuple[float, float]
     }
 
 
+def accuracy_by_kind(
+    pairs: list[dict], sft: list[tuple[float, float]], dpo: list[tuple[float, float]]
+) -> dict[str, dict[str, float]]:
+    """Reward accuracy apart for built-in pairs whose rejected answer is the SFT model's own wrong answer
+    ("own_wrong") and those where the SFT model answered right, so a plausible wrong answer stands in
+    ("stand_in"): the second kind's chosen answer is the SFT model's own, which DPO on the first kind learns to
+    make less likely. Empty for pairs without the built-in `on_policy` field (users' data). Pure."""
+    kinds: dict[str, list[float]] = {}
+    for pair, s, d in zip(pairs, sft, dpo, strict=True):
+        if isinstance(pair.get("on_policy"), bool):
+            kind = "own_wrong" if pair["on_policy"] else "stand_in"
+            kinds.setdefault(kind, []).append(float(d[0] - s[0] > d[1] - s[1]))
+    return {k: {"pairs": len(v), "reward_accuracy": round(mean(v), 4)} for k, v in sorted(kinds.items())}
+
+
 def load_adapter_model(
     model_path: str, adapter: str, dtype: str, trust_remote_code: bool, merged: bool
 ) -> tuple[Any, Any]:
@@ -119,6 +134,7 @@ def evaluate_preference(
         eval_pairs=len(pairs),
         beta=beta,
         **reward_figures(logps["sft"], logps["dpo"], beta),
+        reward_accuracy_by_kind=accuracy_by_kind(pairs, logps["sft"], logps["dpo"]),
         eval_loss={"base": sft_figures.eval_loss_base, "sft": sft_figures.eval_loss_tuned, "dpo": round(loss, 5)},
         accuracy={"base": sft_figures.accuracy_base, "sft": sft_figures.accuracy_tuned, "dpo": score["accuracy"]},
         checked_rows=score["checked_rows"],

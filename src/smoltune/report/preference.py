@@ -9,6 +9,12 @@ from typing import Any
 
 from smoltune.report.tables import as_percent, markdown_table
 
+# The two kinds of built-in pair (smoltune.preference.evaluate.accuracy_by_kind), as the report names them.
+KIND_NAMES = {
+    "own_wrong": "rejected = SFT's own wrong answer",
+    "stand_in": "SFT was right, a wrong answer stands in",
+}
+
 
 def _pairs_lines(p: dict[str, Any]) -> list[str]:
     pairs, gate = p["pairs"], p["validation"]
@@ -59,19 +65,29 @@ def _verdict(ev: dict[str, Any]) -> str:
     )
 
 
-def preference_section(p: dict[str, Any]) -> str:
-    """Pairs, training, then DPO against SFT: reward accuracy and margin on held-out pairs, and base / SFT / DPO
-    on the SFT held-out rows."""
-    ev = p["eval"]
-    pairs_table = markdown_table(
+def held_out_pairs_table(ev: dict[str, Any]) -> str:
+    """Reward accuracy (apart for each kind of built-in pair, where known), margin and log-prob changes."""
+    kinds = ev.get("reward_accuracy_by_kind") or {}
+    return markdown_table(
         ["held-out pairs", "value"],
         [
             ["reward accuracy", as_percent(ev["reward_accuracy"])],
+            *(
+                [f"reward accuracy, {KIND_NAMES[kind]} ({int(k['pairs'])} pairs)", as_percent(k["reward_accuracy"])]
+                for kind, k in kinds.items()
+            ),
             ["mean reward margin", f"{ev['reward_margin']:.4f}"],
             ["log p(chosen) change", f"{ev['chosen_logp_change']:+.3f}"],
             ["log p(rejected) change", f"{ev['rejected_logp_change']:+.3f}"],
         ],
     )
+
+
+def preference_section(p: dict[str, Any]) -> str:
+    """Pairs, training, then DPO against SFT: reward accuracy and margin on held-out pairs, and base / SFT / DPO
+    on the SFT held-out rows."""
+    ev = p["eval"]
+    pairs_table = held_out_pairs_table(ev)
     rows_table = markdown_table(
         ["SFT held-out rows", "base", "SFT", "DPO"],
         [
