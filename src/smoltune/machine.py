@@ -2,22 +2,28 @@
 
     python -c "from smoltune.machine import cpu_name, cpu_flags; print(cpu_name(), cpu_flags()[:5])"
 
-Used where a choice or a figure depends on the machine: the precision measurement's cache key
-(smoltune.train.precision) and the benchmarks' labels (bench/verdicts.py). `other_load` tells whether other
-processes were busy while something was measured: such a measurement is used once, never cached. On CUDA, the
+Used where a choice or a figure depends on the machine: the keys of measurements kept per machine
+(`measured_once`: the precision's matmul rates, the attention kernel per shape) and the benchmarks' labels
+(bench/verdicts.py). `other_load` tells whether other processes were busy while something was measured: such a
+measurement is used once, never kept. On CUDA, the
 card's compute capability decides what it computes in: `has_bf16` is the one rule for training, evaluation and
 kernels.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 CPUINFO = Path("/proc/cpuinfo")
 PROC_STAT = Path("/proc/stat")
@@ -96,3 +102,38 @@ def other_load() -> Iterator[OtherLoad]:
         load.cores = round(max(0.0, (after - before) - (time.process_time() - own)) / elapsed, 3)
     else:
         load.cores = average
+
+
+def cpu_kind() -> str:
+    """The CPU's architecture, name and the flags that decide bf16's speed: what a measurement kept per machine
+    is keyed by."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+    flags = ",".join(f for f in wanted if f in cpu_flags())
+    return f"{platform.machine()} {cpu_name()} {flags}"
+
+
+def measured_once(cache: Path, key: str, measure: Callable[[], T], what: str) -> T:
+    """`measure()`'s value for `key`, kept in the JSON file `cache` (an entry per key) once it was measured on an
+    idle machine. A value measured while other processes kept the CPUs busy is used by this caller only, never
+    kept (stderr says so); entries without that proof (written by earlier code) are measured again. Values are
+    JSON data."""
+    from smoltune.files import atomic_write_json
+
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and "value" in entry:
+        return entry["value"]
+    with other_load() as load:
+        value = measure()
+    if not load.idle:
+        busy = "an unknown load" if load.cores is None else f"{load.cores:.2f} cores busy elsewhere"
+        print(f"smoltune: {what} measured with {busy}: used for this run, not cached", file=sys.stderr)
+        return value
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cache, {**known, key: {"value": value, "other_cores": load.cores}})
+    return value

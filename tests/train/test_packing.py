@@ -3,6 +3,7 @@ model's own loss, and training with the fast path on or off gives the same losse
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -273,16 +274,40 @@ def test_masked_attention_keeps_large_scores_off_the_matmul_kernel(monkeypatch: 
     assert len(calls) == 1 and out.shape == q.shape
 
 
-def test_the_faster_kernel_is_measured_once_per_shape() -> None:
+def test_the_faster_kernel_is_measured_once_per_shape_and_kept_for_the_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smoltune import machine
+    from smoltune.train import row_attention
     from smoltune.train.row_attention import KERNELS, faster_kernel
 
+    monkeypatch.setenv("SMOLTUNE_HOME", str(tmp_path))
+    monkeypatch.setattr(machine, "_busy_seconds", lambda: 100.0)  # an idle machine: nothing else ran
+    timed = []
+    real = row_attention._time_kernels
+    monkeypatch.setattr(row_attention, "_time_kernels", lambda *a: timed.append(a) or real(*a))
     faster_kernel.cache_clear()
     with torch.no_grad():  # measured with gradients even inside no_grad / inference code
         choice = faster_kernel("cpu", torch.bfloat16, 6, 2, 16, 64)
     assert choice in KERNELS and faster_kernel("cpu", torch.bfloat16, 6, 2, 16, 64) == choice
     assert faster_kernel.cache_info().hits == 1
     assert faster_kernel("cpu", torch.bfloat16, 6, 2, 16, 64, 2, True) in KERNELS  # masked, two rows: its own
-    assert faster_kernel.cache_info().misses == 2
+    assert faster_kernel.cache_info().misses == 2 and len(timed) == 2
+
+    # Another process on this machine (the DPO reference's, then the training's) takes the kept choice.
+    faster_kernel.cache_clear()
+    kept = json.loads((tmp_path / "attention_kernels.json").read_text())
+    key = next(k for k in kept if "causal" in k)
+    kept[key]["value"] = other = next(k for k in KERNELS if k != choice)  # as if that one had been faster
+    (tmp_path / "attention_kernels.json").write_text(json.dumps(kept))
+    assert faster_kernel("cpu", torch.bfloat16, 6, 2, 16, 64) == other and len(timed) == 2
+
+    # Measured while another process kept the CPUs busy: used, never kept.
+    faster_kernel.cache_clear()
+    busy = iter(range(0, 10_000, 50))
+    monkeypatch.setattr(machine, "_busy_seconds", lambda: float(next(busy)))
+    assert faster_kernel("cpu", torch.float32, 6, 2, 16, 64) in KERNELS and len(timed) == 3
+    assert not any("float32" in k for k in json.loads((tmp_path / "attention_kernels.json").read_text()))
 
 
 def test_row_boundaries_reach_every_layer_as_host_integers(models: tuple, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -127,7 +127,7 @@ def test_a_measurement_on_a_busy_machine_is_used_once_and_not_cached(
     key = precision_module._machine_key(precision_module.matmul_shapes(model))
     (tmp_path / "precision.json").write_text(json.dumps({key: {"fp32": 1.0, "bf16": 3.0}}))
     precision_module.resolve_precision("cpu", "lora", "auto", model)
-    assert len(calls) == 3 and json.loads((tmp_path / "precision.json").read_text())[key]["rates"] == AMX_LIKE
+    assert len(calls) == 3 and json.loads((tmp_path / "precision.json").read_text())[key]["value"] == AMX_LIKE
 
 
 def test_a_resumed_training_keeps_the_precision_it_started_in(
@@ -154,7 +154,7 @@ def test_a_resumed_training_keeps_the_precision_it_started_in(
     assert precision_module.resolve_precision("cpu", "lora", "auto", model, work).name == "fp32"
     # Stored on another kind of CPU (a rerun that landed elsewhere): resolved again for this one.
     rates.append(AMX_LIKE)
-    monkeypatch.setattr(precision_module, "_cpu_kind", lambda: "x86_64 another CPU amx_bf16")
+    monkeypatch.setattr(machine, "cpu_kind", lambda: "x86_64 another CPU amx_bf16")
     assert precision_module.resolve_precision("cpu", "lora", "auto", model, work).name == "bf16"
 
 

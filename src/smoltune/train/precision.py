@@ -25,7 +25,6 @@ weights under autocast (pure 16-bit weights lose small updates).
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -143,16 +142,9 @@ def measure_gflops(shapes: list[tuple[int, int]], dtypes: tuple[str, ...] = ("fp
 def _machine_key(shapes: list[tuple[int, int]]) -> str:
     import torch
 
-    return f"{_cpu_kind()} | torch {torch.__version__} | threads {torch.get_num_threads()} | shapes {shapes}"
+    from smoltune.machine import cpu_kind
 
-
-def _cpu_kind() -> str:
-    """The CPU's name and the flags that decide bf16's speed."""
-    from smoltune.machine import cpu_flags, cpu_name
-
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
-    flags = ",".join(f for f in wanted if f in cpu_flags())
-    return f"{platform.machine()} {cpu_name()} {flags}"
+    return f"{cpu_kind()} | torch {torch.__version__} | threads {torch.get_num_threads()} | shapes {shapes}"
 
 
 def cpu_matmul_gflops(model_path: str | Path) -> dict[str, float]:
@@ -160,30 +152,12 @@ def cpu_matmul_gflops(model_path: str | Path) -> dict[str, float]:
     A measurement taken while other processes kept the CPUs busy is used for this run only, never cached (a busy
     machine once cached bf16 as 3x fp32 where bf16 is emulated); entries cached without that check are
     measured again."""
-    from smoltune.files import atomic_write_json, smoltune_home
-    from smoltune.machine import other_load
+    from smoltune.files import smoltune_home
+    from smoltune.machine import measured_once
 
     shapes = matmul_shapes(model_path)
-    key = _machine_key(shapes)
     cache = smoltune_home() / "precision.json"
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if not isinstance(known, dict):
-        known = {}
-    entry = known.get(key)
-    if isinstance(entry, dict) and isinstance(entry.get("rates"), dict):
-        return entry["rates"]
-    with other_load() as load:
-        rates = measure_gflops(shapes)
-    if not load.idle:
-        busy = "an unknown load" if load.cores is None else f"{load.cores:.2f} cores busy elsewhere"
-        print(f"smoltune: matmul speed measured with {busy}: used for this run, not cached", file=sys.stderr)
-        return rates
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cache, {**known, key: {"rates": rates, "other_cores": load.cores}})
-    return rates
+    return measured_once(cache, _machine_key(shapes), lambda: measure_gflops(shapes), "matmul speed")
 
 
 def resolve_precision(
@@ -206,7 +180,9 @@ def resolve_precision(
 def _asked(device: str, mode: str, requested: str) -> dict[str, str]:
     """What a stored choice holds for: a resumed training on another card or CPU kind resolves again (the checks
     of `precision_for`, e.g. no bf16 below compute capability 8.0, must run for the hardware it trains on)."""
-    hardware = f"cuda {cuda_capability()}" if device == "cuda" else _cpu_kind()
+    from smoltune.machine import cpu_kind
+
+    hardware = f"cuda {cuda_capability()}" if device == "cuda" else cpu_kind()
     return {"device": device, "hardware": hardware, "mode": mode, "requested": requested}
 
 

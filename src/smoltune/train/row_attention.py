@@ -5,8 +5,10 @@
 Why: torch's CPU SDPA (its flash-attention kernel) is the faster choice in fp32 but can be slower than three
 plain ops in bf16 (docs/benchmarks.md has the figures), because its bf16 path does not reach the matrix units
 the way a bf16 matmul does. Machines differ (AMX, GPUs), so neither is hard-coded: the first packed row of each
-(dtype, shape) times both, forward and backward, at the row's length class and keeps the faster for the process
-(about 50 ms, once).
+(dtype, shape) times both, forward and backward, at the row's length class, and the faster is kept for the
+machine (`$SMOLTUNE_HOME/attention_kernels.json`, when nothing else kept the CPUs busy meanwhile: about 0.1 s a
+shape, once), so every process picks the same kernel: a DPO reference computed in one process and the training
+in another round alike in bf16, and a rerun repeats its losses.
 
 The matmul kernel: the query heads that share a key/value head are stacked into one matmul against it (no copy
 of keys or values per head), scores masked causally (or by a given additive mask), softmax in fp32, then the
@@ -26,6 +28,8 @@ import torch.nn.functional as F
 # fp32 scores per call; the kernel keeps about 1.5x that for the backward (fp32 softmax + 16-bit probabilities),
 # per layer (30 in SmolLM2-135M)
 MATMUL_SCORES_BYTES = 8 * 2**20
+# Each kernel is timed at least this long (busy time elsewhere is read in whole clock ticks, 10 ms)
+MIN_TIMING_SECONDS = 0.05
 
 
 def matmul_attention(
@@ -73,10 +77,23 @@ def faster_kernel(
     rows: int = 1,
     masked: bool = False,
 ) -> str:
-    """'sdpa' or 'matmul': whichever runs forward + backward of `rows` rows faster here (best of 3 after a
-    warm-up), causal, or under an additive mask when `masked`."""
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device, enabled=False):
-        return _time_kernels(device, dtype, (rows, heads, kv_heads, dim, tokens), masked)
+    """'sdpa' or 'matmul': whichever runs forward + backward of `rows` rows faster on this machine (best of
+    several after a warm-up), causal, or under an additive mask when `masked`; measured once per machine."""
+    from smoltune.files import smoltune_home
+    from smoltune.machine import cpu_kind, measured_once
+
+    shape = (rows, heads, kv_heads, dim, tokens)
+    hardware = torch.cuda.get_device_name() if device == "cuda" else cpu_kind()
+    key = (
+        f"{hardware} | torch {torch.__version__} | threads {torch.get_num_threads()} | {dtype} | "
+        f"rows, heads, kv heads, dim, tokens {shape} | {'masked' if masked else 'causal'}"
+    )
+
+    def measure() -> str:
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device, enabled=False):
+            return _time_kernels(device, dtype, shape, masked)
+
+    return measured_once(smoltune_home() / "attention_kernels.json", key, measure, "attention kernel")
 
 
 def _time_kernels(device: str, dtype: torch.dtype, shape: tuple[int, ...], masked: bool) -> str:
@@ -91,13 +108,15 @@ def _time_kernels(device: str, dtype: torch.dtype, shape: tuple[int, ...], maske
     for name, kernel in KERNELS.items():
         q = torch.randn(rows, heads, tokens, dim, dtype=dtype, device=device, requires_grad=True)
         k, v = (torch.randn(rows, kv_heads, tokens, dim, dtype=dtype, device=device, requires_grad=True) for _ in "kv")
-        best = float("inf")
-        for attempt in range(4):
+        best, attempts, began = float("inf"), 0, time.perf_counter()
+        # At least 4 calls and MIN_TIMING_SECONDS a kernel: long enough for the machine's load to be told apart
+        while attempts < 4 or time.perf_counter() - began < MIN_TIMING_SECONDS:
             started = time.perf_counter()
             kernel(q, k, v, dim**-0.5, mask).float().sum().backward()
             if device == "cuda":
                 torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - started) if attempt else best
+            best = min(best, time.perf_counter() - started) if attempts else best  # the first call warms up
+            attempts += 1
         timings[name] = best
     return min(timings, key=timings.__getitem__)
 
