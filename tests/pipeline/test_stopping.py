@@ -6,7 +6,7 @@ is cached as any stage is. tests/integration/test_signals.py checks the same sta
 from __future__ import annotations
 
 import time
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from prefect import task
@@ -20,8 +20,9 @@ CALLS: list[int] = []
 
 @task(cache_policy=INPUTS, persist_result=True, result_serializer="json")
 @cancelled_task_when_stopped
-def training(stop_first: int) -> dict:
-    """Stops (like a signalled training) on its first `stop_first` calls, then completes."""
+def training(stop_first: int, job_id: str) -> dict:
+    """Stops (like a signalled training) on its first `stop_first` calls, then completes. `job_id` keeps its
+    cache key new for each test run (Prefect's result storage outlives the test session)."""
     CALLS.append(stop_first)
     if len(CALLS) <= stop_first:
         raise StoppedError(f"training stopped by SIGTERM at step {len(CALLS)}; a rerun resumes", 15)
@@ -35,8 +36,8 @@ def never_stops(value: int) -> int:
 
 
 @stoppable_flow(name="stop-rule-test")
-def job(stop_first: int) -> dict:
-    return unless_stopped(training(stop_first))
+def job(stop_first: int, job_id: str) -> dict:
+    return unless_stopped(training(stop_first, job_id))
 
 
 def final_states(flow_run_id: UUID) -> tuple[str, list[tuple[str, str]]]:
@@ -59,10 +60,11 @@ def final_states(flow_run_id: UUID) -> tuple[str, list[tuple[str, str]]]:
 
 def test_a_stopped_task_ends_task_and_flow_cancelled_and_is_not_cached(prefect_server: None) -> None:
     CALLS.clear()
+    job_id = uuid4().hex
     stop_first = 2  # two stops in a row, then the rerun completes: each stop must rerun the body
 
     for attempt in range(1, stop_first + 1):
-        state = job(stop_first, return_state=True)
+        state = job(stop_first, job_id, return_state=True)
         with pytest.raises(StoppedError, match=f"at step {attempt}") as raised:
             state.result()
         assert raised.value.signum == 15 and raised.value.exit_code == 143
@@ -71,8 +73,10 @@ def test_a_stopped_task_ends_task_and_flow_cancelled_and_is_not_cached(prefect_s
         assert tasks == [("CANCELLED", "Cancelled")], tasks
         assert len(CALLS) == attempt  # the stop before it was not read back from Prefect's cache
 
-    assert job(stop_first) == {"steps": stop_first + 1}
-    assert job(stop_first) == {"steps": stop_first + 1}  # the completed training is cached: the body did not run
+    assert job(stop_first, job_id) == {"steps": stop_first + 1}
+    assert job(stop_first, job_id) == {
+        "steps": stop_first + 1
+    }  # the completed training is cached: the body did not run
     assert len(CALLS) == stop_first + 1
 
 
