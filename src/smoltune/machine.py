@@ -5,9 +5,8 @@
 Used where a choice or a figure depends on the machine: the keys of measurements kept per machine
 (`measured_once`: the precision's matmul rates, the attention kernel per shape) and the benchmarks' labels
 (bench/verdicts.py). `other_load` tells whether other processes were busy while something was measured: such a
-measurement is used once, never kept. On CUDA, the
-card's compute capability decides what it computes in: `has_bf16` is the one rule for training, evaluation and
-kernels.
+measurement is used once, never kept. On CUDA, the card's compute capability decides what it computes in:
+`has_bf16` is the one rule for training, evaluation and kernels.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -112,11 +111,20 @@ def cpu_kind() -> str:
     return f"{platform.machine()} {cpu_name()} {flags}"
 
 
-def measured_once(cache: Path, key: str, measure: Callable[[], T], what: str) -> T:
-    """`measure()`'s value for `key`, kept in the JSON file `cache` (an entry per key) once it was measured on an
-    idle machine. A value measured while other processes kept the CPUs busy is used by this caller only, never
-    kept (stderr says so); entries without that proof (written by earlier code) are measured again. Values are
-    JSON data."""
+def measured_once(
+    cache: Path,
+    key: str,
+    measure: Callable[[], T],
+    valid: Callable[[Any], bool],
+    what: str | None = None,
+    field: str = "value",
+) -> T:
+    """`measure()`'s value for `key`, kept under `field` in the JSON file `cache` (an entry per key) once it was
+    measured on an idle machine. A value measured while other processes kept the CPUs busy is used by this caller
+    only, never kept (stderr says so when `what` names it); a kept value that `valid` refuses, or an entry
+    without `field` (written by earlier code without the idle check), is measured again. Keeping is best effort:
+    a cache that cannot be written (read-only, full disk) costs a measurement next time, never the caller's run.
+    Values are JSON data."""
     from smoltune.files import atomic_write_json
 
     try:
@@ -126,14 +134,18 @@ def measured_once(cache: Path, key: str, measure: Callable[[], T], what: str) ->
     if not isinstance(known, dict):
         known = {}
     entry = known.get(key)
-    if isinstance(entry, dict) and "value" in entry:
-        return entry["value"]
+    if isinstance(entry, dict) and field in entry and valid(entry[field]):
+        return entry[field]
     with other_load() as load:
         value = measure()
     if not load.idle:
-        busy = "an unknown load" if load.cores is None else f"{load.cores:.2f} cores busy elsewhere"
-        print(f"smoltune: {what} measured with {busy}: used for this run, not cached", file=sys.stderr)
+        if what:
+            busy = "an unknown load" if load.cores is None else f"{load.cores:.2f} cores busy elsewhere"
+            print(f"smoltune: {what} measured with {busy}: used for this run, not cached", file=sys.stderr)
         return value
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cache, {**known, key: {"value": value, "other_cores": load.cores}})
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cache, {**known, key: {field: value, "other_cores": load.cores}})
+    except OSError:
+        pass  # best effort (see above)
     return value

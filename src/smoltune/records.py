@@ -283,6 +283,13 @@ class ReferenceScored(StageRecord):
         return [self.train_file]
 
 
+class KindAccuracy(_Record):
+    """Reward accuracy on the held-out built-in pairs of one kind (smoltune.preference.evaluate.accuracy_by_kind)."""
+
+    pairs: int
+    reward_accuracy: float
+
+
 class PreferenceFigures(_Record):
     """DPO against its reference (the SFT model) on held-out pairs, and base / SFT / DPO on the SFT held-out rows."""
 
@@ -290,7 +297,7 @@ class PreferenceFigures(_Record):
     beta: float
     reward_accuracy: float = Field(description="Held-out pairs whose chosen answer gains more reward than rejected.")
     reward_margin: float = Field(description="Mean of beta * (chosen log-ratio - rejected log-ratio).")
-    reward_accuracy_by_kind: dict[str, dict[str, float]] = Field(
+    reward_accuracy_by_kind: dict[str, KindAccuracy] = Field(
         default_factory=dict,
         description="Built-in pairs only: reward accuracy (and pairs) where rejected is the SFT model's own wrong "
         "answer ('own_wrong') and where a plausible wrong answer stands in for a right one ('stand_in').",

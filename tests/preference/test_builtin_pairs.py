@@ -104,7 +104,8 @@ def test_reward_accuracy_by_kind_of_pair() -> None:
     sft = [(-10.0, -12.0), (-5.0, -5.0), (-1.0, -7.0)]
     dpo = [(-9.0, -14.0), (-6.0, -4.0), (-2.0, -6.5)]  # right, wrong, wrong (the SFT model's own answer fell)
     pairs = [{"on_policy": True}, {"on_policy": True}, {"on_policy": False}]
-    assert accuracy_by_kind(pairs, sft, dpo) == {
+    kinds = {k: v.model_dump() for k, v in accuracy_by_kind(pairs, sft, dpo).items()}
+    assert kinds == {
         "own_wrong": {"pairs": 2, "reward_accuracy": 0.5},
         "stand_in": {"pairs": 1, "reward_accuracy": 0.0},
     }
@@ -116,11 +117,14 @@ def test_the_report_names_each_kind_of_pair() -> None:
 
     ev = {
         "reward_accuracy": 0.75, "reward_margin": 0.05, "chosen_logp_change": -0.1, "rejected_logp_change": -0.6,
-        "reward_accuracy_by_kind": {"own_wrong": {"pairs": 29, "reward_accuracy": 0.8276}},
+        "reward_accuracy_by_kind": {
+            "own_wrong": {"pairs": 29, "reward_accuracy": 0.8276},
+            "stand_in": {"pairs": 1, "reward_accuracy": 0.0},
+        },
     }  # fmt: skip
     table = held_out_pairs_table(ev)
     assert "| reward accuracy, rejected = SFT's own wrong answer (29 pairs) | 82.8% |" in table, table
-    assert "stands in" not in table  # a kind without pairs gets no row
+    assert "| reward accuracy, SFT was right, a wrong answer stands in (1 pair) | 0.0% |" in table, table
 
 
 def test_answer_logps_sum_the_answer_tokens_log_probs(tiny_model_dir) -> None:  # noqa: ANN001

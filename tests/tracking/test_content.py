@@ -23,6 +23,7 @@ from smoltune.tracking.content import (
     config_params,
     eval_metrics,
     flatten_params,
+    preference_run,
     step_metrics,
     trained_run,
 )
@@ -80,6 +81,23 @@ def test_eval_figures_base_and_tuned_and_by_family() -> None:
     assert metrics["eval/accuracy_tuned"] == 0.6 and metrics["eval/accuracy_by_family/arithmetic/tuned"] == 0.5
     assert "eval/exact_match_tuned" not in metrics  # None: not measured, not logged as 0
     assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_preference_figures_reach_the_metrics_at_every_depth(tmp_path: Path) -> None:
+    from smoltune.records import KindAccuracy, PreferenceFigures
+
+    figures = PreferenceFigures(
+        eval_pairs=32, beta=0.1, reward_accuracy=0.75, reward_margin=0.05, chosen_logp_change=-0.1,
+        rejected_logp_change=-0.6, eval_loss={"base": 3.0, "sft": 1.8, "dpo": 1.79},
+        accuracy={"base": 0.0, "sft": 0.1, "dpo": None}, checked_rows=83, eval_seconds=40.0,
+        reward_accuracy_by_kind={"own_wrong": KindAccuracy(pairs=30, reward_accuracy=0.8)},
+    )  # fmt: skip
+    result = train_result(tmp_path)
+    metrics = preference_run("r", job(tmp_path), result, result, eval_figures(), figures, None).metrics
+    assert metrics["preference/reward_accuracy"] == 0.75 and metrics["preference/eval_loss/sft"] == 1.8
+    assert metrics["preference/reward_accuracy_by_kind/own_wrong/reward_accuracy"] == 0.8
+    assert metrics["preference/reward_accuracy_by_kind/own_wrong/pairs"] == 30.0
+    assert "preference/accuracy/dpo" not in metrics  # None: not measured, not logged as 0
 
 
 def test_harness_scores_become_metrics_with_their_errors() -> None:

@@ -127,7 +127,7 @@ def test_a_measurement_on_a_busy_machine_is_used_once_and_not_cached(
     key = precision_module._machine_key(precision_module.matmul_shapes(model))
     (tmp_path / "precision.json").write_text(json.dumps({key: {"fp32": 1.0, "bf16": 3.0}}))
     precision_module.resolve_precision("cpu", "lora", "auto", model)
-    assert len(calls) == 3 and json.loads((tmp_path / "precision.json").read_text())[key]["value"] == AMX_LIKE
+    assert len(calls) == 3 and json.loads((tmp_path / "precision.json").read_text())[key]["rates"] == AMX_LIKE
 
 
 def test_a_resumed_training_keeps_the_precision_it_started_in(
@@ -156,6 +156,30 @@ def test_a_resumed_training_keeps_the_precision_it_started_in(
     rates.append(AMX_LIKE)
     monkeypatch.setattr(machine, "cpu_kind", lambda: "x86_64 another CPU amx_bf16")
     assert precision_module.resolve_precision("cpu", "lora", "auto", model, work).name == "bf16"
+
+
+def test_measured_once_refuses_bad_entries_and_never_fails_on_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(machine, "_busy_seconds", lambda: 100.0)  # an idle machine
+    cache, calls = tmp_path / "kept.json", []
+
+    def measure() -> str:
+        calls.append(1)
+        return "sdpa"
+
+    def valid(value: object) -> bool:
+        return value in ("sdpa", "matmul")
+
+    cache.write_text(json.dumps({"k": {"value": "a kernel since renamed"}, "j": "not an entry"}))
+    assert machine.measured_once(cache, "k", measure, valid) == "sdpa" and len(calls) == 1  # refused: measured
+    assert machine.measured_once(cache, "k", measure, valid) == "sdpa" and len(calls) == 1  # kept
+    cache.write_text("{torn")
+    assert machine.measured_once(cache, "k", measure, valid) == "sdpa" and len(calls) == 2
+    # A cache that cannot be written costs a measurement next time, never the caller's run.
+    blocked = tmp_path / "a file" / "kept.json"
+    (tmp_path / "a file").write_text("")  # a file where the cache's folder belongs
+    assert machine.measured_once(blocked, "k", measure, valid) == "sdpa" and len(calls) == 3
 
 
 def test_other_load_sees_another_busy_process() -> None:

@@ -21,7 +21,7 @@ from smoltune.data.tokens import tokenize_example
 from smoltune.evaluate.scoring import MATCH_SCORES
 from smoltune.evaluate.stage import held_out, measure
 from smoltune.files import read_jsonl
-from smoltune.records import EvalFigures, PreferenceFigures
+from smoltune.records import EvalFigures, KindAccuracy, PreferenceFigures
 
 
 def answer_logps(model: Any, examples: list[dict], pad_id: int, batch_size: int) -> list[float]:
@@ -65,7 +65,7 @@ def reward_figures(sft: list[tuple[float, float]], dpo: list[tuple[float, float]
 
 def accuracy_by_kind(
     pairs: list[dict], sft: list[tuple[float, float]], dpo: list[tuple[float, float]]
-) -> dict[str, dict[str, float]]:
+) -> dict[str, KindAccuracy]:
     """Reward accuracy apart for built-in pairs whose rejected answer is the SFT model's own wrong answer
     ("own_wrong") and those where the SFT model answered right, so a plausible wrong answer stands in
     ("stand_in"): the second kind's chosen answer is the SFT model's own, which DPO on the first kind learns to
@@ -75,7 +75,7 @@ def accuracy_by_kind(
         if isinstance(pair.get("on_policy"), bool):
             kind = "own_wrong" if pair["on_policy"] else "stand_in"
             kinds.setdefault(kind, []).append(float(d[0] - s[0] > d[1] - s[1]))
-    return {k: {"pairs": len(v), "reward_accuracy": round(mean(v), 4)} for k, v in sorted(kinds.items())}
+    return {k: KindAccuracy(pairs=len(v), reward_accuracy=round(mean(v), 4)) for k, v in sorted(kinds.items())}
 
 
 def load_adapter_model(

@@ -65,6 +65,10 @@ def _verdict(ev: dict[str, Any]) -> str:
     )
 
 
+def _pairs(count: int) -> str:
+    return f"{count} pair" if count == 1 else f"{count} pairs"
+
+
 def held_out_pairs_table(ev: dict[str, Any]) -> str:
     """Reward accuracy (apart for each kind of built-in pair, where known), margin and log-prob changes."""
     kinds = ev.get("reward_accuracy_by_kind") or {}
@@ -73,7 +77,7 @@ def held_out_pairs_table(ev: dict[str, Any]) -> str:
         [
             ["reward accuracy", as_percent(ev["reward_accuracy"])],
             *(
-                [f"reward accuracy, {KIND_NAMES[kind]} ({int(k['pairs'])} pairs)", as_percent(k["reward_accuracy"])]
+                [f"reward accuracy, {KIND_NAMES[kind]} ({_pairs(k['pairs'])})", as_percent(k["reward_accuracy"])]
                 for kind, k in kinds.items()
             ),
             ["mean reward margin", f"{ev['reward_margin']:.4f}"],

@@ -196,11 +196,16 @@ def preference_run(
     """A preference flow's run: the DPO adapter's (the run's adapter), with the SFT curves beside its own and the
     DPO-vs-SFT figures (reward accuracy, margin) under preference/."""
     run = trained_run(name, config, dpo, figures, promotion, files)
-    extra = {}
-    for key, value in preference.model_dump(mode="json").items():
-        values = value if isinstance(value, dict) else {"": value}  # eval_loss / accuracy: base, sft, dpo
-        extra |= {f"preference/{key}{'/' + k if k else ''}": float(v) for k, v in values.items() if _finite(v)}
+    extra = _numbers(preference.model_dump(mode="json"), "preference")
     return replace(run, steps=run.steps + step_metrics(sft, "sft/"), metrics=run.metrics | extra)
+
+
+def _numbers(data: Any, name: str) -> dict[str, float]:
+    """Every finite number in nested figures, named by its path: preference/eval_loss/sft,
+    preference/reward_accuracy_by_kind/own_wrong/pairs."""
+    if isinstance(data, dict):
+        return {path: v for key, value in data.items() for path, v in _numbers(value, f"{name}/{key}").items()}
+    return {name: float(data)} if _finite(data) else {}
 
 
 def parent_run(

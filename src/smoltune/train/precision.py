@@ -157,7 +157,13 @@ def cpu_matmul_gflops(model_path: str | Path) -> dict[str, float]:
 
     shapes = matmul_shapes(model_path)
     cache = smoltune_home() / "precision.json"
-    return measured_once(cache, _machine_key(shapes), lambda: measure_gflops(shapes), "matmul speed")
+    return measured_once(
+        cache, _machine_key(shapes), lambda: measure_gflops(shapes), _rates, "matmul speed", field="rates"
+    )
+
+
+def _rates(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(value.get(name), int | float) for name in ("fp32", "bf16"))
 
 
 def resolve_precision(

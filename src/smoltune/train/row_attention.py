@@ -6,9 +6,9 @@ Why: torch's CPU SDPA (its flash-attention kernel) is the faster choice in fp32 
 plain ops in bf16 (docs/benchmarks.md has the figures), because its bf16 path does not reach the matrix units
 the way a bf16 matmul does. Machines differ (AMX, GPUs), so neither is hard-coded: the first packed row of each
 (dtype, shape) times both, forward and backward, at the row's length class, and the faster is kept for the
-machine (`$SMOLTUNE_HOME/attention_kernels.json`, when nothing else kept the CPUs busy meanwhile: about 0.1 s a
-shape, once), so every process picks the same kernel: a DPO reference computed in one process and the training
-in another round alike in bf16, and a rerun repeats its losses.
+machine (`$SMOLTUNE_HOME/attention_kernels.json`, when nothing else kept the CPUs busy meanwhile: about 0.3 s a
+shape, once), so every process picks the same kernel for the same shape: a rerun repeats its bf16 losses, and a
+DPO reference computed in one process rounds as the training in another does wherever their shapes agree.
 
 The matmul kernel: the query heads that share a key/value head are stacked into one matmul against it (no copy
 of keys or values per head), scores masked causally (or by a given additive mask), softmax in fp32, then the
@@ -28,8 +28,9 @@ import torch.nn.functional as F
 # fp32 scores per call; the kernel keeps about 1.5x that for the backward (fp32 softmax + 16-bit probabilities),
 # per layer (30 in SmolLM2-135M)
 MATMUL_SCORES_BYTES = 8 * 2**20
-# Each kernel is timed at least this long (busy time elsewhere is read in whole clock ticks, 10 ms)
-MIN_TIMING_SECONDS = 0.05
+# Each kernel is timed at least this long: other processes' busy time is read in whole clock ticks (10 ms), so
+# the idle check needs a window of tens of ticks
+MIN_TIMING_SECONDS = 0.15
 
 
 def matmul_attention(
@@ -64,6 +65,8 @@ def sdpa_attention(
 
 
 KERNELS = {"sdpa": sdpa_attention, "matmul": matmul_attention}
+# Part of the kept choices' key: raise it when a kernel's code changes, so every machine times them again
+KERNELS_VERSION = "kernels v1: sdpa, matmul"
 
 
 @functools.lru_cache(maxsize=64)
@@ -86,14 +89,16 @@ def faster_kernel(
     hardware = torch.cuda.get_device_name() if device == "cuda" else cpu_kind()
     key = (
         f"{hardware} | torch {torch.__version__} | threads {torch.get_num_threads()} | {dtype} | "
-        f"rows, heads, kv heads, dim, tokens {shape} | {'masked' if masked else 'causal'}"
+        f"rows, heads, kv heads, dim, tokens {shape} | {'masked' if masked else 'causal'} | {KERNELS_VERSION}"
     )
 
     def measure() -> str:
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device, enabled=False):
             return _time_kernels(device, dtype, shape, masked)
 
-    return measured_once(smoltune_home() / "attention_kernels.json", key, measure, "attention kernel")
+    # Silent when not kept: an internal choice, made again by the next process (under torchrun, the ranks time
+    # at once and see each other as load, so they never keep one)
+    return measured_once(smoltune_home() / "attention_kernels.json", key, measure, KERNELS.__contains__)
 
 
 def _time_kernels(device: str, dtype: torch.dtype, shape: tuple[int, ...], masked: bool) -> str:
