@@ -111,6 +111,14 @@ def cpu_kind() -> str:
     return f"{platform.machine()} {cpu_name()} {flags}"
 
 
+def machine_key(hardware: str | None = None) -> str:
+    """What any measurement kept per machine depends on besides its own inputs: the hardware (this CPU's kind
+    unless named, e.g. a CUDA card), torch's version and its thread count."""
+    import torch
+
+    return f"{hardware or cpu_kind()} | torch {torch.__version__} | threads {torch.get_num_threads()}"
+
+
 def measured_once(
     cache: Path,
     key: str,

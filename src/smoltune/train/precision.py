@@ -140,11 +140,9 @@ def measure_gflops(shapes: list[tuple[int, int]], dtypes: tuple[str, ...] = ("fp
 
 
 def _machine_key(shapes: list[tuple[int, int]]) -> str:
-    import torch
+    from smoltune.machine import machine_key
 
-    from smoltune.machine import cpu_kind
-
-    return f"{cpu_kind()} | torch {torch.__version__} | threads {torch.get_num_threads()} | shapes {shapes}"
+    return f"{machine_key()} | shapes {shapes}"
 
 
 def cpu_matmul_gflops(model_path: str | Path) -> dict[str, float]:

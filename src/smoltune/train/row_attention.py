@@ -83,12 +83,11 @@ def faster_kernel(
     """'sdpa' or 'matmul': whichever runs forward + backward of `rows` rows faster on this machine (best of
     several after a warm-up), causal, or under an additive mask when `masked`; measured once per machine."""
     from smoltune.files import smoltune_home
-    from smoltune.machine import cpu_kind, measured_once
+    from smoltune.machine import machine_key, measured_once
 
     shape = (rows, heads, kv_heads, dim, tokens)
-    hardware = torch.cuda.get_device_name() if device == "cuda" else cpu_kind()
     key = (
-        f"{hardware} | torch {torch.__version__} | threads {torch.get_num_threads()} | {dtype} | "
+        f"{machine_key(torch.cuda.get_device_name() if device == 'cuda' else None)} | {dtype} | "
         f"rows, heads, kv heads, dim, tokens {shape} | {'masked' if masked else 'causal'} | {KERNELS_VERSION}"
     )
 
