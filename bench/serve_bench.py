@@ -7,7 +7,9 @@ Makes two LoRA adapters (r=16 on the 7 projections, untrained: their weights do 
 step, which is all this measures; pass trained ones with --adapter), starts the real server in its own process
 on a free port, and measures with the `openai` client the issue's goals: 1 stream against 8 concurrent streams
 alternating between the adapters (one decode batch on the server: continuous batching) - generated tokens/s in
-total, and the median time to first token. Writes runs/bench/serve.json and prints it with the machine's name.
+total, and the median time to first token. Every prompt is one never sent before (a number of its own), so the
+server's prefix cache reuses only what prompts really share (the chat template, the instruction's words);
+--no-prefix-cache serves without it. Writes runs/bench/serve.json and prints it with the machine's name.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # The issue's goals: 8 streams deliver >= 4x the tokens/s of 1; their median time to first token <= 2x 1's.
 THROUGHPUT_GOAL, TTFT_GOAL = 4.0, 2.0
 STREAMS = 8
-PROMPTS = [f"Write a sentence about the number {i}." for i in range(STREAMS)]
+
+
+def prompts(first: int, count: int) -> list[str]:
+    """Prompts never sent before (a number of their own), so that what the server's prefix cache reuses is only
+    what real prompts share (the chat template and the instruction's words), never a whole repeated prompt."""
+    return [f"Write a sentence about the number {n}." for n in range(first, first + count)]
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=32, help="max_tokens per request")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement (the median is kept)")
     parser.add_argument("--adapter", action="append", default=[], help="NAME=DIR: serve these instead")
+    parser.add_argument("--no-prefix-cache", action="store_true", help="serve with --prefix-cache-tokens 0")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "serve.json"))
     return parser.parse_args()
 
@@ -59,7 +67,7 @@ def make_adapters(work: Path) -> dict[str, str]:
     return adapters
 
 
-def start_server(adapters: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def start_server(adapters: dict[str, str], extra: list[str]) -> tuple[subprocess.Popen, str]:
     import httpx
 
     with socket.socket() as sock:
@@ -67,6 +75,7 @@ def start_server(adapters: dict[str, str]) -> tuple[subprocess.Popen, str]:
         port = sock.getsockname()[1]
     cli = str(Path(sys.executable).parent / "smoltune")
     args = [cli, "serve", "--port", str(port), *[a for n, p in adapters.items() for a in ("--adapter", f"{n}={p}")]]
+    args += extra
     proc = subprocess.Popen(args, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
@@ -98,12 +107,12 @@ def one_stream(client: object, model: str, prompt: str, tokens: int) -> dict:
     return {"ttft_s": (first or done) - started, "seconds": done - started, "tokens": generated}
 
 
-def concurrent_streams(client: object, tokens: int) -> dict:
+def concurrent_streams(client: object, tokens: int, texts: list[str]) -> dict:
     """STREAMS streams sent at once, alternating adapters: total generated tokens/s and the median TTFT."""
     models = ["first", "second"] * (STREAMS // 2)
     with ThreadPoolExecutor(STREAMS) as pool:
         started = time.perf_counter()
-        streams = list(pool.map(lambda i: one_stream(client, models[i], PROMPTS[i], tokens), range(STREAMS)))
+        streams = list(pool.map(lambda i: one_stream(client, models[i], texts[i], tokens), range(STREAMS)))
         seconds = time.perf_counter() - started
     return {
         "median_ttft_s": median([s["ttft_s"] for s in streams]),
@@ -111,21 +120,22 @@ def concurrent_streams(client: object, tokens: int) -> dict:
     }
 
 
-def measure(url: str, tokens: int, repeats: int) -> dict:
+def measure(url: str, tokens: int, repeats: int, prefix_cache: bool) -> dict:
     from openai import OpenAI
 
     client = OpenAI(
         base_url=f"{url}/v1", api_key=os.environ.get("SMOLTUNE_API_KEY", "none"), max_retries=0, timeout=600
     )
     one_stream(client, "first", "warm up", 4)
-    singles = [one_stream(client, "first", PROMPTS[0], tokens) for _ in range(repeats)]
+    singles = [one_stream(client, "first", text, tokens) for text in prompts(0, repeats)]
     single_ttft = median([s["ttft_s"] for s in singles])
     single_rate = median([s["tokens"] / s["seconds"] for s in singles])
-    many = [concurrent_streams(client, tokens) for _ in range(repeats)]
+    many = [concurrent_streams(client, tokens, prompts(100 * (k + 1), STREAMS)) for k in range(repeats)]
     many_ttft, many_rate = median([m["median_ttft_s"] for m in many]), median([m["tokens_per_s"] for m in many])
     return {
         "machine": machine_label(),
         "max_tokens": tokens,
+        "prefix_cache": prefix_cache,
         "repeats": repeats,
         "one_stream": {"ttft_s": round(single_ttft, 3), "tokens_per_s": round(single_rate, 1)},
         "eight_streams": {"median_ttft_s": round(many_ttft, 3), "tokens_per_s_total": round(many_rate, 1)},
@@ -143,9 +153,9 @@ def main() -> None:
     args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     adapters = dict(item.split("=", 1) for item in args.adapter) or make_adapters(work)
-    proc, url = start_server(adapters)
+    proc, url = start_server(adapters, ["--prefix-cache-tokens", "0"] if args.no_prefix_cache else [])
     try:
-        figures = measure(url, args.tokens, args.repeats)
+        figures = measure(url, args.tokens, args.repeats, not args.no_prefix_cache)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 
-from smoltune.config import load_config
+from smoltune.config import PipelineConfig, load_config
 from smoltune.errors import ConfigError, SmoltuneError, storage_error
 from smoltune.pipeline.settings import apply_prefect_defaults, quiet_user_error_tracebacks
 
@@ -83,18 +83,29 @@ def run(
     print the run folder. Stages whose inputs did not change come from the cache."""
     pipeline = guarded(lambda: load_config(config, overrides or []))
     apply_prefect_defaults()
-    if pipeline.preference is not None:
-        from flows.preference import STAGES
-        from flows.preference import preference as job  # heavy: imports prefect
-    else:
-        from flows.finetune import STAGES
-        from flows.finetune import finetune as job
+    # The training process starts before Prefect does: its imports overlap Prefect's import and start-up and
+    # the stages before training, all of them cached on a retrain (the flow's own prestart finds it waiting).
+    with first_training_prestarted(pipeline):
+        if pipeline.preference is not None:
+            from flows.preference import STAGES
+            from flows.preference import preference as job  # heavy: imports prefect
+        else:
+            from flows.finetune import STAGES
+            from flows.finetune import finetune as job
 
-    unknown = sorted(set(refresh or []) - set(STAGES))
-    if unknown:
-        raise fail(f"--refresh takes stages {', '.join(STAGES)}; got {', '.join(unknown)}")
-    run_dir = guarded(lambda: job(config=pipeline, refresh=["all"] if no_cache else list(refresh or [])))
+        unknown = sorted(set(refresh or []) - set(STAGES))
+        if unknown:
+            raise fail(f"--refresh takes stages {', '.join(STAGES)}; got {', '.join(unknown)}")
+        run_dir = guarded(lambda: job(config=pipeline, refresh=["all"] if no_cache else list(refresh or [])))
     typer.echo(run_dir)
+
+
+def first_training_prestarted(pipeline: PipelineConfig) -> AbstractContextManager[None]:
+    """The SFT training worker, importing while Prefect starts (smoltune.train.prestart). Not for a preference
+    job: its SFT training is usually cached, and the preference worker is the one it waits for."""
+    from smoltune.train.runner import prestarted_training
+
+    return nullcontext() if pipeline.preference is not None else prestarted_training(pipeline.train)
 
 
 @app.command()
@@ -163,6 +174,14 @@ def serve(
     kv_budget_tokens: Annotated[
         int | None, typer.Option(help="Tokens the KV cache may hold across requests; beyond it requests get 503.")
     ] = None,
+    prefix_cache_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Tokens of prompts kept so that prompts starting alike prefill only the rest (0: off; default: "
+            "a quarter of the KV budget).",
+        ),
+    ] = None,
     api_key: Annotated[
         str | None,
         typer.Option(envvar="SMOLTUNE_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/* and /tokenize."),
@@ -200,7 +219,14 @@ def serve(
         raise fail(f"{len(named)} adapters to serve but --max-adapters is {max_adapters}; raise it")
     metrics = ServeMetrics()
     engine = guarded(
-        lambda: load_engine(base, named, max_batch=max_batch, kv_budget_tokens=kv_budget_tokens, observer=metrics)
+        lambda: load_engine(
+            base,
+            named,
+            max_batch=max_batch,
+            kv_budget_tokens=kv_budget_tokens,
+            observer=metrics,
+            prefix_cache_tokens=prefix_cache_tokens,
+        )  # fmt: skip
     )
     if warning := exposure_warning(host, api_key):
         typer.echo(warning, err=True)

@@ -174,6 +174,10 @@ def test_hang_cases_leave_the_server_answering(server: str) -> None:
     assert complete().json()["choices"][0]["text"] == greedy
     metrics = httpx.get(f"{server}/metrics").text
     assert 'smoltune_generation_tokens_total{model="tuned"}' in metrics and "smoltune_batch_size_count" in metrics
+    # The same prompt each time: after the first, all but its last token came from the prefix cache, and the
+    # greedy answers above were the same.
+    cached = [line for line in metrics.splitlines() if line.startswith("smoltune_prompt_tokens_cached_total ")]
+    assert float(cached[0].split()[1]) > 0
 
 
 def test_sigterm_drains_and_exits_zero(served: tuple[str, subprocess.Popen, Path]) -> None:

@@ -34,6 +34,21 @@ def test_the_run_takes_the_waiting_process(tmp_path: Path) -> None:
     assert steps == [{"pid": started, "spec": str(tmp_path / "spec.json")}]
 
 
+def test_a_block_inside_one_that_started_a_worker_uses_it_and_leaves_it_to_the_outer(tmp_path: Path) -> None:
+    """The CLI starts the worker before Prefect; the flow's own block inside it must neither start a second
+    process nor kill the outer one at its end."""
+    env = dict(os.environ)
+    steps: list[dict] = []
+    with prestart.prestarted(STAND_IN, env):
+        started = waiting_process()
+        with prestart.prestarted(STAND_IN, env):  # a stage that was cached: nothing taken
+            assert waiting_process() is started
+        assert started.poll() is None and waiting_process() is started  # still waiting, still the outer's
+        with prestart.prestarted(STAND_IN, env):  # the next run's flow: its training takes the outer's worker
+            run_worker(prestart.worker_command(STAND_IN, tmp_path / "spec.json"), tmp_path, steps.append, env)
+    assert steps == [{"pid": started.pid, "spec": str(tmp_path / "spec.json")}]
+
+
 def test_variables_the_imports_set_themselves_do_not_count_as_another_environment(tmp_path: Path) -> None:
     steps: list[dict] = []
     with prestart.prestarted(STAND_IN, dict(os.environ)):
@@ -112,3 +127,26 @@ def test_the_real_worker_imports_then_exits_cleanly_when_no_spec_comes() -> None
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(prestart.READY_PREFIX)  # its environment after the imports, and nothing else
     assert done.stdout.count("\n") == 1
+
+
+def test_smoltune_run_starts_the_training_worker_before_the_flow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`smoltune run` starts the worker before Prefect (whose import and start-up its imports then overlap);
+    the flow finds it waiting, and one nothing took is killed when the command ends."""
+    from typer.testing import CliRunner
+
+    import flows.finetune
+    from smoltune.cli import app
+
+    waiting: list[prestart._Waiting] = []
+
+    def the_flow(config: object, refresh: list[str]) -> str:  # stands in for the finetune flow: trains nothing
+        waiting.append(prestart._waiting[WORKER_MODULE])
+        return str(tmp_path)
+
+    monkeypatch.setattr(flows.finetune, "finetune", the_flow)
+    result = CliRunner().invoke(app, ["run", "--set", f"output.runs_dir={tmp_path}"])
+    assert result.exit_code == 0, result.output
+    assert waiting[0].popen.args == prestart.worker_command(WORKER_MODULE, prestart.WAIT_FOR_SPEC)
+    assert waiting[0].popen.returncode == -9 and WORKER_MODULE not in prestart._waiting

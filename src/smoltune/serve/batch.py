@@ -91,11 +91,16 @@ class DecodeBatch:
             self.mask = self.mask[:, start:]
 
 
-def _check_plain(cache: Any) -> None:
+def is_plain(cache: Any) -> bool:
+    """Whether every layer keeps its keys and values whole (sliding-window or linear-attention layers keep their
+    cache in other shapes; merging or reusing them is not this)."""
     from transformers.cache_utils import DynamicLayer
 
-    # Sliding-window or linear-attention layers keep their cache in other shapes; merging them is not this.
-    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _check_plain(cache: Any) -> None:
+    if not is_plain(cache):
         raise RuntimeError("continuous batching needs a model whose layers all use full attention")
 
 

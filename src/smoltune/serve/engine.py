@@ -50,6 +50,7 @@ class Adapter:
 
 
 MAX_QUEUED_PER_SLOT = 4  # admitted requests per decode-batch row (running + waiting), at most
+PREFIX_CACHE_SHARE = 4  # the prefix cache's default size: the KV budget's tokens over this (about 5% of free memory)
 
 
 def run_template(run_dir: Path) -> str:
@@ -94,6 +95,7 @@ class Engine:
         max_batch: int = 8,
         kv_budget_tokens: int | None = None,
         observer: Any = None,
+        prefix_cache_tokens: int | None = None,
     ) -> None:
         self.tokenizer, self.base_name = tokenizer, base_name
         self.adapters: dict[str, Adapter] = {}
@@ -103,7 +105,9 @@ class Engine:
         self._admitted: set[Request] = set()  # queued or running: what the KV budget must hold
         self._cond = threading.Condition()
         self._closing = False
-        self._loop = DecodeLoop(model, tokenizer, max_batch, observer, self._settled)
+        if prefix_cache_tokens is None:  # a quarter of the KV budget's tokens again (0: no prefix cache)
+            prefix_cache_tokens = self.kv_budget_tokens // PREFIX_CACHE_SHARE
+        self._loop = DecodeLoop(model, tokenizer, max_batch, observer, self._settled, prefix_cache_tokens)
 
     @property
     def model(self) -> Any:
@@ -123,6 +127,8 @@ class Engine:
                 model = PeftModel.from_pretrained(model, adapter.path, adapter_name=adapter.name)
             install_routing(model)  # each row's adapter in two matmuls per layer (mixed_lora.py), where it can
             self._loop.model = model.eval()
+            if self._loop.prefix is not None:  # kept keys and values were computed by the model as it was
+                self._loop.prefix.clear()
             self.adapters[adapter.name] = adapter
 
     # -- requests ------------------------------------------------------------------------------------------
@@ -228,6 +234,7 @@ def load_engine(
     max_batch: int = 8,
     kv_budget_tokens: int | None = None,
     observer: Any = None,
+    prefix_cache_tokens: int | None = None,
 ) -> Engine:
     """The base model resolved like training's `model.source`, with every named adapter attached."""
     from smoltune.model import load_model_and_tokenizer, pick_device, resolve_model
@@ -242,6 +249,7 @@ def load_engine(
         max_batch=max_batch,
         kv_budget_tokens=kv_budget_tokens,
         observer=observer,
+        prefix_cache_tokens=prefix_cache_tokens,
     )
     for name, path in adapters.items():
         engine.add_adapter(adapter_source(name, path))

@@ -5,7 +5,8 @@ has no per-row LoRA adapter, and `generate` only batches requests that start tog
 decoding step of a 135M model is bound by reading the weights, so a step of 8 rows costs little more than a
 step of 1; letting requests join and leave the running batch at every token boundary keeps that batch full.
 
-Each iteration: admit queued requests while the batch has room (prefill them together, sample each one's
+Each iteration: admit queued requests while the batch has room (prefill them together, past the prefix a
+prompt shares with an earlier one: `prefix_cache.py`; sample each one's
 first token, merge their caches into the batch: see `batch.py`), then one decoding step for all rows, each
 with its own adapter (routed by `mixed_lora.py`, else PEFT's `adapter_names=`), its own sampler and generator
 (`sampling.py`) and its own stop strings (`stops.py`). A row leaves at EOS, a stop string, max_new_tokens,
@@ -26,8 +27,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from smoltune.serve.batch import DecodeBatch
+from smoltune.serve.batch import DecodeBatch, is_plain
 from smoltune.serve.mixed_lora import routing_of
+from smoltune.serve.prefix_cache import MISS, Hit, PrefixCache, batched_past, row_states
 from smoltune.serve.request import Request
 from smoltune.serve.sampling import choose_token, make_generator, scored_token
 from smoltune.serve.scoring import prompt_logprobs
@@ -42,10 +44,18 @@ STOPPED = "the server stopped before this request finished"
 
 class DecodeLoop:
     def __init__(
-        self, model: Any, tokenizer: Any, max_batch: int, observer: Any, on_settled: Callable[[Request], None]
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_batch: int,
+        observer: Any,
+        on_settled: Callable[[Request], None],
+        prefix_cache_tokens: int = 0,
     ) -> None:
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
         self.model_lock = threading.Lock()  # held for each forward; add_adapter takes it between steps
+        # Prompts' keys and values kept for later prompts that start alike (prefix_cache.py); used under model_lock.
+        self.prefix = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
         self._observer, self._on_settled = observer, on_settled
         self._eos = _eos_ids(model, tokenizer)
         self._cond = threading.Condition()
@@ -131,7 +141,7 @@ class DecodeLoop:
         if not ready:
             return
         try:
-            out, mask = self._prefill(ready)
+            out, mask, computed = self._prefill(ready)
         except Exception:  # noqa: BLE001 - only these requests are affected; the running rows go on
             log.exception("prefill failed")
             for request in ready:
@@ -140,7 +150,9 @@ class DecodeLoop:
         staying = []
         for row, request in enumerate(ready):
             try:
-                if not self._first_token(request, out.logits[row], int(mask.shape[1] - mask[row].sum())):
+                # Padding before the row's computed tokens, which is where its logits start.
+                padding = int(computed.shape[1] - computed[row].sum())
+                if not self._first_token(request, out.logits[row], padding):
                     staying.append(row)
             except Exception:  # noqa: BLE001 - only this request is affected
                 log.exception("handling a prefill's token failed")
@@ -156,26 +168,52 @@ class DecodeLoop:
             return
         self._rows += [ready[row] for row in staying]
 
-    def _prefill(self, ready: list[Request]) -> tuple[Any, Any]:
-        """One forward over the prompts, left-padded to the longest; returns its output and [n, width] mask."""
+    def _prefill(self, ready: list[Request]) -> tuple[Any, Any, Any]:
+        """One forward over the prompts past their cached prefixes (prefix_cache.py), each row's cached part and
+        its computed part left-padded to the longest; returns its output, the [n, width] mask of the whole cache
+        and the mask of the computed part (where the logits are)."""
         import torch
 
-        width = max(len(r.prompt_ids) for r in ready)
         pad = self.tokenizer.pad_token_id or 0  # any id: padding is masked
-        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in ready])
-        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in ready])
-        ids, mask = ids.to(self.model.device), mask.to(self.model.device)
+        device = self.model.device
         echo = any(r.params.echo_logprobs for r in ready)
         with self.model_lock, self._adapters([r.adapter for r in ready]) as adapter_kwargs:
+            hits = [self._cached_prefix(r) for r in ready]
+            past, past_mask = batched_past(hits, device)
+            rest = [r.prompt_ids[hit.tokens :] for r, hit in zip(ready, hits, strict=True)]
+            width = max(len(ids) for ids in rest)
+            ids = torch.tensor([[pad] * (width - len(row)) + row for row in rest], device=device)
+            computed = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rest], device=device)
+            mask = torch.cat([past_mask, computed], dim=1)
             out = self.model(
                 input_ids=ids,
                 attention_mask=mask,
-                position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+                position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0)[:, past_mask.shape[1] :],
+                past_key_values=past,
                 use_cache=True,
                 logits_to_keep=0 if echo else 1,  # 0: every position's logits, for the prompts' log-probs
                 **adapter_kwargs,
             )
-        return out, mask
+            self._keep_prefixes(ready, out.past_key_values, mask)
+        self._notify("on_prefill", sum(hit.tokens for hit in hits), sum(len(row) for row in rest))
+        return out, mask, computed
+
+    def _cached_prefix(self, request: Request) -> Hit:
+        """The request's longest cached prefix; none for a prompt whose every token's log-prob is asked for."""
+        if self.prefix is None or request.params.echo_logprobs:
+            return MISS
+        return self.prefix.match(request.adapter, request.prompt_ids)
+
+    def _keep_prefixes(self, ready: list[Request], cache: Any, mask: Any) -> None:
+        if self.prefix is None or not is_plain(cache):
+            return
+        try:
+            for row, request in enumerate(ready):
+                keys, values = row_states(cache, mask, row)
+                self.prefix.add(request.adapter, request.prompt_ids, keys, values)
+        except Exception:  # noqa: BLE001 - keeping is an optimisation: it must never fail the requests
+            log.exception("keeping prompts in the prefix cache failed; emptied it")
+            self.prefix.clear()
 
     def _first_token(self, request: Request, logits: Any, padding: int) -> bool:
         """The prompt's log-probs if asked, then the first token; True when the request is already done."""

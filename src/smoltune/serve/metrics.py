@@ -15,7 +15,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class ServeMetrics:
-    """The counters, and the engine observer (`on_batch`, `on_first_token`, `on_token`, `on_finish`)."""
+    """The counters, and the engine observer (`on_batch`, `on_prefill`, `on_first_token`, `on_token`,
+    `on_finish`)."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -33,6 +34,8 @@ class ServeMetrics:
                                      ["model"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.per_token = Histogram("smoltune_time_per_output_token_seconds", "Time between generated tokens.",
                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.prompt_tokens_cached = Counter("smoltune_prompt_tokens_cached", "Prompt tokens taken from the prefix "
+                                            "cache instead of computed.", registry=r)  # fmt: skip
         self.batch = Histogram("smoltune_batch_size", "Rows in each decoding step.", buckets=BATCH_BUCKETS,
                                registry=r)  # fmt: skip
         self.base_name = "base"  # what an adapter of None is reported as; the app sets the served base's name
@@ -44,6 +47,9 @@ class ServeMetrics:
 
     def on_batch(self, size: int) -> None:
         self.batch.observe(size)
+
+    def on_prefill(self, cached_tokens: int, computed_tokens: int) -> None:
+        self.prompt_tokens_cached.inc(cached_tokens)
 
     def on_first_token(self, adapter: str | None, seconds: float) -> None:
         self.first_token.labels(self._model(adapter)).observe(seconds)
