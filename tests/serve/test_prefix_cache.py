@@ -4,6 +4,7 @@ mixed adapters, rows with different cached lengths in one prefill)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,27 @@ def test_the_budget_keeps_the_recently_used_and_a_longer_prompt_replaces_its_pre
     assert cache.match("a", [1, 2, 3, 4, 5, 6]).tokens == 5
     cache.add("a", list(range(20, 31)), *states(11))  # longer than the whole budget: not kept
     assert cache.tokens == 8
+    cache.add("a", [1, 2, 3, 4], *states(4))  # a kept prompt extends it: nothing new to keep
+    assert cache.tokens == 8
     cache.clear()
     assert cache.tokens == 0 and cache.match("a", [1, 2, 3, 4, 5, 6]) is MISS
+
+
+def test_left_aligned_moves_every_row_s_padding_to_its_left() -> None:
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    from smoltune.serve.batch import left_aligned
+
+    # Row 0 as a prefill past a cached prefix lays it out: [pad, cached, cached, pad, computed].
+    mask = torch.tensor([[0, 1, 1, 0, 1], [1, 1, 1, 1, 1]])
+    tokens = torch.tensor([[9.0, 1, 2, 9, 3], [1, 2, 3, 4, 5]])  # each column's token, 9 for padding
+    cache = DynamicCache()
+    cache.update(tokens[:, None, :, None].expand(2, 3, 5, 4).clone(), -tokens[:, None, :, None].expand(2, 3, 5, 4), 0)
+    aligned = left_aligned(cache, mask)
+    assert aligned.tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
+    assert cache.layers[0].keys[0, 2, :, 0].tolist() == [9, 9, 1, 2, 3]  # the real tokens keep their order
+    assert cache.layers[0].values[1, 0, :, 3].tolist() == [-1, -2, -3, -4, -5]
 
 
 class Prefills:
@@ -102,3 +122,35 @@ def test_an_adapter_attached_while_serving_empties_the_cache(new_engine, adapter
 def test_no_cache_when_asked(new_engine, lively_dir: Path) -> None:
     assert new_engine(prefix_cache_tokens=0)._loop.prefix is None
     assert new_engine(kv_budget_tokens=4000)._loop.prefix.max_tokens == 1000
+
+
+def test_a_cached_and_an_uncached_prompt_prefilled_together_keep_the_batch_narrow(new_engine) -> None:
+    """One prefill with a row whose long prompt is cached and a row with nothing cached (padding before both
+    parts): the same answers as computed whole, and the running batch no wider than its longest row."""
+    import torch
+
+    from tests.serve.test_engine import Gate
+
+    long = SHARED * 3 + "Now 8 and 9."
+    other = "Hi there, a prompt of its own that shares nothing: " + "7 and 5, " * 6
+    params = GenerationParams(max_new_tokens=6, logprobs=1)
+    cold = new_engine(max_batch=4, prefix_cache_tokens=0)
+    expected = [answers(cold, [case], params)[0] for case in ((long, "left"), (other, "right"))]
+    gate = Gate()
+    warm = new_engine(max_batch=4, observer=gate)
+    answers(warm, [(long, "left")], params)  # kept
+    gate._tokens, gate.hold_after = 0, 3
+    running = warm.submit(warm.encode("Hi"), None, GenerationParams(max_new_tokens=20))
+    assert gate.held.wait(30)  # the loop is mid-step: the next two join it in one prefill
+    held, gate.held, gate.release, gate.hold_after = gate.release, threading.Event(), threading.Event(), 5
+    handles = [warm.submit(warm.encode(p), a, params) for p, a in ((long, "left"), (other, "right"))]
+    held.set()
+    assert gate.held.wait(30)  # they joined: the first step with them is under way
+    batch = warm._loop._batch
+    longest = max(len(warm.encode(long)), len(warm.encode(other))) + 3
+    width, dtype = batch.length, batch.mask.dtype
+    gate.release.set()
+    done = [handle.result(60) for handle in handles]
+    running.result(60)
+    assert width <= longest and dtype == torch.long
+    assert [(ids_of(c), pytest.approx([t.logprob for t in c.tokens], abs=1e-4)) for c in done] == expected

@@ -49,6 +49,14 @@ def test_a_block_inside_one_that_started_a_worker_uses_it_and_leaves_it_to_the_o
     assert steps == [{"pid": started.pid, "spec": str(tmp_path / "spec.json")}]
 
 
+def test_a_block_inside_with_other_variables_starts_its_own_worker() -> None:
+    with prestart.prestarted(STAND_IN, {**os.environ, "OMP_NUM_THREADS": "2"}):
+        outer = waiting_process()
+        with prestart.prestarted(STAND_IN, {**os.environ, "OMP_NUM_THREADS": "1"}):  # a thread count changed since
+            assert waiting_process() is not outer and outer.returncode == -9
+        assert STAND_IN not in prestart._waiting  # the inner one's, killed at its end; the outer's was gone
+
+
 def test_variables_the_imports_set_themselves_do_not_count_as_another_environment(tmp_path: Path) -> None:
     steps: list[dict] = []
     with prestart.prestarted(STAND_IN, dict(os.environ)):

@@ -91,6 +91,19 @@ class DecodeBatch:
             self.mask = self.mask[:, start:]
 
 
+def left_aligned(cache: Any, mask: Any) -> Any:
+    """Move each row's padding columns to its left, in place of `cache`'s layers; returns the matching mask. A
+    prefill past cached prefixes of different lengths pads in two places (before the cached part and before the
+    computed part); with all of it on the left, `_trim` can drop what rows share and a row never holds more
+    columns than its own tokens plus the padding up to the longest row. Keys carry their rotary positions and a
+    decoding step attends to every unmasked column, so the order of columns changes nothing else."""
+    order = mask.argsort(dim=1, stable=True)  # 0s (padding) first, each part in its own order
+    for layer in cache.layers:
+        index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+        layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
+    return mask.gather(1, order)
+
+
 def is_plain(cache: Any) -> bool:
     """Whether every layer keeps its keys and values whole (sliding-window or linear-attention layers keep their
     cache in other shapes; merging or reusing them is not this)."""

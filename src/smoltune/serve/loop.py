@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from smoltune.serve.batch import DecodeBatch, is_plain
+from smoltune.serve.batch import DecodeBatch, is_plain, left_aligned
 from smoltune.serve.mixed_lora import routing_of
 from smoltune.serve.prefix_cache import MISS, Hit, PrefixCache, batched_past, row_states
 from smoltune.serve.request import Request
@@ -144,6 +144,9 @@ class DecodeLoop:
             out, mask, computed = self._prefill(ready)
         except Exception:  # noqa: BLE001 - only these requests are affected; the running rows go on
             log.exception("prefill failed")
+            if self.prefix is not None:  # never let a kept prompt that took part fail every prompt after it
+                with self.model_lock:
+                    self.prefix.clear()
             for request in ready:
                 self._fail(request, FAILED)
             return
@@ -183,7 +186,9 @@ class DecodeLoop:
             rest = [r.prompt_ids[hit.tokens :] for r, hit in zip(ready, hits, strict=True)]
             width = max(len(ids) for ids in rest)
             ids = torch.tensor([[pad] * (width - len(row)) + row for row in rest], device=device)
-            computed = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rest], device=device)
+            computed = torch.tensor(
+                [[0] * (width - len(row)) + [1] * len(row) for row in rest], dtype=torch.long, device=device
+            )
             mask = torch.cat([past_mask, computed], dim=1)
             out = self.model(
                 input_ids=ids,
@@ -195,6 +200,8 @@ class DecodeLoop:
                 **adapter_kwargs,
             )
             self._keep_prefixes(ready, out.past_key_values, mask)
+        if any(hit.tokens for hit in hits):  # padding before the cached part and before the computed part
+            mask = left_aligned(out.past_key_values, mask)
         self._notify("on_prefill", sum(hit.tokens for hit in hits), sum(len(row) for row in rest))
         return out, mask, computed
 
@@ -209,6 +216,8 @@ class DecodeLoop:
             return
         try:
             for row, request in enumerate(ready):
+                if len(request.prompt_ids) > self.prefix.max_tokens:
+                    continue  # it would not be kept: not worth the copy
                 keys, values = row_states(cache, mask, row)
                 self.prefix.add(request.adapter, request.prompt_ids, keys, values)
         except Exception:  # noqa: BLE001 - keeping is an optimisation: it must never fail the requests

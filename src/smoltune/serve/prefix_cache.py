@@ -7,10 +7,11 @@ Cost model: a prefill on the CPU is compute-bound (SmolLM2-135M on 2 cores: ~360
 values into the batch (46 KB a token for SmolLM2-135M in fp32) and the new tokens attending to them, which they
 would have done anyway. An entry is one prompt's keys and values for one adapter (a LoRA on k_proj/v_proj
 changes them), matched by the longest common prefix of token ids against every entry of that adapter (a Python
-comparison of ids: microseconds for the hundreds of entries a budget holds); an entry that a longer prompt
-extends is replaced by it. Least recently used entries go first beyond `max_tokens` tokens in all. Keys carry
-the rotary positions they were computed at (0..n-1), the positions a new prompt's first n tokens take, so they
-are reused as they are. The last prompt token is always computed: its logits give the first generated token.
+comparison of ids: entries x shared tokens steps, where a prefill's forward costs milliseconds a token); an
+entry that a longer prompt extends is replaced by it, and a prompt that a kept one extends is not kept again.
+Least recently used entries go first beyond `max_tokens` tokens in all (memory on top of the KV budget's). Keys
+carry the rotary positions they were computed at (0..n-1), the positions a new prompt's first n tokens take, so
+they are reused as they are. The last prompt token is always computed: its logits give the first token.
 
 Written by hand: transformers has no cache shared across requests of a hand-made decoding loop; vLLM's automatic
 prefix caching and SGLang's radix cache live inside their own engines.
@@ -73,6 +74,10 @@ class PrefixCache:
             return
         if len(ids) > self.max_tokens:
             return
+        for owner, kept in self._entries:
+            if owner == adapter and kept[: len(ids)] == key[1]:  # a kept prompt extends this one: it gives all
+                self._entries.move_to_end((owner, kept))
+                return
         for old in [k for k in self._entries if k[0] == adapter and key[1][: len(k[1])] == k[1]]:
             self._drop(old)  # a prefix of this prompt: everything it could give, this one gives
         self._entries[key] = _Entry(key[1], tuple(keys), tuple(values))
@@ -103,9 +108,10 @@ def batched_past(hits: list[Hit], device: Any) -> tuple[Any, Any]:
     from transformers.cache_utils import DynamicCache
 
     width = max(hit.tokens for hit in hits)
-    mask = torch.tensor([[0] * (width - hit.tokens) + [1] * hit.tokens for hit in hits], device=device)
+    rows = [[0] * (width - hit.tokens) + [1] * hit.tokens for hit in hits]
+    mask = torch.tensor(rows, dtype=torch.long, device=device).reshape(len(hits), width)
     if width == 0:
-        return None, mask.reshape(len(hits), 0)
+        return None, mask
     some = next(hit for hit in hits if hit.tokens)
     cache = DynamicCache()
     for layer, (key, value) in enumerate(zip(some.keys, some.values, strict=True)):

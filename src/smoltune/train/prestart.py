@@ -91,7 +91,8 @@ def prestarted(module: str, env: dict[str, str]) -> Iterator[None]:
     waiting one is used and stays the outer block's: `take` still checks its environment."""
     with _lock:
         outer = _waiting.get(module)
-    if outer is not None and outer.own_group == own_group():
+    # The outer's variables unchanged (what the flow's imports add is for `take` to judge, once it is ready).
+    if outer is not None and outer.own_group == own_group() and all(env.get(k) == v for k, v in outer.env.items()):
         yield
         return
     popen = start(worker_command(module, WAIT_FOR_SPEC), env, waiting=True)
