@@ -11,11 +11,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
 
+from tests.prefect_runs import task_runs
 from tests.tiny_model import tiny_overrides
 
 SMOLTUNE = str(Path(sys.executable).parent / "smoltune")
@@ -75,25 +75,17 @@ def flow_run_state(output: str) -> tuple[str, str]:
 
 
 def train_task_state(output: str) -> str:
-    """The final state type of the flow run's `train` task run (its events reach the API asynchronously: waits
-    up to 30 s for a final state)."""
-    from prefect.client.orchestration import get_client
+    """The final state type of the flow run's `train` task run, once it has one (tests/prefect_runs.py)."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, TaskRunFilter, TaskRunFilterName
 
     match = FLOW_RUN.search(output)
     assert match, output
     flows = FlowRunFilter(name=FlowRunFilterName(any_=[match.group(1)]))
-    deadline = time.monotonic() + 30
-    while True:
-        with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(
-                flow_run_filter=flows, task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="train-"))
-            )
-        final = [r.state.type.value for r in runs if r.state is not None and r.state.is_final()]
-        if final or time.monotonic() > deadline:
-            assert len(final) == 1, runs
-            return final[0]
-        time.sleep(0.5)
+    trains = TaskRunFilter(name=TaskRunFilterName(like_="train-"))
+    runs = task_runs(flows, lambda runs: any(run.state is not None and run.state.is_final() for run in runs), trains)
+    final = [r.state.type.value for r in runs if r.state is not None and r.state.is_final()]
+    assert len(final) == 1, runs
+    return final[0]
 
 
 def complete_checkpoints(runs: Path) -> list[int]:

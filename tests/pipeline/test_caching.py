@@ -18,6 +18,7 @@ from smoltune.pipeline.cache import COMPLETE, Stage, complete_token, run_stage
 from smoltune.records import Prepared, StageRecord
 from tests.conftest import REPO
 from tests.http_files import FileServer
+from tests.prefect_runs import of_flow_run, task_runs
 from tests.tiny_model import tiny_overrides
 
 STAGES = ["resolve_model", "fetch_dataset", "validate_dataset", "prepare_dataset", "train", "evaluate_base", "evaluate"]
@@ -106,19 +107,9 @@ def test_each_stage_versions_exactly_the_code_it_runs() -> None:
 
 
 def task_states(flow_run_id, expected: frozenset[str] = frozenset()) -> dict[str, str]:  # noqa: ANN001
-    """Each task run's state by stage name. Task runs reach the API asynchronously after the flow returns (a
-    record was seen missing in CI right after a flow ended), so this waits up to 30 s for the `expected` names."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline = time.monotonic() + 30
-    while True:
-        with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        states = {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
-        if expected <= states.keys() or time.monotonic() > deadline:
-            return states
-        time.sleep(0.5)
+    """Each task run's state by stage name, once the `expected` names are there (tests/prefect_runs.py)."""
+    runs = task_runs(of_flow_run(flow_run_id), lambda runs: expected <= {run.name.rsplit("-", 1)[0] for run in runs})
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
 
 
 def run(config, refresh=None) -> tuple[dict[str, str], Path, float]:  # noqa: ANN001

@@ -5,7 +5,6 @@ is cached as any stage is. tests/integration/test_signals.py checks the same sta
 
 from __future__ import annotations
 
-import time
 from uuid import UUID, uuid4
 
 import pytest
@@ -14,6 +13,7 @@ from prefect.cache_policies import INPUTS
 
 from smoltune.errors import StoppedError
 from smoltune.pipeline.stopping import cancelled_task_when_stopped, stoppable_flow, unless_stopped
+from tests.prefect_runs import all_final, of_flow_run, task_runs
 
 CALLS: list[int] = []
 
@@ -41,21 +41,15 @@ def job(stop_first: int, job_id: str) -> dict:
 
 
 def final_states(flow_run_id: UUID) -> tuple[str, list[tuple[str, str]]]:
-    """The flow run's final state type and its task runs' (state type, state name), from the API. Task runs'
-    states reach the API asynchronously after the flow returns, so this waits up to 30 s for a final one."""
+    """The flow run's final state type and its task runs' (state type, state name), from the API, once every
+    task run is final (tests/prefect_runs.py)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    deadline = time.monotonic() + 30
-    while True:
-        with get_client(sync_client=True) as client:
-            run = client.read_flow_run(flow_run_id)
-            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        settled = tasks and all(t.state is not None and t.state.is_final() for t in tasks)
-        if settled or time.monotonic() > deadline:
-            assert run.state is not None
-            return run.state.type.value, [(t.state.type.value, t.state.name) for t in tasks if t.state]
-        time.sleep(0.5)
+    tasks = task_runs(of_flow_run(flow_run_id), all_final)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+    assert run.state is not None
+    return run.state.type.value, [(t.state.type.value, t.state.name) for t in tasks if t.state]
 
 
 def test_a_stopped_task_ends_task_and_flow_cancelled_and_is_not_cached(prefect_server: None) -> None:
