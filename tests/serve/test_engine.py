@@ -112,6 +112,29 @@ def test_greedy_rows_joining_midway_equal_alone(new_engine) -> None:
     assert max(gate.batches) == 4  # they really shared steps (and rows of different lengths left early)
 
 
+def test_requests_that_come_during_a_prefill_are_prefilled_before_the_next_decoding_step(new_engine) -> None:
+    """A burst of requests waits for prefills only: what arrives while one prefill runs is prefilled next, not
+    after a decoding step of the rows already running."""
+    events: list[str] = []
+    later: list = []
+
+    class Burst:
+        def on_prefill(self, cached: int, computed: int) -> None:
+            events.append("prefill")
+            if len(later) < 2:  # two more requests arrive while the first two prefills run
+                later.append(
+                    engine.submit(engine.encode(PROMPTS[len(later)]), "left", GenerationParams(max_new_tokens=4))
+                )
+
+        def on_batch(self, size: int) -> None:
+            events.append(f"step of {size}")
+
+    engine = new_engine(max_batch=4, observer=Burst())
+    first = engine.submit(engine.encode(PROMPTS[2]), None, GenerationParams(max_new_tokens=4))
+    assert first.result(30).completion_tokens and all(handle.result(30).completion_tokens for handle in later)
+    assert events[:4] == ["prefill", "prefill", "prefill", "step of 3"]
+
+
 def test_seeded_sample_same_alone_and_in_batch(new_engine) -> None:
     gate = Gate()
     engine = new_engine(max_batch=4, observer=gate)

@@ -5,9 +5,9 @@ has no per-row LoRA adapter, and `generate` only batches requests that start tog
 decoding step of a 135M model is bound by reading the weights, so a step of 8 rows costs little more than a
 step of 1; letting requests join and leave the running batch at every token boundary keeps that batch full.
 
-Each iteration: admit queued requests while the batch has room (prefill them together, past the prefix a
-prompt shares with an earlier one: `prefix_cache.py`; sample each one's
-first token, merge their caches into the batch: see `batch.py`), then one decoding step for all rows, each
+Each iteration: admit queued requests while the batch has room (prefill them together past the prefix a prompt
+shares with an earlier one: `prefix_cache.py`; sample each one's first token; merge their caches into the
+batch: `batch.py`; again for those that came meanwhile), then one decoding step for all rows, each
 with its own adapter (routed by `mixed_lora.py`, else PEFT's `adapter_names=`), its own sampler and generator
 (`sampling.py`) and its own stop strings (`stops.py`). A row leaves at EOS, a stop string, max_new_tokens,
 its deadline or its cancellation.
@@ -113,6 +113,18 @@ class DecodeLoop:
             return not self._stopping
 
     def _iteration(self) -> None:
+        # Prefills first: requests that came while others were prefilled are admitted before the next decoding
+        # step, so a burst of requests waits for prefills only, not for decoding steps in between (vLLM's
+        # scheduler also puts prefills first). At most max_batch rounds, so a stream of requests that finish at
+        # their prefill (scoring) cannot hold the running rows back for long.
+        for _ in range(self.max_batch):
+            if not self._admit_waiting():
+                break
+        if self._rows:
+            self._step()
+
+    def _admit_waiting(self) -> bool:
+        """Admit the queued requests that fit (dropping cancelled and expired ones); False if none was taken."""
         now = time.monotonic()
         with self._cond:
             gone = [r for r in self._waiting if r.handle.cancelled or r.expired(now)]
@@ -126,8 +138,7 @@ class DecodeLoop:
             self._finish(request, "cancelled" if request.handle.cancelled else "deadline")
         self._admit(joining)
         self._taken = []
-        if self._rows:
-            self._step()
+        return bool(joining)
 
     def _admit(self, joining: list[Request]) -> None:
         """Prefill the joining requests together, take each one's first token, merge those that go on."""
