@@ -4,6 +4,7 @@ EvalResults and round-trips, base model and datasets are hub ids), and the text 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,37 @@ def test_embedded_base_names_hub_release_and_says_dequantised(
         "smoltune-heldout"
     }
     assert "Q4_1 GGUF weights" in text and "dequantised to fp32" in text
+
+
+def test_the_embedded_license_is_read_from_the_gguf_once_then_kept_beside_the_conversion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gguf
+
+    from smoltune.errors import SourceError
+    from smoltune.model import _COMPLETE_MARKER, embedded_license
+
+    stand_in = tmp_path / "stand-in.gguf"  # a stand-in GGUF holding only its header
+    writer = gguf.GGUFWriter(str(stand_in), "llama")
+    writer.add_license("apache-2.0")
+    writer.add_languages(["en"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    (converted / _COMPLETE_MARKER).write_text(json.dumps({"sha256": "abc", "conversion_version": 2}))
+    monkeypatch.setattr("smoltune.model.find_embedded_gguf", lambda: stand_in)
+    assert embedded_license(converted) == ("apache-2.0", ["en"])
+    kept = json.loads((converted / _COMPLETE_MARKER).read_text())
+    assert kept == {"sha256": "abc", "conversion_version": 2, "license": "apache-2.0", "languages": ["en"]}
+
+    def gone() -> Path:
+        raise SourceError("the GGUF is not read again")
+
+    monkeypatch.setattr("smoltune.model.find_embedded_gguf", gone)
+    assert embedded_license(converted) == ("apache-2.0", ["en"])
+    assert embedded_license(tmp_path / "elsewhere") == (None, None)  # no marker, no GGUF: no license named
 
 
 def test_dpo_run_cards_the_dpo_and_the_sft_adapter(tmp_path: Path, adapter_src: Path) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from smoltune.files import atomic_write_text
 from smoltune.hub import is_hub_id
+from smoltune.model import embedded_license
 from smoltune.share.card_text import card_body, model_name
 from smoltune.share.facts import CardFacts, ExtraResult, card_targets, harness_results
 
@@ -35,7 +36,7 @@ def base_license(model: dict[str, Any]) -> tuple[str | None, list[str] | None]:
     """(license, languages) of the base model where its files say so: the embedded GGUF's metadata, or the YAML
     of a README.md in the model folder; (None, None) when unknown (the card then names no license)."""
     if model.get("kind") == "embedded":
-        return _gguf_license()
+        return embedded_license(Path(model.get("path") or ""))
     readme = Path(model.get("path") or "") / CARD_FILE
     if not readme.is_file():
         return None, None
@@ -47,21 +48,6 @@ def base_license(model: dict[str, Any]) -> tuple[str | None, list[str] | None]:
         return None, None  # a README without usable metadata says nothing about the license
     language = data.get("language")
     return data.get("license"), [language] if isinstance(language, str) else language
-
-
-def _gguf_license() -> tuple[str | None, list[str] | None]:
-    from smoltune.errors import SourceError
-    from smoltune.model import find_embedded_gguf
-
-    try:
-        import gguf
-
-        path = find_embedded_gguf()
-    except (ImportError, SourceError):
-        return None, None  # the package was removed since training: the card names no license rather than guess
-    fields = gguf.GGUFReader(path).fields
-    found = {key: fields[key].contents() for key in ("general.license", "general.languages") if key in fields}
-    return found.get("general.license"), found.get("general.languages")
 
 
 def eval_results(facts: CardFacts, extra: Sequence[ExtraResult] = ()) -> list[EvalResult]:
