@@ -226,7 +226,7 @@ def serve(
             kv_budget_tokens=kv_budget_tokens,
             observer=metrics,
             prefix_cache_tokens=prefix_cache_tokens,
-        )  # fmt: skip
+        )
     )
     if warning := exposure_warning(host, api_key):
         typer.echo(warning, err=True)
