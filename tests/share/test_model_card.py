@@ -126,19 +126,25 @@ def test_url_and_local_data_are_never_named_in_metadata(tmp_path: Path, adapter_
     assert "datasets" not in metadata(text) and "private/dir" not in text and "`rows.jsonl`" in text
 
 
-def test_embedded_base_names_hub_release_and_says_dequantised(
-    tmp_path: Path, adapter_src: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The license comes from the GGUF's own metadata (a stand-in GGUF holding only its header here)."""
+def stand_in_gguf(folder: Path) -> Path:
+    """A stand-in for the embedded GGUF holding only its header: license apache-2.0, language en."""
     import gguf
 
-    stand_in = tmp_path / "stand-in.gguf"
+    stand_in = folder / "stand-in.gguf"
     writer = gguf.GGUFWriter(str(stand_in), "llama")
     writer.add_license("apache-2.0")
     writer.add_languages(["en"])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.close()
+    return stand_in
+
+
+def test_embedded_base_names_hub_release_and_says_dequantised(
+    tmp_path: Path, adapter_src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The license comes from the GGUF's own metadata (a stand-in GGUF holding only its header here)."""
+    stand_in = stand_in_gguf(tmp_path)
     monkeypatch.setattr("smoltune.model.find_embedded_gguf", lambda: stand_in)
     base = hub_base(tmp_path, license_id=None).model_copy(update={"kind": "embedded", "source": "embedded"})
     text = write_model_cards(read_summary(make_run(tmp_path, adapter_src, base, "embedded")))[0].read_text()
@@ -153,18 +159,10 @@ def test_embedded_base_names_hub_release_and_says_dequantised(
 def test_the_embedded_license_is_read_from_the_gguf_once_then_kept_beside_the_conversion(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gguf
-
     from smoltune.errors import SourceError
     from smoltune.model import _COMPLETE_MARKER, embedded_license
 
-    stand_in = tmp_path / "stand-in.gguf"  # a stand-in GGUF holding only its header
-    writer = gguf.GGUFWriter(str(stand_in), "llama")
-    writer.add_license("apache-2.0")
-    writer.add_languages(["en"])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.close()
+    stand_in = stand_in_gguf(tmp_path)
     converted = tmp_path / "converted"
     converted.mkdir()
     (converted / _COMPLETE_MARKER).write_text(json.dumps({"sha256": "abc", "conversion_version": 2}))
